@@ -1,0 +1,17 @@
+//! # autocluster
+//!
+//! Discover the nodes of an Erlang or RabbitMQ cluster and form them into one cluster,
+//! from Rust, speaking the Erlang distribution protocol natively: no Erlang runtime in
+//! the tool and no `rabbitmqctl` shell-outs.
+//!
+//! The crate is built in layers. Every wire format (EPMD, the distribution handshake,
+//! frames, terms) is parsed and built by pure code with no sockets, so each parser can be
+//! unit-tested and fuzzed; a thin tokio layer drives them.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod cookie;
+pub mod node_name;
+pub mod wire;
+
+pub use cookie::{Cookie, CookieError};
+pub use node_name::{NameKind, NodeName, NodeNameError};

@@ -1,0 +1,7 @@
+//! Integration tests against real peers: `epmd`, `erl` nodes, etcd, RabbitMQ, dnsmasq.
+//!
+//! Every peer is started by the harness in `common` on loopback with free ports and
+//! temporary directories, and killed when the test ends, pass or fail. A missing binary
+//! fails the test with the package to install; nothing is skipped.
+
+mod common;
