@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::messages::{LengthPrefix, MAX_HANDSHAKE_MESSAGE, decode_frame};
 use super::{
     Acceptor, AcceptorConfig, AcceptorProgress, HandshakeError, HandshakeStep, Handshaked,
-    Initiator, InitiatorConfig, PeerHello, StatusDecision,
+    Initiator, InitiatorConfig, InitiatorProgress, PeerHello, StatusDecision,
 };
 use crate::wire::Status;
 
@@ -123,12 +123,15 @@ fn is_reset(e: &std::io::Error) -> bool {
 ///
 /// Each step (every read and write) is limited by `step_timeout` (OTP's
 /// `net_setuptime`, 7 s by default: [`super::DEFAULT_STEP_TIMEOUT`]). The challenge comes
-/// from the thread-local CSPRNG.
+/// from the thread-local CSPRNG. `on_alive` answers the acceptor's `alive` status (see
+/// [`InitiatorProgress::NeedAliveAnswer`]): `true` when we hold no live connection to
+/// the peer.
 pub async fn initiate<S>(
     io: &mut S,
     prefix: LengthPrefix,
     cfg: InitiatorConfig,
     step_timeout: Duration,
+    mut on_alive: impl FnMut() -> bool,
 ) -> Result<HandshakeOutcome, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -164,14 +167,20 @@ where
             }
         };
         let done = hs.handle(&io.buf[range], &mut io.out);
+        let done = match done {
+            Ok(InitiatorProgress::NeedAliveAnswer) => hs
+                .answer_alive(on_alive(), &mut io.out)
+                .map(|()| InitiatorProgress::Continue),
+            other => other,
+        };
         match done {
-            Ok(Some(handshaked)) => {
+            Ok(InitiatorProgress::Done(handshaked)) => {
                 return Ok(HandshakeOutcome {
                     handshaked,
                     leftover: io.leftover(),
                 });
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => {
                 // Answers such as `s false` are sent even when the handshake ends.
                 let _ = io.flush_out().await;

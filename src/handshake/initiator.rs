@@ -34,9 +34,19 @@ pub struct InitiatorConfig {
     pub cookie: Cookie,
     /// The node we dial: the acceptor must present exactly this name.
     pub peer: NodeName,
-    /// Our answer when the acceptor says it is already connected to us (`alive`):
-    /// `true` (its old connection is dead, use this one) or `false` (give up).
-    pub alive_answer: bool,
+}
+
+/// What the initiator wants next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitiatorProgress {
+    /// Keep feeding messages.
+    Continue,
+    /// The acceptor says it is still connected to us (`alive`): call
+    /// [`Initiator::answer_alive`] with `true` when we have no live connection to it (its
+    /// old one is dead, use this one) or `false` to keep the existing one.
+    NeedAliveAnswer,
+    /// The handshake succeeded.
+    Done(Handshaked),
 }
 
 impl std::fmt::Debug for InitiatorConfig {
@@ -55,6 +65,7 @@ impl std::fmt::Debug for InitiatorConfig {
 enum State {
     Start,
     AwaitStatus,
+    AwaitAliveAnswer,
     AwaitChallenge,
     AwaitAck,
     Done,
@@ -102,6 +113,7 @@ impl Initiator {
         match self.state {
             State::Start => HandshakeStep::Send,
             State::AwaitStatus => HandshakeStep::AwaitStatus,
+            State::AwaitAliveAnswer => HandshakeStep::Send,
             State::AwaitChallenge => HandshakeStep::AwaitChallenge,
             State::AwaitAck => HandshakeStep::AwaitAck,
             State::Done | State::Failed => HandshakeStep::Done,
@@ -162,7 +174,7 @@ impl Initiator {
         &mut self,
         body: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<Option<Handshaked>, HandshakeError> {
+    ) -> Result<InitiatorProgress, HandshakeError> {
         let step = self.step();
         let protocol = |peer: String, source| HandshakeError::Protocol { peer, step, source };
         match self.state {
@@ -192,12 +204,8 @@ impl Initiator {
                         self.local_creation = creation;
                     }
                     HandshakeStatus::Alive if !dynamic => {
-                        AliveReply(self.cfg.alive_answer).encode_framed(out, self.prefix);
-                        if !self.cfg.alive_answer {
-                            return Err(
-                                self.fail(HandshakeError::AlreadyConnected { peer: self.peer() })
-                            );
-                        }
+                        self.state = State::AwaitAliveAnswer;
+                        return Ok(InitiatorProgress::NeedAliveAnswer);
                     }
                     HandshakeStatus::Nok => {
                         return Err(
@@ -215,7 +223,7 @@ impl Initiator {
                     }
                 }
                 self.state = State::AwaitChallenge;
-                Ok(None)
+                Ok(InitiatorProgress::Continue)
             }
             State::AwaitChallenge => {
                 let ch = Challenge::decode(body).map_err(|e| protocol(self.peer(), e));
@@ -244,7 +252,7 @@ impl Initiator {
                 };
                 write_frame(out, self.prefix, |o| reply.encode(o));
                 self.state = State::AwaitAck;
-                Ok(None)
+                Ok(InitiatorProgress::Continue)
             }
             State::AwaitAck => {
                 let ack = ChallengeAck::decode(body).map_err(|e| protocol(self.peer(), e));
@@ -257,7 +265,7 @@ impl Initiator {
                     Some(local) => local,
                     None => return Err(self.unexpected("no name was assigned".into())),
                 };
-                Ok(Some(Handshaked {
+                Ok(InitiatorProgress::Done(Handshaked {
                     peer: self.cfg.peer.clone(),
                     peer_creation: self.peer_creation,
                     peer_flags: self.peer_flags,
@@ -267,9 +275,30 @@ impl Initiator {
                     replaces_existing: false,
                 }))
             }
-            State::Start | State::Done | State::Failed => {
+            State::Start | State::AwaitAliveAnswer | State::Done | State::Failed => {
                 Err(self.unexpected("message after the handshake ended".into()))
             }
+        }
+    }
+
+    /// Answers the acceptor's `alive` status (after [`InitiatorProgress::NeedAliveAnswer`]):
+    /// `true` when we hold no live connection to it, so its old one is dead and this one
+    /// replaces it; `false` to keep the existing connection (the handshake then ends with
+    /// [`HandshakeError::AlreadyConnected`]). The answer is appended to `out` either way.
+    pub fn answer_alive(
+        &mut self,
+        use_this_one: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), HandshakeError> {
+        if self.state != State::AwaitAliveAnswer {
+            return Err(self.unexpected("answer_alive called at the wrong step".into()));
+        }
+        write_frame(out, self.prefix, |o| AliveReply(use_this_one).encode(o));
+        if use_this_one {
+            self.state = State::AwaitChallenge;
+            Ok(())
+        } else {
+            Err(self.fail(HandshakeError::AlreadyConnected { peer: self.peer() }))
         }
     }
 
@@ -285,11 +314,5 @@ impl Initiator {
                 step: self.step(),
             },
         }
-    }
-}
-
-impl AliveReply {
-    fn encode_framed(&self, out: &mut Vec<u8>, prefix: LengthPrefix) {
-        write_frame(out, prefix, |o| self.encode(o));
     }
 }

@@ -37,7 +37,7 @@ use std::fmt;
 pub use acceptor::{Acceptor, AcceptorConfig, AcceptorProgress, PeerHello, StatusDecision};
 pub use driver::{HandshakeOutcome, accept, initiate};
 pub use flags::DistFlags;
-pub use initiator::{Initiator, InitiatorConfig, LocalName};
+pub use initiator::{Initiator, InitiatorConfig, InitiatorProgress, LocalName};
 pub use messages::{LengthPrefix, MessageError};
 
 use crate::NodeName;

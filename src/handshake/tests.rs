@@ -21,7 +21,6 @@ fn init_cfg(local: &str, peer: &str, cookie: &str) -> InitiatorConfig {
         required: DistFlags::REQUIRED,
         cookie: Cookie::new(cookie).unwrap(),
         peer: name(peer),
-        alive_answer: true,
     }
 }
 
@@ -91,8 +90,15 @@ impl Pair {
             to_acc.clear();
             for body in bodies(&to_init, self.prefix) {
                 match self.init.handle(&body, &mut to_acc) {
-                    Ok(Some(h)) => return End::Ok(h, acc_done.expect("acceptor finished first")),
-                    Ok(None) => {}
+                    Ok(InitiatorProgress::Done(h)) => {
+                        return End::Ok(h, acc_done.expect("acceptor finished first"));
+                    }
+                    Ok(InitiatorProgress::NeedAliveAnswer) => {
+                        if let Err(e) = self.init.answer_alive(true, &mut to_acc) {
+                            return End::InitErr(e);
+                        }
+                    }
+                    Ok(InitiatorProgress::Continue) => {}
                     Err(e) => return End::InitErr(e),
                 }
             }
@@ -164,7 +170,10 @@ fn a_wrong_ack_digest_means_the_peer_has_another_cookie() {
     acc.decide(StatusDecision::Ok, &mut to_init).unwrap();
     let mut out = Vec::new();
     for body in bodies(&to_init, LengthPrefix::U16) {
-        assert!(init.handle(&body, &mut out).unwrap().is_none());
+        assert_eq!(
+            init.handle(&body, &mut out).unwrap(),
+            InitiatorProgress::Continue
+        );
     }
     let forged = ChallengeAck { digest: [0; 16] };
     let mut body = Vec::new();
@@ -327,14 +336,16 @@ fn alive_is_answered_and_the_answer_is_sent() {
     assert!(a.replaces_existing);
 
     // false: give up, and the "false" answer is still written out.
-    let mut cfg = init_cfg("rust@h", "erl@h", "c");
-    cfg.alive_answer = false;
-    let mut init = Initiator::new(cfg, LengthPrefix::U16, 1);
+    let mut init = Initiator::new(init_cfg("rust@h", "erl@h", "c"), LengthPrefix::U16, 1);
     init.start(&mut Vec::new()).unwrap();
     let mut out = Vec::new();
     let mut status = Vec::new();
     HandshakeStatus::Alive.encode(&mut status);
-    let err = init.handle(&status, &mut out).unwrap_err();
+    assert_eq!(
+        init.handle(&status, &mut out).unwrap(),
+        InitiatorProgress::NeedAliveAnswer
+    );
+    let err = init.answer_alive(false, &mut out).unwrap_err();
     assert!(matches!(err, HandshakeError::AlreadyConnected { .. }));
     assert_eq!(bodies(&out, LengthPrefix::U16), [b"sfalse".to_vec()]);
 
@@ -552,6 +563,7 @@ async fn driver_pair_over_a_duplex_stream_keeps_leftover_bytes() {
         LengthPrefix::U16,
         init_cfg("rust@h", "erl@h", "c"),
         DEFAULT_STEP_TIMEOUT,
+        || true,
     )
     .await
     .unwrap();
@@ -582,6 +594,7 @@ async fn driver_reports_a_closed_connection_after_the_reply_as_a_rejected_cookie
         LengthPrefix::U16,
         init_cfg("rust@h", "erl@h", "wrong"),
         DEFAULT_STEP_TIMEOUT,
+        || true,
     )
     .await
     .unwrap_err();
@@ -604,6 +617,7 @@ async fn driver_times_out_a_silent_peer_at_the_step_it_was_in() {
         LengthPrefix::U16,
         init_cfg("rust@h", "erl@h", "c"),
         Duration::from_secs(7),
+        || true,
     )
     .await
     .unwrap_err();
