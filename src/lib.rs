@@ -10,6 +10,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cookie;
+pub mod epmd;
 pub mod listener;
 pub mod node_name;
 pub mod wire;
