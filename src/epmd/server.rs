@@ -49,6 +49,10 @@ use super::registry::{After, Note, Registry, RequestContext};
 use crate::listener::{ConnectionLimiter, ConnectionPermit, ListenerLimits, ListenerStats};
 use crate::wire::Status;
 
+/// How many connections an accept loop admits before letting connection tasks run
+/// (well below the default `max_pending_per_source`).
+const ACCEPTS_PER_YIELD: u32 = 16;
+
 /// The listen backlog (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 4096;
 
@@ -100,6 +104,8 @@ struct Shared {
     limiter: ConnectionLimiter,
     relaxed_command_check: bool,
     shutdown: watch::Sender<bool>,
+    /// Accept loops still running (holding their listening socket).
+    listening: watch::Sender<usize>,
 }
 
 impl Shared {
@@ -123,11 +129,13 @@ impl EpmdServer {
     pub async fn bind(config: EpmdServerConfig) -> io::Result<EpmdServer> {
         let listeners = bind_all(&config.addrs)?;
         let (shutdown, _) = watch::channel(false);
+        let (listening, _) = watch::channel(listeners.len());
         let shared = Arc::new(Shared {
             state: Mutex::new(ServerState::default()),
             limiter: ConnectionLimiter::new(config.limits),
             relaxed_command_check: config.relaxed_command_check,
             shutdown,
+            listening,
         });
         let mut local_addrs = Vec::new();
         let mut accept_tasks = Vec::new();
@@ -170,10 +178,13 @@ impl EpmdServer {
         !*self.shared.shutdown.borrow()
     }
 
-    /// Resolves when the server stops serving (a `KILL` request or a shutdown).
+    /// Resolves when the server has stopped serving (a `KILL` request or a shutdown) and
+    /// closed its listening sockets.
     pub async fn closed(&self) {
-        let mut rx = self.shared.shutdown.subscribe();
-        let _ = rx.wait_for(|stopped| *stopped).await;
+        let mut stopped = self.shared.shutdown.subscribe();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+        let mut listening = self.shared.listening.subscribe();
+        let _ = listening.wait_for(|n| *n == 0).await;
     }
 
     /// Stops listening and closes every connection; registered nodes see EPMD go away.
@@ -269,18 +280,39 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
+    serve_listener(&listener, &shared, &mut shutdown).await;
+    drop(listener);
+    shared.listening.send_modify(|n| *n = n.saturating_sub(1));
+}
+
+async fn serve_listener(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut accepted_since_yield = 0u32;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stopped| *stopped) => break,
         };
         match accepted {
-            Ok((stream, peer)) => match shared.limiter.admit(peer.ip()) {
-                Ok(permit) => {
-                    tokio::spawn(serve(stream, peer, permit, Arc::clone(&shared)));
+            Ok((stream, peer)) => {
+                match shared.limiter.admit(peer.ip()) {
+                    Ok(permit) => {
+                        tokio::spawn(serve(stream, peer, permit, Arc::clone(shared)));
+                    }
+                    Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
                 }
-                Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
-            },
+                // Let the connection tasks run every few accepts: a client that sent its
+                // request at once is then served long before a burst of newer
+                // connections can push it out as the oldest pending one.
+                accepted_since_yield += 1;
+                if accepted_since_yield >= ACCEPTS_PER_YIELD {
+                    accepted_since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
             Err(error) if is_transient(&error) => {}
             Err(error) => {
                 // Typically EMFILE: back off instead of spinning on the error.
