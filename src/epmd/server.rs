@@ -5,9 +5,8 @@
 //! other up through it, and `epmd -names` / `epmd -kill` talk to it as to epmd.
 //!
 //! The server is a thin tokio shell: each listener's accept loop asks the shared
-//! [`ConnectionLimiter`](crate::listener::ConnectionLimiter) for a permit and spawns one
-//! task per connection; the task reads one request with the pure
-//! [`codec`](super::codec), lets the pure [`Registry`](super::registry::Registry) decide
+//! [`ConnectionLimiter`] for a permit and spawns one task per connection; the task reads
+//! one request with the pure [`codec`](super::codec), lets the pure [`Registry`] decide
 //! the reply and what comes next, and writes it. The access rules (local-only requests,
 //! `KILL` and `STOP`) are described in [`registry`](super::registry).
 //!
