@@ -1173,6 +1173,49 @@ mod tests {
     }
 
     #[test]
+    fn names_and_dump_prefixes_never_invent_entries() {
+        let names = NamesResponse {
+            epmd_port: 4369,
+            nodes: vec![
+                NameEntry {
+                    name: "a".into(),
+                    port: 1,
+                },
+                NameEntry {
+                    name: "bb".into(),
+                    port: 22,
+                },
+            ],
+        };
+        let bytes = names.encode();
+        for cut in 0..bytes.len() {
+            // A cut inside the header or a line is an error; at a line end, fewer entries.
+            match NamesResponse::decode(&bytes[..cut]) {
+                Ok(r) => assert!(names.nodes.starts_with(&r.nodes), "cut {cut}"),
+                Err(CodecError::Truncated { .. } | CodecError::MalformedLine { .. }) => {}
+                Err(e) => panic!("cut {cut}: {e}"),
+            }
+        }
+        let dump = DumpResponse {
+            epmd_port: 1,
+            entries: vec![DumpEntry {
+                name: "a".into(),
+                port: 1,
+                fd: 3,
+                active: true,
+            }],
+        };
+        let bytes = dump.encode();
+        for cut in 0..bytes.len() {
+            match DumpResponse::decode(&bytes[..cut]) {
+                Ok(r) => assert!(r.entries.is_empty(), "cut {cut}"),
+                Err(CodecError::Truncated { .. } | CodecError::MalformedLine { .. }) => {}
+                Err(e) => panic!("cut {cut}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn names_reply_garbage_is_refused() {
         assert!(matches!(
             NamesResponse::decode(&[0, 0]),

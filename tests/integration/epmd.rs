@@ -172,6 +172,22 @@ async fn names_lists_real_erl_nodes_like_epmd_names() {
 }
 
 #[tokio::test]
+async fn registration_knows_when_real_epmd_goes_away() {
+    let epmd = Epmd::start().await;
+    let registration = epmd
+        .client()
+        .register(NodeEntry::new(unique_name("lost"), 45600))
+        .await
+        .unwrap();
+    assert!(registration.is_active());
+    drop(epmd); // SIGKILL
+    tokio::time::timeout(Duration::from_secs(5), registration.closed())
+        .await
+        .expect("closed() resolves when epmd dies");
+    assert!(!registration.is_active());
+}
+
+#[tokio::test]
 async fn unreachable_epmd_is_a_clear_error() {
     let port = crate::common::free_port();
     let client = EpmdClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
@@ -279,6 +295,33 @@ async fn erl_refuses_to_start_with_a_name_taken_on_our_server() {
     );
 }
 
+#[tokio::test]
+async fn our_server_limits_registrations() {
+    let server = EpmdServer::bind(EpmdServerConfig {
+        limits: ListenerLimits {
+            max_connections: 2,
+            ..ListenerLimits::default()
+        },
+        ..EpmdServerConfig::localhost(0)
+    })
+    .await
+    .unwrap();
+    let client = EpmdClient::new(server.local_addrs()[0]);
+    let a = client.register(NodeEntry::new("lim_a", 1)).await.unwrap();
+    let _b = client.register(NodeEntry::new("lim_b", 2)).await.unwrap();
+    let err = client
+        .register(NodeEntry::new("lim_c", 3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EpmdError::NameInUse { .. }), "{err}");
+    assert_eq!(server.stats().established, 2);
+    // Queries still work at the limit, and a freed slot can be taken again.
+    assert_eq!(client.names().await.unwrap().len(), 2);
+    a.deregister().await;
+    let _c = client.register(NodeEntry::new("lim_c", 3)).await.unwrap();
+    assert_eq!(server.registered().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn epmd_cli_talks_to_our_server() {
     let server = embedded_server().await;
@@ -381,7 +424,16 @@ async fn our_server_answers_like_real_epmd() {
             .map(|e| (e.name.clone(), e.port, e.active))
             .collect();
         t.push(format!("{lines:?}"));
-        drop((a, b));
+        let mut old = NodeEntry::new("same_old", 41004);
+        old.highest_version = 5;
+        old.lowest_version = 5;
+        let old = client.register(old).await.unwrap();
+        t.push(format!(
+            "{:?} {}",
+            old.reply_form(),
+            (1..=3).contains(&old.creation())
+        ));
+        drop((a, b, old));
         transcripts.push(t);
     }
     assert_eq!(transcripts[0], transcripts[1]);
