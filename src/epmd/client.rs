@@ -231,7 +231,9 @@ impl EpmdClient {
         Ok(reply.nodes.into_iter().map(|n| (n.name, n.port)).collect())
     }
 
-    /// The whole `NAMES` reply, including the port EPMD reports.
+    /// The whole `NAMES` reply, including the port EPMD reports. (OTP's `erl_epmd`
+    /// rejects a reply whose port differs from the one it dialled; this client leaves
+    /// that check to the caller, as a port-forwarded EPMD reports its own port.)
     pub async fn names_response(&self) -> Result<NamesResponse, EpmdError> {
         let mut conn = self.request(&Request::Names).await?;
         let bytes = conn.read_to_end(MAX_NAMES_RESPONSE_LEN).await?;

@@ -113,6 +113,7 @@ pub struct ErlNode {
     log: OutputLog,
     child: Child,
     pgid: u32,
+    dir: tempfile::TempDir,
 }
 
 impl ErlNode {
@@ -130,6 +131,11 @@ impl ErlNode {
     pub async fn try_start(opts: ErlOptions) -> Result<ErlNode, String> {
         let erl = require_binary("erl", "erlang-nox");
         let alive = unique_name(&opts.name_prefix);
+        // Its own working directory: crash dumps and any file it writes stay apart.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("erl_{alive}_"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
         let mut cmd = Command::new(&erl);
         if opts.long_names {
             let host = if opts.inet6 { "::1" } else { "127.0.0.1" };
@@ -210,6 +216,7 @@ impl ErlNode {
             log,
             child,
             pgid,
+            dir,
         })
     }
 
@@ -221,6 +228,11 @@ impl ErlNode {
     /// The alive part, e.g. `t_123_4`.
     pub fn alive(&self) -> &str {
         &self.alive
+    }
+
+    /// The node's working directory (removed on drop).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The node's output so far (everything but evaluation results).
