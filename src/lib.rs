@@ -10,7 +10,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cookie;
+pub mod epmd;
 pub mod handshake;
+pub mod listener;
 pub mod node_name;
 pub mod wire;
 

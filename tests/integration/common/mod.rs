@@ -1,5 +1,21 @@
 //! The test harness: starts real peers and cleans them up.
-#![allow(dead_code)]
+//!
+//! * [`free_port`], [`unique_name`]: per-test ports and names, so tests run in parallel.
+//! * [`Epmd::start`]: a real `epmd -port P` child, killed on drop; [`epmd_cli`] runs the
+//!   `epmd` command-line client (`-names`, `-kill`, `-stop N`) against any port.
+//! * [`ErlNode::start`]: a real `erl` node (options: cookie, long names, IPv6
+//!   distribution, extra arguments) registered with the EPMD on `ErlOptions::epmd_port`,
+//!   with [`ErlNode::eval`] to run Erlang expressions on it; killed with its process group
+//!   on drop.
+#![allow(dead_code, unused_imports)]
+
+mod epmd;
+mod erl;
+mod process;
+
+pub use epmd::{Epmd, epmd_cli};
+pub use erl::{ErlNode, ErlOptions};
+pub use process::{OutputLog, free_port, kill_process_group, unique_name};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,575 @@
+//! An embedded EPMD server: a drop-in for `epmd` on a host without Erlang.
+//!
+//! Real `erl` nodes register with it (start them with `ERL_EPMD_PORT` pointing at it,
+//! and `-start_epmd false` so they do not try to start `epmd` themselves), look each
+//! other up through it, and `epmd -names` / `epmd -kill` talk to it as to epmd.
+//!
+//! The server is a thin tokio shell: each listener's accept loop asks the shared
+//! [`ConnectionLimiter`] for a permit and spawns one task per connection; the task reads
+//! one request with the pure [`codec`](super::codec), lets the pure [`Registry`] decide
+//! the reply and what comes next, and writes it. The access rules (local-only requests,
+//! `KILL` and `STOP`) are described in [`registry`](super::registry).
+//!
+//! A connection is *pending* until its request is complete and *established* once it
+//! holds a registration; the [`ListenerLimits`] bound both, and
+//! [`ListenerLimits::idle_timeout`] is the request timeout: a client has that long from
+//! its connect to finish sending the request and reading the reply.
+//!
+//! ```
+//! use autocluster::epmd::{EpmdClient, EpmdServer, EpmdServerConfig, NodeEntry};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Port 0: the system picks a free port, the same one for every address.
+//! let server = EpmdServer::bind(EpmdServerConfig::localhost(0)).await?;
+//! let client = EpmdClient::new(server.local_addrs()[0]);
+//!
+//! let registration = client.register(NodeEntry::new("demo", 40000)).await?;
+//! assert_eq!(client.names().await?, vec![("demo".to_string(), 40000)]);
+//! drop(registration);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::codec::{NodeEntry, Request};
+use super::registry::{After, Note, Registry, RequestContext};
+use crate::listener::{ConnectionLimiter, ConnectionPermit, ListenerLimits, ListenerStats};
+use crate::wire::Status;
+
+/// How many connections an accept loop admits before letting connection tasks run
+/// (well below the default `max_pending_per_source`).
+const ACCEPTS_PER_YIELD: u32 = 16;
+
+/// The listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+
+/// How the embedded server listens and what it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpmdServerConfig {
+    /// The addresses to listen on. Default: `127.0.0.1:4369` and `[::1]:4369`, like an
+    /// epmd told `-address 127.0.0.1`. A port of 0 picks a free port, shared by every
+    /// address with port 0. A loopback IPv6 address that the host lacks is skipped with a
+    /// warning (epmd does the same); any other failure to bind is an error.
+    pub addrs: Vec<SocketAddr>,
+    /// Connection limits; `idle_timeout` is the request timeout.
+    pub limits: ListenerLimits,
+    /// epmd's `-relaxed_command_check` (or `ERL_EPMD_RELAXED_COMMAND_CHECK`): serve
+    /// `STOP`, and `KILL` while nodes are registered. Off by default.
+    pub relaxed_command_check: bool,
+}
+
+impl Default for EpmdServerConfig {
+    fn default() -> Self {
+        Self::localhost(super::DEFAULT_PORT)
+    }
+}
+
+impl EpmdServerConfig {
+    /// Both loopback addresses on `port`, default limits.
+    pub fn localhost(port: u16) -> Self {
+        EpmdServerConfig {
+            addrs: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            ],
+            limits: ListenerLimits::default(),
+            relaxed_command_check: false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ServerState {
+    registry: Registry,
+    /// Registered connections, to close one on `STOP`.
+    stoppers: HashMap<u64, Arc<Notify>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<ServerState>,
+    limiter: ConnectionLimiter,
+    relaxed_command_check: bool,
+    shutdown: watch::Sender<bool>,
+    /// Accept loops still running (holding their listening socket).
+    listening: watch::Sender<usize>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running embedded EPMD. It serves in background tasks until
+/// [`shutdown`](Self::shutdown), a `KILL` request it accepts, or drop.
+#[derive(Debug)]
+pub struct EpmdServer {
+    local_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+impl EpmdServer {
+    /// Binds every configured address and starts serving. Must be called within a tokio
+    /// runtime.
+    pub async fn bind(config: EpmdServerConfig) -> io::Result<EpmdServer> {
+        let listeners = bind_all(&config.addrs)?;
+        let (shutdown, _) = watch::channel(false);
+        let (listening, _) = watch::channel(listeners.len());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ServerState::default()),
+            limiter: ConnectionLimiter::new(config.limits),
+            relaxed_command_check: config.relaxed_command_check,
+            shutdown,
+            listening,
+        });
+        let mut local_addrs = Vec::new();
+        let mut accept_tasks = Vec::new();
+        for listener in listeners {
+            let listener = TcpListener::from_std(listener)?;
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "embedded EPMD listening");
+            local_addrs.push(addr);
+            accept_tasks.push(tokio::spawn(accept_loop(listener, Arc::clone(&shared))));
+        }
+        Ok(EpmdServer {
+            local_addrs,
+            shared,
+            accept_tasks,
+        })
+    }
+
+    /// The addresses actually listened on (with the chosen port when 0 was asked).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The port of the first address.
+    pub fn port(&self) -> u16 {
+        self.local_addrs.first().map_or(0, SocketAddr::port)
+    }
+
+    /// Connection counters (pending, established, evicted, timed out...).
+    pub fn stats(&self) -> ListenerStats {
+        self.shared.limiter.stats()
+    }
+
+    /// The registered nodes, newest first.
+    pub fn registered(&self) -> Vec<NodeEntry> {
+        self.shared.lock().registry.entries().cloned().collect()
+    }
+
+    /// Whether the server is still serving.
+    pub fn is_running(&self) -> bool {
+        !*self.shared.shutdown.borrow()
+    }
+
+    /// Resolves when the server has stopped serving (a `KILL` request or a shutdown) and
+    /// closed its listening sockets.
+    pub async fn closed(&self) {
+        let mut stopped = self.shared.shutdown.subscribe();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+        let mut listening = self.shared.listening.subscribe();
+        let _ = listening.wait_for(|n| *n == 0).await;
+    }
+
+    /// Stops listening and closes every connection; registered nodes see EPMD go away.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.send_replace(true);
+        for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EpmdServer {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+fn bind_all(addrs: &[SocketAddr]) -> io::Result<Vec<std::net::TcpListener>> {
+    if addrs.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no address to listen on",
+        ));
+    }
+    // With port 0 on several addresses, the first bind picks the port and the others
+    // follow; if another process holds that port on another address, start over.
+    'attempt: for _ in 0..20 {
+        let mut chosen: Option<u16> = None;
+        let mut out = Vec::new();
+        for &asked in addrs {
+            let mut addr = asked;
+            if asked.port() == 0
+                && let Some(port) = chosen
+            {
+                addr.set_port(port);
+            }
+            match bind_one(addr) {
+                Ok(listener) => {
+                    if asked.port() == 0 && chosen.is_none() {
+                        chosen = Some(listener.local_addr()?.port());
+                    }
+                    out.push(listener);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && asked.port() == 0 => {
+                    continue 'attempt;
+                }
+                Err(e) if is_missing_ipv6_loopback(addr, &e) => {
+                    tracing::warn!(%addr, error = %e, "IPv6 loopback unavailable; not listening on it");
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr}: {e}"),
+                    ));
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "could not listen on any address",
+            ));
+        }
+        return Ok(out);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "could not find one free port for every address",
+    ))
+}
+
+fn is_missing_ipv6_loopback(addr: SocketAddr, e: &io::Error) -> bool {
+    addr.ip() == IpAddr::V6(Ipv6Addr::LOCALHOST)
+        && (e.kind() == io::ErrorKind::AddrNotAvailable
+            || e.kind() == io::ErrorKind::Unsupported
+            || e.raw_os_error() == Some(97)) // EAFNOSUPPORT on Linux
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // Keep `[::]` from also taking the IPv4 port (epmd sets IPV6_V6ONLY too).
+        socket.set_only_v6(true)?;
+    }
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    serve_listener(&listener, &shared, &mut shutdown).await;
+    drop(listener);
+    shared.listening.send_modify(|n| *n = n.saturating_sub(1));
+}
+
+async fn serve_listener(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let mut accepted_since_yield = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stopped| *stopped) => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                match shared.limiter.admit(peer.ip()) {
+                    Ok(permit) => {
+                        tokio::spawn(serve(stream, peer, permit, Arc::clone(shared)));
+                    }
+                    Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
+                }
+                // Let the connection tasks run every few accepts: a client that sent its
+                // request at once is then served long before a burst of newer
+                // connections can push it out as the oldest pending one.
+                accepted_since_yield += 1;
+                if accepted_since_yield >= ACCEPTS_PER_YIELD {
+                    accepted_since_yield = 0;
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(error) if is_transient(&error) => {}
+            Err(error) => {
+                // Typically EMFILE: back off instead of spinning on the error.
+                tracing::warn!(%error, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Whether epmd would treat the peer as local: loopback, or the very address it
+/// connected to (a node on this host using a non-loopback address).
+fn is_local_peer(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || peer == local.to_canonical()
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unregisters the node of a connection however its task ends.
+struct RegistrationGuard {
+    shared: Arc<Shared>,
+    conn: u64,
+}
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.stoppers.remove(&self.conn);
+        if let Some(entry) = state.registry.unregister_conn(self.conn) {
+            tracing::info!(name = %entry.name, port = entry.port, "node unregistered");
+        }
+    }
+}
+
+/// Serves one connection: one request, one reply, and for a registration, holds on.
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut permit: ConnectionPermit,
+    shared: Arc<Shared>,
+) {
+    let conn = permit.id().0;
+    let mut shutdown = shared.shutdown.subscribe();
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+
+    // 1. Read one complete request, within the pending deadline.
+    let mut buf: Vec<u8> = Vec::new();
+    let request = loop {
+        match Request::decode(&buf) {
+            Ok(Status::Complete((request, used))) if used == buf.len() => break request,
+            Ok(Status::Complete((request, used))) => {
+                tracing::debug!(%peer, request = request.kind(), extra = buf.len() - used,
+                    "bytes after the request; closing");
+                return;
+            }
+            Ok(Status::Partial) => {}
+            Err(error) => {
+                tracing::debug!(%peer, %error, "invalid EPMD request; closing");
+                return;
+            }
+        }
+        let mut chunk = [0u8; 512];
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            },
+            reason = permit.closed() => {
+                tracing::debug!(%peer, %reason, "closing pending EPMD connection");
+                return;
+            }
+            _ = shutdown.wait_for(|stopped| *stopped) => return,
+        }
+    };
+
+    // 2. Let the registry decide.
+    let local_peer = is_local_peer(peer.ip(), local.ip());
+    let may_register = match &request {
+        Request::Alive2(entry) if local_peer => match permit.promote() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%peer, name = %entry.name, %error, "refusing EPMD registration");
+                false
+            }
+        },
+        _ => false,
+    };
+    let ctx = RequestContext {
+        conn,
+        local_peer,
+        epmd_port: local.port(),
+        unix_time: unix_time(),
+        relaxed_command_check: shared.relaxed_command_check,
+        may_register,
+    };
+    let kind = request.kind();
+    let stop = Arc::new(Notify::new());
+    let (outcome, guard) = {
+        let mut state = shared.lock();
+        let outcome = state.registry.handle(request, &ctx);
+        let guard = match outcome.after {
+            After::KeepRegistered => {
+                state.stoppers.insert(conn, Arc::clone(&stop));
+                Some(RegistrationGuard {
+                    shared: Arc::clone(&shared),
+                    conn,
+                })
+            }
+            After::CloseOther(other) => {
+                if let Some(stopper) = state.stoppers.remove(&other) {
+                    stopper.notify_one();
+                }
+                None
+            }
+            After::Close | After::Shutdown => None,
+        };
+        (outcome, guard)
+    };
+    log_note(&outcome.note, peer, kind);
+
+    // 3. Reply, within the pending deadline (a registered node's 6 bytes always fit in
+    //    the socket buffer).
+    if !outcome.reply.is_empty() {
+        let written = tokio::select! {
+            written = stream.write_all(&outcome.reply) => written.is_ok(),
+            reason = permit.closed() => {
+                tracing::debug!(%peer, %reason, "closing EPMD connection before the reply was read");
+                false
+            }
+            _ = shutdown.wait_for(|stopped| *stopped) => false,
+        };
+        if !written {
+            return; // the guard, if any, unregisters
+        }
+    }
+    match outcome.after {
+        After::Close | After::CloseOther(_) => {
+            let _ = stream.shutdown().await;
+            return;
+        }
+        After::Shutdown => {
+            let _ = stream.shutdown().await;
+            tracing::info!(%peer, "EPMD killed by request; shutting down");
+            shared.shutdown.send_replace(true);
+            return;
+        }
+        After::KeepRegistered => {}
+    }
+
+    // 4. Hold the registration until the node closes, STOP, or shutdown.
+    let mut scratch = [0u8; 64];
+    let why = tokio::select! {
+        read = stream.read(&mut scratch) => match read {
+            Ok(0) => "connection closed by the node",
+            Ok(_) => "unexpected bytes on the registration connection",
+            Err(_) => "connection error",
+        },
+        () = stop.notified() => "STOP request",
+        _ = shutdown.wait_for(|stopped| *stopped) => "server shutting down",
+    };
+    tracing::debug!(%peer, reason = why, "registration connection ends");
+    drop(guard);
+}
+
+fn log_note(note: &Note, peer: SocketAddr, kind: &'static str) {
+    match note {
+        Note::Registered { name, creation } => {
+            tracing::info!(%peer, %name, creation, "node registered");
+        }
+        Note::NameInUse(name) => {
+            tracing::info!(%peer, %name, "registration refused: name in use");
+        }
+        Note::LimitReached | Note::Refused => {
+            tracing::warn!(%peer, "registration refused");
+        }
+        Note::NotLocal => {
+            tracing::warn!(%peer, request = kind, "local-only request from a remote peer; closing");
+        }
+        Note::KillRefused => tracing::info!(%peer, "KILL refused: nodes are registered"),
+        Note::Killed => {}
+        Note::StopRefused => {
+            tracing::info!(%peer, "STOP refused: relaxed command check is off");
+        }
+        Note::Stopped(name) => tracing::info!(%peer, %name, "node stopped by request"),
+        Note::Served => tracing::trace!(%peer, request = kind, "served"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_peers() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(is_local_peer(v4("127.0.0.1"), v4("127.0.0.1")));
+        assert!(is_local_peer(v4("127.1.2.3"), v4("127.0.0.1")));
+        assert!(is_local_peer(v4("::1"), v4("::1")));
+        assert!(is_local_peer(v4("::ffff:127.0.0.1"), v4("::1")));
+        assert!(is_local_peer(v4("10.0.0.5"), v4("10.0.0.5")));
+        assert!(!is_local_peer(v4("10.0.0.6"), v4("10.0.0.5")));
+    }
+
+    #[tokio::test]
+    async fn port_zero_is_shared_between_addresses() {
+        let server = EpmdServer::bind(EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+        let addrs = server.local_addrs().to_vec();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.port() == server.port() && a.port() != 0)
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn bind_errors_name_the_address() {
+        let first = EpmdServer::bind(EpmdServerConfig {
+            addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            ..EpmdServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let taken = first.local_addrs()[0];
+        let err = EpmdServer::bind(EpmdServerConfig {
+            addrs: vec![taken],
+            ..EpmdServerConfig::default()
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains(&taken.to_string()), "{err}");
+        let err = EpmdServer::bind(EpmdServerConfig {
+            addrs: vec![],
+            ..EpmdServerConfig::default()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,829 @@
+//! Connection limits shared by every listening socket of the crate (the embedded EPMD
+//! server now, the distribution acceptor later).
+//!
+//! A connection is **pending** from the moment it is accepted until it has proven itself
+//! (EPMD: it sent a complete request; distribution: it finished its handshake), and
+//! **established** afterwards (EPMD: a registered node's open ALIVE2 connection).
+//!
+//! * A pending connection lives at most [`ListenerLimits::idle_timeout`], counted from
+//!   the accept: trickling one byte at a time does not extend it.
+//! * When a pending limit is hit (in total, or for one source), the new connection is
+//!   admitted and the **oldest pending** connection is evicted instead (the oldest of the
+//!   same source when the per-source limit is the one hit). A slowloris flood therefore
+//!   cannot lock well-behaved clients out: a newcomer always gets a slot, and a client
+//!   that sends its request promptly finishes before it becomes the oldest.
+//! * Established connections beyond [`ListenerLimits::max_connections`] or
+//!   [`ListenerLimits::max_per_source`] are refused at promotion time.
+//!
+//! So the number of open sockets is bounded by `max_pending + max_connections`.
+//!
+//! Sources are IP addresses; an IPv4-mapped IPv6 address counts as the IPv4 address, and
+//! IPv6 addresses are grouped by their /64 prefix (one host usually owns a whole /64).
+//!
+//! [`ConnectionTable`] is the pure state machine (no clock, no I/O: the caller passes
+//! `now`), and [`ConnectionLimiter`] is the small async wrapper a tokio accept loop uses:
+//! it hands out an RAII [`ConnectionPermit`] whose [`closed`](ConnectionPermit::closed)
+//! future fires when the connection is evicted or its pending time is up.
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use std::time::{Duration, Instant};
+//! use autocluster::listener::{ConnectionTable, Decision, ListenerLimits};
+//!
+//! let limits = ListenerLimits { max_pending_per_source: 2, ..ListenerLimits::default() };
+//! let mut table = ConnectionTable::new(limits);
+//! let attacker = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+//! let now = Instant::now();
+//!
+//! let Decision::Admit { id: first, .. } = table.admit(attacker, now) else { panic!() };
+//! table.admit(attacker, now);
+//! // The third connection from the same source evicts the oldest pending one.
+//! let Decision::Admit { id: third, evicted, .. } = table.admit(attacker, now) else { panic!() };
+//! assert_eq!(evicted[0].id, first);
+//! // A connection that proves itself becomes established and is never evicted.
+//! table.promote(third)?;
+//! assert_eq!(table.established(), 1);
+//! # Ok::<(), autocluster::listener::PromoteError>(())
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+/// Limits applied by a listener to the connections it accepts.
+///
+/// The defaults suit a host running a handful to a few hundred Erlang nodes: see each
+/// field. Every limit is a count of sockets, so memory stays bounded whatever peers do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Most established connections in total (default 1024). For EPMD this is the number
+    /// of nodes that can be registered at once.
+    pub max_connections: usize,
+    /// Most established connections from one source (default 256). EPMD registrations
+    /// all come from the local host, so this is also the most nodes one host can register.
+    pub max_per_source: usize,
+    /// Most pending connections in total (default 512); beyond it the oldest is evicted.
+    pub max_pending: usize,
+    /// Most pending connections from one source (default 128); beyond it the oldest
+    /// pending connection of that source is evicted.
+    pub max_pending_per_source: usize,
+    /// How long a connection may stay pending, from accept to proving itself
+    /// (default 10 s; epmd itself waits 60 s for an idle request, OTP's `net_setuptime`
+    /// gives a handshake 7 s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits {
+            max_connections: 1024,
+            max_per_source: 256,
+            max_pending: 512,
+            max_pending_per_source: 128,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Identifies one admitted connection; identifiers increase with admission order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Why a connection was closed by the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// It stayed pending longer than [`ListenerLimits::idle_timeout`].
+    TimedOut,
+    /// A newer connection needed its slot: [`ListenerLimits::max_pending`] was reached.
+    PendingLimit,
+    /// A newer connection from the same source needed its slot:
+    /// [`ListenerLimits::max_pending_per_source`] was reached.
+    PendingPerSourceLimit,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CloseReason::TimedOut => "pending for longer than the idle timeout",
+            CloseReason::PendingLimit => "evicted: too many pending connections",
+            CloseReason::PendingPerSourceLimit => {
+                "evicted: too many pending connections from this source"
+            }
+        })
+    }
+}
+
+/// One connection the table closed to make room or because its time was up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eviction {
+    /// The connection to close.
+    pub id: ConnId,
+    /// Why.
+    pub reason: CloseReason,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A pending limit is zero: this listener takes no new connections.
+    #[error("the listener takes no pending connections (a pending limit is 0)")]
+    NoPendingSlots,
+}
+
+/// Outcome of [`ConnectionTable::admit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve the connection; close every connection in `evicted` first.
+    Admit {
+        /// The new connection's identifier.
+        id: ConnId,
+        /// When it must have proven itself.
+        deadline: Instant,
+        /// Connections to close now (timed out, or evicted to make room).
+        evicted: Vec<Eviction>,
+    },
+    /// Close the connection at once.
+    Refuse(Refusal),
+}
+
+/// Why a pending connection could not become established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PromoteError {
+    /// The identifier is unknown (released or evicted already).
+    #[error("unknown connection (already closed or evicted)")]
+    Unknown,
+    /// [`ListenerLimits::max_connections`] established connections exist already.
+    #[error("too many established connections (limit {limit})")]
+    TooManyConnections {
+        /// The limit in force.
+        limit: usize,
+    },
+    /// [`ListenerLimits::max_per_source`] established connections from this source exist.
+    #[error("too many established connections from this source (limit {limit})")]
+    TooManyFromSource {
+        /// The limit in force.
+        limit: usize,
+    },
+}
+
+/// The key connections are counted under: the IPv4 address, or the IPv6 /64 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct SourceKey(IpAddr);
+
+impl SourceKey {
+    fn of(ip: IpAddr) -> SourceKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => SourceKey(IpAddr::V4(v4)),
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                SourceKey(IpAddr::V6(Ipv6Addr::from(bits)))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum ConnState {
+    Pending { deadline: Instant },
+    Established,
+}
+
+#[derive(Debug)]
+struct Conn {
+    source: SourceKey,
+    state: ConnState,
+}
+
+#[derive(Debug, Default)]
+struct SourceCounts {
+    pending: BTreeSet<ConnId>,
+    established: usize,
+}
+
+/// The pure bookkeeping behind [`ConnectionLimiter`]: which connections are pending or
+/// established, from where, and which to evict. It never reads a clock.
+#[derive(Debug)]
+pub struct ConnectionTable {
+    limits: ListenerLimits,
+    next_id: u64,
+    conns: HashMap<ConnId, Conn>,
+    pending: BTreeSet<ConnId>,
+    sources: HashMap<SourceKey, SourceCounts>,
+    established: usize,
+}
+
+impl ConnectionTable {
+    /// An empty table enforcing `limits`.
+    pub fn new(limits: ListenerLimits) -> Self {
+        ConnectionTable {
+            limits,
+            next_id: 0,
+            conns: HashMap::new(),
+            pending: BTreeSet::new(),
+            sources: HashMap::new(),
+            established: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ListenerLimits {
+        &self.limits
+    }
+
+    /// Admits a connection from `source` accepted at `now`, evicting what must go.
+    ///
+    /// Expired pending connections are evicted first; then, if the source or the whole
+    /// listener is at its pending limit, the oldest pending connection (of the source,
+    /// resp. overall) makes room.
+    pub fn admit(&mut self, source: IpAddr, now: Instant) -> Decision {
+        if self.limits.max_pending == 0 || self.limits.max_pending_per_source == 0 {
+            return Decision::Refuse(Refusal::NoPendingSlots);
+        }
+        let mut evicted: Vec<Eviction> = self
+            .expire(now)
+            .into_iter()
+            .map(|id| Eviction {
+                id,
+                reason: CloseReason::TimedOut,
+            })
+            .collect();
+        let key = SourceKey::of(source);
+        let oldest_of_source = self.sources.get(&key).and_then(|counts| {
+            (counts.pending.len() >= self.limits.max_pending_per_source)
+                .then(|| counts.pending.first().copied())
+                .flatten()
+        });
+        if let Some(id) = oldest_of_source {
+            self.remove(id);
+            evicted.push(Eviction {
+                id,
+                reason: CloseReason::PendingPerSourceLimit,
+            });
+        }
+        while self.pending.len() >= self.limits.max_pending {
+            let Some(id) = self.pending.first().copied() else {
+                break;
+            };
+            self.remove(id);
+            evicted.push(Eviction {
+                id,
+                reason: CloseReason::PendingLimit,
+            });
+        }
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        let deadline = now + self.limits.idle_timeout;
+        self.conns.insert(
+            id,
+            Conn {
+                source: key,
+                state: ConnState::Pending { deadline },
+            },
+        );
+        self.pending.insert(id);
+        self.sources.entry(key).or_default().pending.insert(id);
+        Decision::Admit {
+            id,
+            deadline,
+            evicted,
+        }
+    }
+
+    /// Marks a pending connection as established (it proved itself).
+    ///
+    /// Promoting an established connection again is a no-op. On error the connection
+    /// stays pending; the caller is expected to close it.
+    pub fn promote(&mut self, id: ConnId) -> Result<(), PromoteError> {
+        let conn = self.conns.get(&id).ok_or(PromoteError::Unknown)?;
+        if matches!(conn.state, ConnState::Established) {
+            return Ok(());
+        }
+        let key = conn.source;
+        if self.established >= self.limits.max_connections {
+            return Err(PromoteError::TooManyConnections {
+                limit: self.limits.max_connections,
+            });
+        }
+        let counts = self.sources.entry(key).or_default();
+        if counts.established >= self.limits.max_per_source {
+            return Err(PromoteError::TooManyFromSource {
+                limit: self.limits.max_per_source,
+            });
+        }
+        counts.pending.remove(&id);
+        counts.established += 1;
+        self.pending.remove(&id);
+        self.established += 1;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.state = ConnState::Established;
+        }
+        Ok(())
+    }
+
+    /// Forgets a closed connection; `false` if it was unknown (e.g. evicted already).
+    pub fn release(&mut self, id: ConnId) -> bool {
+        self.remove(id)
+    }
+
+    /// Removes and returns the pending connections whose deadline is at or before `now`,
+    /// oldest first.
+    pub fn expire(&mut self, now: Instant) -> Vec<ConnId> {
+        let mut expired = Vec::new();
+        // Every connection gets the same timeout, so admission order is deadline order.
+        while let Some(&id) = self.pending.first() {
+            let overdue = match self.conns.get(&id).map(|c| &c.state) {
+                Some(ConnState::Pending { deadline }) => *deadline <= now,
+                _ => true, // inconsistent entry: drop it
+            };
+            if !overdue {
+                break;
+            }
+            self.remove(id);
+            expired.push(id);
+        }
+        expired
+    }
+
+    /// The earliest pending deadline, if any connection is pending.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let id = self.pending.first()?;
+        match self.conns.get(id)?.state {
+            ConnState::Pending { deadline } => Some(deadline),
+            ConnState::Established => None,
+        }
+    }
+
+    /// Whether `id` is known and established.
+    pub fn is_established(&self, id: ConnId) -> bool {
+        matches!(
+            self.conns.get(&id).map(|c| &c.state),
+            Some(ConnState::Established)
+        )
+    }
+
+    /// Whether `id` is known (pending or established).
+    pub fn contains(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id)
+    }
+
+    /// Pending connections in total.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Established connections in total.
+    pub fn established(&self) -> usize {
+        self.established
+    }
+
+    /// Pending connections counted against `source`.
+    pub fn pending_from(&self, source: IpAddr) -> usize {
+        self.sources
+            .get(&SourceKey::of(source))
+            .map_or(0, |c| c.pending.len())
+    }
+
+    /// Established connections counted against `source`.
+    pub fn established_from(&self, source: IpAddr) -> usize {
+        self.sources
+            .get(&SourceKey::of(source))
+            .map_or(0, |c| c.established)
+    }
+
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.remove(&id) else {
+            return false;
+        };
+        let mut empty = false;
+        if let Some(counts) = self.sources.get_mut(&conn.source) {
+            match conn.state {
+                ConnState::Pending { .. } => {
+                    counts.pending.remove(&id);
+                }
+                ConnState::Established => counts.established -= 1,
+            }
+            empty = counts.pending.is_empty() && counts.established == 0;
+        }
+        if empty {
+            self.sources.remove(&conn.source);
+        }
+        match conn.state {
+            ConnState::Pending { .. } => {
+                self.pending.remove(&id);
+            }
+            ConnState::Established => self.established -= 1,
+        }
+        true
+    }
+}
+
+/// Counters of a [`ConnectionLimiter`], for logs, metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Connections pending now.
+    pub pending: usize,
+    /// Connections established now.
+    pub established: usize,
+    /// Connections admitted since the start.
+    pub admitted: u64,
+    /// Pending connections closed because their time was up.
+    pub timed_out: u64,
+    /// Pending connections evicted to make room for newer ones.
+    pub evicted: u64,
+    /// Connections refused at admission or promotion.
+    pub refused: u64,
+}
+
+#[derive(Debug)]
+struct LimiterInner {
+    table: ConnectionTable,
+    signals: HashMap<ConnId, oneshot::Sender<CloseReason>>,
+    stats: ListenerStats,
+}
+
+/// The async face of [`ConnectionTable`]: an accept loop calls [`admit`](Self::admit)
+/// for each accepted socket and moves the returned permit into the connection's task.
+///
+/// Cloning is cheap and shares the same table.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimiter {
+    inner: Arc<Mutex<LimiterInner>>,
+}
+
+impl ConnectionLimiter {
+    /// A limiter enforcing `limits`.
+    pub fn new(limits: ListenerLimits) -> Self {
+        ConnectionLimiter {
+            inner: Arc::new(Mutex::new(LimiterInner {
+                table: ConnectionTable::new(limits),
+                signals: HashMap::new(),
+                stats: ListenerStats::default(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LimiterInner> {
+        // A panic while holding this lock cannot leave the table half-updated in a way
+        // that matters more than refusing all service would, so recover from poisoning.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> ListenerLimits {
+        self.lock().table.limits().clone()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ListenerStats {
+        let inner = self.lock();
+        ListenerStats {
+            pending: inner.table.pending(),
+            established: inner.table.established(),
+            ..inner.stats
+        }
+    }
+
+    /// Admits a connection from `source` (evicting older pending ones if needed, which
+    /// are told through their permit's [`closed`](ConnectionPermit::closed) future).
+    pub fn admit(&self, source: IpAddr) -> Result<ConnectionPermit, Refusal> {
+        let now = tokio::time::Instant::now();
+        let mut inner = self.lock();
+        match inner.table.admit(source, now.into_std()) {
+            Decision::Refuse(refusal) => {
+                inner.stats.refused += 1;
+                Err(refusal)
+            }
+            Decision::Admit {
+                id,
+                deadline,
+                evicted,
+            } => {
+                for eviction in evicted {
+                    match eviction.reason {
+                        CloseReason::TimedOut => inner.stats.timed_out += 1,
+                        _ => inner.stats.evicted += 1,
+                    }
+                    if let Some(signal) = inner.signals.remove(&eviction.id) {
+                        // The receiver may be gone already; nothing to do then.
+                        let _ = signal.send(eviction.reason);
+                    }
+                }
+                inner.stats.admitted += 1;
+                let (tx, rx) = oneshot::channel();
+                inner.signals.insert(id, tx);
+                drop(inner);
+                Ok(ConnectionPermit {
+                    id,
+                    deadline: Some(tokio::time::Instant::from_std(deadline)),
+                    limiter: self.clone(),
+                    signal: Some(rx),
+                    closed: None,
+                })
+            }
+        }
+    }
+}
+
+/// A connection's slot in a [`ConnectionLimiter`]; dropping it releases the slot.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    id: ConnId,
+    deadline: Option<tokio::time::Instant>,
+    limiter: ConnectionLimiter,
+    signal: Option<oneshot::Receiver<CloseReason>>,
+    closed: Option<CloseReason>,
+}
+
+impl ConnectionPermit {
+    /// The connection's identifier.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Whether the connection was promoted.
+    pub fn is_established(&self) -> bool {
+        self.deadline.is_none()
+    }
+
+    /// When the connection must have proven itself (`None` once established).
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// Marks the connection established: it is no longer subject to the pending timeout
+    /// or to eviction. Fails when the established limits are reached (close it then), or
+    /// when the connection was evicted already.
+    pub fn promote(&mut self) -> Result<(), PromoteError> {
+        if self.closed.is_some() {
+            return Err(PromoteError::Unknown);
+        }
+        let mut inner = self.limiter.lock();
+        match inner.table.promote(self.id) {
+            Ok(()) => {
+                inner.signals.remove(&self.id);
+                drop(inner);
+                self.deadline = None;
+                self.signal = None;
+                Ok(())
+            }
+            Err(e) => {
+                inner.stats.refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves when the limits want this connection closed: evicted by a newer one, or
+    /// still pending at its deadline. Never resolves for an established connection.
+    ///
+    /// Cancel-safe: use it as a branch of `tokio::select!` around every read and write.
+    pub async fn closed(&mut self) -> CloseReason {
+        if let Some(reason) = self.closed {
+            return reason;
+        }
+        let deadline = self.deadline;
+        let reason = tokio::select! {
+            reason = async {
+                match self.signal.as_mut() {
+                    Some(rx) => match rx.await {
+                        Ok(reason) => reason,
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            } => reason,
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => CloseReason::TimedOut,
+        };
+        self.signal = None;
+        self.closed = Some(reason);
+        reason
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut inner = self.limiter.lock();
+        if inner.table.release(self.id) && self.closed == Some(CloseReason::TimedOut) {
+            inner.stats.timed_out += 1;
+        }
+        inner.signals.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    fn limits(pending: usize, per_source: usize) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: 3,
+            max_per_source: 2,
+            max_pending: pending,
+            max_pending_per_source: per_source,
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn admit(t: &mut ConnectionTable, src: IpAddr, now: Instant) -> (ConnId, Vec<Eviction>) {
+        match t.admit(src, now) {
+            Decision::Admit { id, evicted, .. } => (id, evicted),
+            Decision::Refuse(r) => panic!("refused: {r}"),
+        }
+    }
+
+    #[test]
+    fn per_source_limit_evicts_the_oldest_of_that_source_only() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(10, 2));
+        let (other, _) = admit(&mut t, ip(9), now);
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (b, ev) = admit(&mut t, ip(1), now);
+        assert!(ev.is_empty());
+        let (c, ev) = admit(&mut t, ip(1), now);
+        assert_eq!(
+            ev,
+            vec![Eviction {
+                id: a,
+                reason: CloseReason::PendingPerSourceLimit
+            }]
+        );
+        assert!(t.contains(other) && t.contains(b) && t.contains(c) && !t.contains(a));
+        assert_eq!(t.pending_from(ip(1)), 2);
+        assert_eq!(t.pending(), 3);
+    }
+
+    #[test]
+    fn total_limit_evicts_the_globally_oldest() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(3, 3));
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (_b, _) = admit(&mut t, ip(2), now);
+        let (_c, _) = admit(&mut t, ip(3), now);
+        let (_d, ev) = admit(&mut t, ip(4), now);
+        assert_eq!(
+            ev,
+            vec![Eviction {
+                id: a,
+                reason: CloseReason::PendingLimit
+            }]
+        );
+        assert_eq!(t.pending(), 3);
+        assert_eq!(t.pending_from(ip(1)), 0);
+    }
+
+    #[test]
+    fn a_flood_never_locks_out_a_newcomer() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(100, 10));
+        for i in 0..5000u32 {
+            let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i % 50)));
+            admit(&mut t, src, now);
+            assert!(t.pending() <= 100);
+        }
+        let (good, _) = admit(&mut t, ip(200), now);
+        t.promote(good).unwrap();
+        assert!(t.is_established(good));
+        assert_eq!(t.pending(), 99);
+    }
+
+    #[test]
+    fn expired_connections_go_first_and_in_order() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(10, 10));
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (b, _) = admit(&mut t, ip(2), now + Duration::from_secs(1));
+        assert_eq!(t.next_deadline(), Some(now + Duration::from_secs(5)));
+        assert!(t.expire(now + Duration::from_secs(4)).is_empty());
+        let (_c, ev) = admit(&mut t, ip(3), now + Duration::from_secs(5));
+        assert_eq!(
+            ev,
+            vec![Eviction {
+                id: a,
+                reason: CloseReason::TimedOut
+            }]
+        );
+        assert_eq!(t.expire(now + Duration::from_secs(6)), vec![b]);
+        assert_eq!(t.pending(), 1);
+    }
+
+    #[test]
+    fn established_connections_are_limited_and_never_evicted() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(2, 2));
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (b, _) = admit(&mut t, ip(1), now);
+        t.promote(a).unwrap();
+        t.promote(b).unwrap();
+        t.promote(b).unwrap(); // idempotent
+        let (c, _) = admit(&mut t, ip(1), now);
+        assert_eq!(
+            t.promote(c),
+            Err(PromoteError::TooManyFromSource { limit: 2 })
+        );
+        let (d, _) = admit(&mut t, ip(2), now);
+        t.promote(d).unwrap();
+        let (e, _) = admit(&mut t, ip(3), now);
+        assert_eq!(
+            t.promote(e),
+            Err(PromoteError::TooManyConnections { limit: 3 })
+        );
+        // A flood of pending connections and a long wait leave them alone.
+        for _ in 0..10 {
+            admit(&mut t, ip(1), now + Duration::from_secs(60));
+        }
+        assert!(t.is_established(a) && t.is_established(b) && t.is_established(d));
+        assert_eq!(t.established_from(ip(1)), 2);
+        assert!(t.release(a));
+        assert!(!t.release(a));
+        assert_eq!(t.established(), 2);
+        assert_eq!(t.promote(a), Err(PromoteError::Unknown));
+    }
+
+    #[test]
+    fn zero_pending_limit_refuses() {
+        let mut t = ConnectionTable::new(limits(0, 1));
+        assert_eq!(
+            t.admit(ip(1), Instant::now()),
+            Decision::Refuse(Refusal::NoPendingSlots)
+        );
+    }
+
+    #[test]
+    fn sources_are_canonical_and_ipv6_grouped_by_prefix() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(10, 2));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        admit(&mut t, mapped, now);
+        assert_eq!(t.pending_from(ip(1)), 1);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        admit(&mut t, a, now);
+        admit(&mut t, b, now);
+        let (_, ev) = admit(&mut t, "2001:db8::3".parse().unwrap(), now);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(t.pending_from(a), 2);
+        assert_eq!(t.pending_from("2001:db9::1".parse().unwrap()), 0);
+    }
+
+    #[test]
+    fn released_sources_leave_no_trace() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(10, 10));
+        let ids: Vec<_> = (0..50).map(|i| admit(&mut t, ip(i), now).0).collect();
+        for id in ids {
+            t.release(id);
+        }
+        assert!(t.sources.is_empty() && t.conns.is_empty() && t.pending.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_signal_eviction_and_timeout() {
+        let limiter = ConnectionLimiter::new(limits(10, 1));
+        let mut first = limiter.admit(ip(1)).unwrap();
+        let mut second = limiter.admit(ip(1)).unwrap();
+        assert_eq!(first.closed().await, CloseReason::PendingPerSourceLimit);
+        assert_eq!(first.closed().await, CloseReason::PendingPerSourceLimit);
+        assert_eq!(first.promote(), Err(PromoteError::Unknown));
+        let start = tokio::time::Instant::now();
+        assert_eq!(second.closed().await, CloseReason::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        drop(second);
+        let stats = limiter.stats();
+        assert_eq!((stats.pending, stats.evicted, stats.timed_out), (0, 1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn promoted_permits_are_not_closed_by_time() {
+        let limiter = ConnectionLimiter::new(limits(10, 10));
+        let mut p = limiter.admit(ip(1)).unwrap();
+        p.promote().unwrap();
+        assert!(p.is_established());
+        let waited = tokio::time::timeout(Duration::from_secs(3600), p.closed()).await;
+        assert!(waited.is_err());
+        assert_eq!(limiter.stats().established, 1);
+        drop(p);
+        assert_eq!(limiter.stats().established, 0);
+    }
+}

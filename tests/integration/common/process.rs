@@ -1,0 +1,75 @@
+//! Free ports, process groups and output capture shared by the peer harnesses.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A TCP port free on both `127.0.0.1` and `[::1]` right now, never handed out twice by
+/// this test process (so parallel tests do not race each other for it).
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    for _ in 0..1000 {
+        let Ok(v4) = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))) else {
+            continue;
+        };
+        let Ok(port) = v4.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if TcpListener::bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))).is_err() {
+            continue;
+        }
+        let mut handed = handed.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free TCP port found on 127.0.0.1 and ::1");
+}
+
+/// A name unique to this test process and call: `{prefix}_{pid}_{n}`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kills a whole process group (a child started with `process_group(0)` leads its own
+/// group, so its pid is the group id): the child and everything it started.
+pub fn kill_process_group(pgid: u32) {
+    // `kill` from procps/util-linux; the crate forbids `unsafe`, so no libc::kill here.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// The last lines a child printed, for failure messages.
+#[derive(Clone, Default)]
+pub struct OutputLog {
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl OutputLog {
+    const KEEP: usize = 300;
+
+    /// Remembers a line (keeping the last few hundred).
+    pub fn push(&self, line: String) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == Self::KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// Everything remembered, one line each.
+    pub fn dump(&self) -> String {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(|l| format!("    {l}\n")).collect()
+    }
+}
