@@ -1,6 +1,6 @@
 //! Byte-level helpers shared by every pure parser in the crate.
 //!
-//! Nothing here performs I/O. A [`Reader`] is a cursor over a borrowed buffer whose
+//! Nothing here performs I/O. A `Reader` is a cursor over a borrowed buffer whose
 //! accessors return `None` instead of panicking when the input is too short, so a
 //! parser built on it cannot index out of bounds. [`Status`] separates "I need more
 //! bytes" from "these bytes are wrong", in the style of `httparse`.
