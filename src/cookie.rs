@@ -350,7 +350,10 @@ mod tests {
     #[test]
     fn reads_like_erlang() {
         let f = file_with(b"ABCDEFGHIJKLMNOPQRST\r\n  \n", 0o400);
-        assert_eq!(Cookie::from_file(f.path()).unwrap().as_bytes(), b"ABCDEFGHIJKLMNOPQRST");
+        assert_eq!(
+            Cookie::from_file(f.path()).unwrap().as_bytes(),
+            b"ABCDEFGHIJKLMNOPQRST"
+        );
         // Spaces are printable: those before the line break belong to the cookie, as in OTP.
         let f = file_with(b"a b \n", 0o600);
         assert_eq!(Cookie::from_file(f.path()).unwrap().as_bytes(), b"a b ");
@@ -379,16 +382,25 @@ mod tests {
     #[test]
     fn refuses_empty_and_bad_characters_without_revealing_them() {
         let f = file_with(b"\n \r\n", 0o400);
-        assert!(matches!(Cookie::from_file(f.path()), Err(CookieError::Empty(_))));
+        assert!(matches!(
+            Cookie::from_file(f.path()),
+            Err(CookieError::Empty(_))
+        ));
         let f = file_with(b"SECRET\tX", 0o400);
         let err = Cookie::from_file(f.path()).unwrap_err();
         assert!(matches!(err, CookieError::BadCharacter { offset: 6, .. }));
         assert!(!err.to_string().contains("SECRET"));
         let err = Cookie::new("SECRET\u{e9}").unwrap_err();
-        assert!(matches!(err, CookieError::BadCharacter { offset: 6, .. }), "{err:?}");
+        assert!(
+            matches!(err, CookieError::BadCharacter { offset: 6, .. }),
+            "{err:?}"
+        );
         assert!(!format!("{err:?}").contains("SECRET"));
         assert!(matches!(Cookie::new(""), Err(CookieError::Empty(_))));
-        assert!(matches!(Cookie::new("abc\nx"), Err(CookieError::BadCharacter { .. })));
+        assert!(matches!(
+            Cookie::new("abc\nx"),
+            Err(CookieError::BadCharacter { .. })
+        ));
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub enum NodeNameError {
     #[error("node name {0:?} has an empty host part after '@'")]
     EmptyHost(String),
     /// The alive part holds a character Erlang does not accept there.
-    #[error("node name {name:?}: character {ch:?} is not allowed before '@' (Erlang accepts 0-9 A-Z a-z _ -)")]
+    #[error(
+        "node name {name:?}: character {ch:?} is not allowed before '@' (Erlang accepts 0-9 A-Z a-z _ -)"
+    )]
     BadAliveChar {
         /// The name given.
         name: String,
@@ -86,7 +88,9 @@ pub enum NodeNameError {
         ch: char,
     },
     /// The host part holds a character Erlang does not accept there.
-    #[error("node name {name:?}: character {ch:?} is not allowed in the host part (printable ASCII without spaces or '@')")]
+    #[error(
+        "node name {name:?}: character {ch:?} is not allowed in the host part (printable ASCII without spaces or '@')"
+    )]
     BadHostChar {
         /// The name given.
         name: String,
@@ -285,7 +289,10 @@ mod tests {
     #[test]
     fn parses_short_and_long_names() {
         let n = NodeName::new("rabbit@node-1").unwrap();
-        assert_eq!((n.alive(), n.host(), n.kind()), ("rabbit", "node-1", NameKind::Short));
+        assert_eq!(
+            (n.alive(), n.host(), n.kind()),
+            ("rabbit", "node-1", NameKind::Short)
+        );
         let n = NodeName::new("rabbit@node-1.svc.cluster.local").unwrap();
         assert_eq!(n.kind(), NameKind::Long);
         assert_eq!(NodeName::new("a@127.0.0.1").unwrap().kind(), NameKind::Long);
@@ -297,9 +304,18 @@ mod tests {
 
     #[test]
     fn rejects_what_erlang_rejects() {
-        assert!(matches!(NodeName::new("rabbit"), Err(NodeNameError::MissingAt(_))));
-        assert!(matches!(NodeName::new("@host"), Err(NodeNameError::EmptyAlive(_))));
-        assert!(matches!(NodeName::new("rabbit@"), Err(NodeNameError::EmptyHost(_))));
+        assert!(matches!(
+            NodeName::new("rabbit"),
+            Err(NodeNameError::MissingAt(_))
+        ));
+        assert!(matches!(
+            NodeName::new("@host"),
+            Err(NodeNameError::EmptyAlive(_))
+        ));
+        assert!(matches!(
+            NodeName::new("rabbit@"),
+            Err(NodeNameError::EmptyHost(_))
+        ));
         assert!(matches!(
             NodeName::new("rab bit@host"),
             Err(NodeNameError::BadAliveChar { ch: ' ', .. })
@@ -321,7 +337,10 @@ mod tests {
             Err(NodeNameError::BadHostChar { .. })
         ));
         let long = format!("a@{}", "h".repeat(254));
-        assert!(matches!(NodeName::new(&long), Err(NodeNameError::TooLong { len: 256 })));
+        assert!(matches!(
+            NodeName::new(&long),
+            Err(NodeNameError::TooLong { len: 256 })
+        ));
         let max = format!("a@{}", "h".repeat(253));
         assert!(NodeName::new(&max).is_ok());
     }
@@ -349,6 +368,10 @@ mod tests {
         assert!(err.contains("short"), "{err}");
         assert!(err.contains("long"), "{err}");
         assert!(err.contains("-sname"), "{err}");
-        assert!(short.check_compatible(&NodeName::new("x@other").unwrap()).is_ok());
+        assert!(
+            short
+                .check_compatible(&NodeName::new("x@other").unwrap())
+                .is_ok()
+        );
     }
 }

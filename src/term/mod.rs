@@ -389,6 +389,18 @@ impl Term {
         }
     }
 
+    /// Erlang's term order in its exact form, the order map keys are sorted in: numbers
+    /// by value but every integer before every float (`1 < 1.0`), then atoms,
+    /// references, funs, ports, pids, tuples, maps, `[]`, lists, bit strings. Maps are
+    /// compared by size, then pairs in stored order, which is Erlang's order for maps
+    /// stored sorted (as received from Erlang or built by [`parse_term`]). Pids, ports,
+    /// references and funs are ordered by their fields, not by a node table. `Equal`
+    /// implies `==`; `Term` does not implement `Ord` because maps stored in different
+    /// orders are `==` without comparing `Equal`.
+    pub fn compare_exact(&self, other: &Term) -> std::cmp::Ordering {
+        cmp::compare_exact(self, other)
+    }
+
     /// The atom, if this is one.
     pub fn as_atom(&self) -> Option<&Atom> {
         match self {

@@ -905,6 +905,8 @@ fn arb_leaf() -> impl Strategy<Value = Term> {
 fn has_opaque(t: &Term) -> bool {
     match t {
         Term::Pid(_) | Term::Port(_) | Term::Reference(_) | Term::InternalFun(_) => true,
+        // Printed like Erlang prints them: UTF-8 bytes as Latin-1 characters.
+        Term::ExternalFun(f) => !f.module.as_str().is_ascii() || !f.function.as_str().is_ascii(),
         Term::Tuple(v) | Term::List(v) => v.iter().any(has_opaque),
         Term::ImproperList { elements, tail } => {
             elements.iter().any(has_opaque) || has_opaque(tail)

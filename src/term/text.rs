@@ -4,8 +4,9 @@
 //! line, Latin-1 mode): lists of printable Latin-1 characters as `"strings"`, binaries
 //! of printable Latin-1 bytes as `<<"text">>`, atoms quoted and escaped when needed,
 //! floats in OTP's shortest round-trip form, small maps (up to 32 keys) sorted by key
-//! as Erlang stores them. Maps with more keys are printed in their stored order (a map
-//! decoded from Erlang arrives in Erlang's order). Pids, ports, references and local
+//! as Erlang stores them. Maps with more keys are printed in the reverse of their stored
+//! order, which is Erlang's printing order for a large map decoded from Erlang (Erlang
+//! writes its hash trie in the reverse of its iteration order). Pids, ports, references and local
 //! funs are printed with their node or module name, since we have no node table: see
 //! the [module documentation](super).
 //!
@@ -56,12 +57,14 @@ fn write_term(f: &mut fmt::Formatter<'_>, t: &Term) -> fmt::Result {
         }
         Term::Map(pairs) => {
             f.write_str("#{")?;
-            let sorted;
+            // Up to 32 keys Erlang keeps a map sorted by key. Past that it keeps a hash
+            // trie, iterated (and so printed) in the reverse of the order
+            // `term_to_binary` writes it in: print a large map decoded from Erlang in
+            // Erlang's order.
             let ordered: Vec<&(Term, Term)> = if pairs.len() <= 32 {
-                sorted = sort_by_key(pairs);
-                sorted
+                sort_by_key(pairs)
             } else {
-                pairs.iter().collect()
+                pairs.iter().rev().collect()
             };
             for (i, (k, v)) in ordered.into_iter().enumerate() {
                 if i > 0 {
@@ -82,20 +85,22 @@ fn write_term(f: &mut fmt::Formatter<'_>, t: &Term) -> fmt::Result {
             }
             f.write_char('>')
         }
+        // Funs are printed by the emulator's C printer (`erlang:fun_to_list/1`), which
+        // quotes atoms by its own rules and emits their UTF-8 bytes one per character.
         Term::ExternalFun(x) => {
             f.write_str("fun ")?;
-            write_atom(f, x.module.as_str())?;
+            write_c_atom(f, x.module.as_str())?;
             f.write_char(':')?;
-            write_atom(f, x.function.as_str())?;
+            write_c_atom(f, x.function.as_str())?;
             write!(f, "/{}", x.arity)
         }
-        Term::InternalFun(x) => write!(
-            f,
-            "#Fun<{}.{}.{}>",
-            x.module.as_str(),
-            x.old_index,
-            x.old_uniq
-        ),
+        Term::InternalFun(x) => {
+            f.write_str("#Fun<")?;
+            for &b in x.module.as_str().as_bytes() {
+                f.write_char(char::from(b))?;
+            }
+            write!(f, ".{}.{}>", x.old_index, x.old_uniq)
+        }
     }
 }
 
@@ -208,6 +213,62 @@ pub(crate) fn write_atom(f: &mut impl fmt::Write, name: &str) -> fmt::Result {
         write_escaped(f, c, '\'')?;
     }
     f.write_char('\'')
+}
+
+/// An atom as the emulator's C term printer writes it (`print_atom_name` in
+/// `erl_printf_term.c`, OTP 25): quoted unless it starts with a Latin-1 lowercase
+/// letter and goes on with Latin-1 letters, digits and `_` (no `@`, no reserved word
+/// check); control characters escaped, other UTF-8 bytes written as they are, one
+/// character per byte.
+fn write_c_atom(f: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() {
+        return f.write_str("''");
+    }
+    // The Latin-1 value the C code sees at each byte (continuation bytes count as a
+    // letter, three- and four-byte leads as a non-letter).
+    let latin1 = |i: usize| -> u32 {
+        let c = u32::from(bytes.get(i).copied().unwrap_or_default());
+        let next = u32::from(bytes.get(i + 1).copied().unwrap_or_default());
+        match c {
+            0..=0x7f => c,
+            0xc0..=0xdf => ((c & 0x1f) << 6) | (next & 0x3f),
+            0x80..=0xbf => u32::from(b'a'),
+            _ => 0,
+        }
+    };
+    let lower = |c: u32| matches!(c, 0x61..=0x7a) || ((223..=255).contains(&c) && c != 247);
+    let upper = |c: u32| matches!(c, 0x41..=0x5a) || ((192..=222).contains(&c) && c != 215);
+    let alnum = |c: u32| lower(c) || upper(c) || matches!(c, 0x30..=0x39);
+    let quote = !lower(latin1(0))
+        || (1..bytes.len()).any(|i| !alnum(latin1(i)) && latin1(i) != u32::from(b'_'));
+    if quote {
+        f.write_char('\'')?;
+    }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'\'' => f.write_str("\\'")?,
+            b'\\' => f.write_str("\\\\")?,
+            b'\n' => f.write_str("\\n")?,
+            0x0c => f.write_str("\\f")?,
+            b'\t' => f.write_str("\\t")?,
+            b'\r' => f.write_str("\\r")?,
+            0x08 => f.write_str("\\b")?,
+            0x0b => f.write_str("\\v")?,
+            0..=31 => write!(f, "\\{b:03o}")?,
+            0xc2 if bytes.get(i + 1).is_some_and(|&n| n < 0xa0) => {
+                i += 1;
+                write!(f, "\\{:03o}", bytes.get(i).copied().unwrap_or_default())?;
+            }
+            _ => f.write_char(char::from(b))?,
+        }
+        i += 1;
+    }
+    if quote {
+        f.write_char('\'')?;
+    }
+    Ok(())
 }
 
 fn is_lower(c: char) -> bool {

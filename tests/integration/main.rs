@@ -5,3 +5,4 @@
 //! fails the test with the package to install; nothing is skipped.
 
 mod common;
+mod term_text;
