@@ -2,8 +2,8 @@
 //!
 //! Every message on an Erlang distribution connection is a pair of terms in the
 //! External Term Format (`term_to_binary/1`'s format, version byte 131). This module
-//! holds the [`Term`] model, a decoder ([`decode`], [`decode_prefix`]), an encoder
-//! ([`encode`], [`encode_into`]) that makes the same choices as OTP's own encoder, and
+//! holds the [`Term`] model, a decoder ([`decode()`], [`decode_prefix`]), an encoder
+//! ([`encode()`], [`encode_into`]) that makes the same choices as OTP's own encoder, and
 //! a text form: [`parse_term`] reads Erlang literal syntax and `Display` prints a term
 //! exactly as `io_lib:format("~0p", [Term])` does on OTP 25.
 //!
@@ -326,7 +326,9 @@ impl Term {
     /// An Erlang string: the list of the text's code points, as a compact
     /// [`Term::ByteList`] when they are all below 256.
     pub fn string(text: &str) -> Term {
-        if text.chars().all(|c| (c as u32) < 256) {
+        if text.is_empty() {
+            Term::nil()
+        } else if text.chars().all(|c| (c as u32) < 256) {
             Term::ByteList(text.chars().map(|c| c as u8).collect())
         } else {
             Term::List(

@@ -227,10 +227,7 @@ fn depth_limit() {
     for _ in 0..10_000 {
         deep.extend_from_slice(&[108, 0, 0, 0, 1]);
     }
-    deep.push(106);
-    for _ in 0..10_000 {
-        deep.push(106);
-    }
+    deep.extend_from_slice(&[106; 10_001]);
     assert_eq!(decode(&deep), Err(DecodeError::TooDeep { max }));
 }
 

@@ -911,7 +911,7 @@ impl<'t> Parser<'t> {
             Tok::Atom(a) => Ok(Term::Atom(Atom::new(a))),
             Tok::Int(_) | Tok::Char(_) | Tok::Float(_) => Ok(number(tok)),
             Tok::Punct(sign @ ("-" | "+")) => {
-                let v = self.signed_number(sign == &"-")?;
+                let v = self.signed_number(sign == &"-", depth)?;
                 Ok(number(&v))
             }
             Tok::Str(s) => {
@@ -940,12 +940,15 @@ impl<'t> Parser<'t> {
     }
 
     /// A number after `-` or `+` (possibly in parentheses), as a token.
-    fn signed_number(&mut self, negate: bool) -> PResult<Tok> {
+    fn signed_number(&mut self, negate: bool, depth: usize) -> PResult<Tok> {
         let at = self.here();
+        if depth > DecodeLimits::DEFAULT_MAX_DEPTH {
+            return Err(at.error(ParseErrorKind::TooDeep));
+        }
         let (tok, _) = self.next()?;
         let tok = match tok {
             Tok::Punct("(") => {
-                let v = self.signed_number(false)?;
+                let v = self.signed_number(false, depth + 1)?;
                 self.expect(")")?;
                 v
             }
@@ -1080,10 +1083,10 @@ impl<'t> Parser<'t> {
             }
             (t @ (Tok::Int(_) | Tok::Char(_) | Tok::Float(_)), _) => SegValue::Number(t.clone()),
             (Tok::Punct(sign @ ("-" | "+")), _) => {
-                SegValue::Number(self.signed_number(*sign == "-")?)
+                SegValue::Number(self.signed_number(*sign == "-", depth)?)
             }
             (Tok::Punct("("), _) => {
-                let v = self.signed_number(false)?;
+                let v = self.signed_number(false, depth + 1)?;
                 self.expect(")")?;
                 SegValue::Number(v)
             }
@@ -1365,7 +1368,7 @@ impl BitBuf {
         if self.len.saturating_add(count) > MAX_TEXT_BITS {
             return Err("binary too large");
         }
-        if self.len % 8 == 0 && skip % 8 == 0 && count % 8 == 0 {
+        if self.len.is_multiple_of(8) && skip.is_multiple_of(8) && count.is_multiple_of(8) {
             let from = skip / 8;
             let chunk = data.get(from..from + count / 8).ok_or("internal")?;
             self.bytes.extend_from_slice(chunk);
@@ -1375,13 +1378,13 @@ impl BitBuf {
         for i in skip..skip + count {
             let byte = data.get(i / 8).copied().ok_or("internal")?;
             let bit = (byte >> (7 - i % 8)) & 1;
-            if self.len % 8 == 0 {
+            if self.len.is_multiple_of(8) {
                 self.bytes.push(0);
             }
-            if bit == 1 {
-                if let Some(last) = self.bytes.last_mut() {
-                    *last |= 0x80 >> (self.len % 8);
-                }
+            if bit == 1
+                && let Some(last) = self.bytes.last_mut()
+            {
+                *last |= 0x80 >> (self.len % 8);
             }
             self.len += 1;
         }
