@@ -358,6 +358,8 @@ fn float_text_matches_otp() {
     ] {
         assert_eq!(Term::Float(f).to_string(), s, "{f:e}");
     }
+    assert_eq!(Term::Float(f64::NAN).to_string(), "NaN");
+    assert_eq!(Term::Float(f64::NEG_INFINITY).to_string(), "-inf");
 }
 
 #[test]

@@ -352,7 +352,12 @@ fn write_escaped(f: &mut impl fmt::Write, c: char, quote: char) -> fmt::Result {
 /// A float as OTP 25's `float_to_list(F, [short])` (and so `~p`) writes it: the
 /// shortest digits that read back as the same float, in plain or scientific notation
 /// by OTP's rule (see `erts/emulator/ryu/to_chars.h`).
+///
+/// NaN and infinities (which no Erlang node can send) are written as Rust writes them.
 pub fn format_float(x: f64) -> String {
+    if !x.is_finite() {
+        return x.to_string();
+    }
     // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e-7", "1e2", "-0e0".
     let sci = format!("{x:e}");
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
