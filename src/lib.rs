@@ -14,7 +14,9 @@ pub mod epmd;
 pub mod handshake;
 pub mod listener;
 pub mod node_name;
+pub mod term;
 pub mod wire;
 
 pub use cookie::{Cookie, CookieError};
 pub use node_name::{NameKind, NodeName, NodeNameError};
+pub use term::{Atom, Pid, Port, Reference, Term};

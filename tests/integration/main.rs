@@ -6,3 +6,4 @@
 
 mod common;
 mod epmd;
+mod term_text;
