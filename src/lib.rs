@@ -10,13 +10,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod cookie;
+pub mod dist;
 pub mod epmd;
 pub mod handshake;
 pub mod listener;
+pub mod node;
 pub mod node_name;
+pub mod rpc;
 pub mod term;
 pub mod wire;
 
 pub use cookie::{Cookie, CookieError};
+pub use node::{Mailbox, Node, NodeEvent};
 pub use node_name::{NameKind, NodeName, NodeNameError};
 pub use term::{Atom, Pid, Port, Reference, Term};

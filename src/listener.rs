@@ -627,6 +627,27 @@ impl Drop for ConnectionPermit {
     }
 }
 
+/// Binds a listening socket with a deep accept queue (`backlog`, capped by the kernel's
+/// `somaxconn`): under a flood of connections, a shallow queue drops the SYNs of
+/// well-behaved clients, which then wait a full second to retry. IPv6 sockets are
+/// IPv6-only, so `[::]` and `0.0.0.0` can be bound side by side.
+pub(crate) fn bind(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

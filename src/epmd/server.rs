@@ -263,18 +263,7 @@ fn is_missing_ipv6_loopback(addr: SocketAddr, e: &io::Error) -> bool {
 }
 
 fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        // Keep `[::]` from also taking the IPv4 port (epmd sets IPV6_V6ONLY too).
-        socket.set_only_v6(true)?;
-    }
-    #[cfg(unix)]
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    crate::listener::bind(addr, BACKLOG)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

@@ -1,0 +1,371 @@
+//! One distribution connection: a reader task and a writer task around a socket.
+//!
+//! The writer owns the write half: it batches queued frames into one write and sends a
+//! tick whenever it has been idle for a quarter of `net_ticktime`, as OTP does. The
+//! reader owns the read half: it splits frames with the pure decoder in
+//! [`crate::dist::frame`], never buffering more than the frame it is reading (whose
+//! length was checked against the maximum first), decodes control messages and hands
+//! them to the node. If nothing at all arrives for `net_ticktime`, the peer is declared
+//! dead. Whichever task ends first closes the connection and reports why.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+
+use crate::NodeName;
+use crate::dist::control::{self, Control};
+use crate::dist::frame::{self, Frame};
+use crate::handshake::{DistFlags, Handshaked};
+use crate::term::{Atom, DecodeLimits, Term};
+use crate::wire::Status;
+
+use super::{NodeInner, SendError};
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The peer closed the connection.
+    ClosedByPeer,
+    /// Nothing arrived from the peer for `net_ticktime`.
+    TickTimeout(Duration),
+    /// The peer announced a frame above the maximum frame size.
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A socket error.
+    Io(String),
+    /// A write did not complete within `net_ticktime`: the peer stopped reading.
+    WriteTimeout(Duration),
+    /// The local side disconnected.
+    Local,
+    /// A newer connection to the same node replaced this one.
+    Replaced,
+    /// The local node stopped.
+    NodeStopped,
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::ClosedByPeer => f.write_str("closed by the peer"),
+            DisconnectReason::TickTimeout(t) => {
+                write!(f, "no data or tick from the peer for {t:?} (net_ticktime)")
+            }
+            DisconnectReason::FrameTooLarge { len, max } => {
+                write!(
+                    f,
+                    "peer announced a frame of {len} bytes, above the limit of {max}"
+                )
+            }
+            DisconnectReason::Io(e) => write!(f, "socket error: {e}"),
+            DisconnectReason::WriteTimeout(t) => write!(f, "the peer stopped reading for {t:?}"),
+            DisconnectReason::Local => f.write_str("disconnected locally"),
+            DisconnectReason::Replaced => f.write_str("replaced by a newer connection"),
+            DisconnectReason::NodeStopped => f.write_str("the local node stopped"),
+        }
+    }
+}
+
+/// Frames queued for the writer.
+pub(crate) enum Outbound {
+    Frame(Vec<u8>),
+}
+
+/// The node's handle on a live connection.
+pub(crate) struct ConnHandle {
+    pub(crate) id: u64,
+    pub(crate) peer: NodeName,
+    pub(crate) peer_atom: Atom,
+    pub(crate) peer_creation: u32,
+    pub(crate) flags: DistFlags,
+    pub(crate) initiated_locally: bool,
+    tx: mpsc::Sender<Outbound>,
+    max_frame: usize,
+    closed: AtomicBool,
+    close_signal: Notify,
+    reason: std::sync::Mutex<Option<DisconnectReason>>,
+}
+
+impl ConnHandle {
+    /// Encodes and queues one control message (and message term).
+    pub(crate) async fn send(
+        &self,
+        control: &Control,
+        message: Option<&Term>,
+    ) -> Result<(), SendError> {
+        let buf = self.encode(control, message)?;
+        self.tx
+            .send(Outbound::Frame(buf))
+            .await
+            .map_err(|_| SendError::ConnectionClosed(self.peer.clone()))
+    }
+
+    /// Queues a message the node itself produced while handling input (replies, monitor
+    /// notices) without waiting: the reader must never block on its own writer.
+    pub(crate) fn send_nowait(self: &Arc<Self>, control: Control, message: Option<Term>) {
+        let buf = match self.encode(&control, message.as_ref()) {
+            Ok(buf) => buf,
+            Err(e) => {
+                tracing::warn!(peer = %self.peer, error = %e, "cannot encode a reply");
+                return;
+            }
+        };
+        match self.tx.try_send(Outbound::Frame(buf)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
+            }
+        }
+    }
+
+    fn encode(&self, control: &Control, message: Option<&Term>) -> Result<Vec<u8>, SendError> {
+        let downgraded;
+        let control = match control {
+            // SEND_SENDER only when the peer knows it.
+            Control::Send { from: Some(_), to } if !self.flags.contains(DistFlags::SEND_SENDER) => {
+                downgraded = Control::Send {
+                    from: None,
+                    to: to.clone(),
+                };
+                &downgraded
+            }
+            other => other,
+        };
+        let mut buf = Vec::with_capacity(64);
+        let at = frame::start(&mut buf);
+        control::encode(control, message, &mut buf)?;
+        if frame::finish(&mut buf, at, self.max_frame).is_err() {
+            return Err(SendError::TooLarge {
+                len: buf.len(),
+                max: self.max_frame,
+            });
+        }
+        Ok(buf)
+    }
+
+    /// Whether the connection is still up.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection; the first reason given wins.
+    pub(crate) fn close(&self, reason: DisconnectReason) {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_none() {
+                *r = Some(reason);
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        self.close_signal.notify_waiters();
+        self.close_signal.notify_one();
+    }
+
+    fn reason(&self) -> DisconnectReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or(DisconnectReason::Local)
+    }
+
+    /// Whether the connection is hidden.
+    pub(crate) fn is_hidden(&self) -> bool {
+        !self.flags.contains(DistFlags::PUBLISHED)
+    }
+}
+
+/// Parameters of the connection tasks.
+#[derive(Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) net_ticktime: Duration,
+    pub(crate) max_frame: usize,
+}
+
+/// What a new connection starts with.
+pub(crate) struct Setup<'a> {
+    pub(crate) id: u64,
+    pub(crate) handshaked: &'a Handshaked,
+    pub(crate) leftover: Vec<u8>,
+    pub(crate) initiated_locally: bool,
+    pub(crate) timing: Timing,
+    pub(crate) decode_limits: DecodeLimits,
+    /// The listener slot of an accepted connection, held while it lives.
+    pub(crate) permit: Option<crate::listener::ConnectionPermit>,
+}
+
+/// Starts the reader and writer tasks of a connection that finished its handshake.
+pub(crate) fn spawn<R, W>(
+    node: &Arc<NodeInner>,
+    read: R,
+    write: W,
+    setup: Setup<'_>,
+) -> Arc<ConnHandle>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let Setup {
+        id,
+        handshaked: hs,
+        leftover,
+        initiated_locally,
+        timing,
+        decode_limits,
+        permit,
+    } = setup;
+    let (tx, rx) = mpsc::channel(1024);
+    let conn = Arc::new(ConnHandle {
+        id,
+        peer: hs.peer.clone(),
+        peer_atom: Atom::from(hs.peer.as_str()),
+        peer_creation: hs.peer_creation,
+        flags: hs.flags,
+        initiated_locally,
+        tx,
+        max_frame: timing.max_frame,
+        closed: AtomicBool::new(false),
+        close_signal: Notify::new(),
+        reason: std::sync::Mutex::new(None),
+    });
+    let weak = Arc::downgrade(node);
+    let c = conn.clone();
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            r = reader(read, &weak, &c, leftover, timing, &decode_limits) => r,
+            r = writer(write, rx, timing) => r,
+            () = closed(&c) => c.reason(),
+        };
+        c.close(reason.clone());
+        // The listener slot is held for as long as the connection lives.
+        drop(permit);
+        if let Some(node) = weak.upgrade() {
+            node.connection_closed(&c, c.reason());
+        }
+    });
+    conn
+}
+
+async fn closed(c: &ConnHandle) {
+    loop {
+        let notified = c.close_signal.notified();
+        if !c.is_open() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+async fn reader<R: AsyncRead + Unpin>(
+    mut read: R,
+    node: &std::sync::Weak<NodeInner>,
+    conn: &Arc<ConnHandle>,
+    leftover: Vec<u8>,
+    timing: Timing,
+    limits: &DecodeLimits,
+) -> DisconnectReason {
+    let mut buf = bytes::BytesMut::from(&leftover[..]);
+    loop {
+        loop {
+            let (consumed, payload) = match frame::decode(&buf, timing.max_frame) {
+                Ok(Status::Complete((Frame::Tick, n))) => (n, None),
+                Ok(Status::Complete((Frame::Data(payload), n))) => {
+                    (n, Some(control::decode(payload, limits)))
+                }
+                Ok(Status::Partial) => break,
+                Err(frame::FrameError::TooLarge { len, max }) => {
+                    return DisconnectReason::FrameTooLarge { len, max };
+                }
+            };
+            bytes::Buf::advance(&mut buf, consumed);
+            match payload {
+                None => {}
+                Some(Ok(msg)) => {
+                    let Some(node) = node.upgrade() else {
+                        return DisconnectReason::NodeStopped;
+                    };
+                    node.dispatch(conn, msg).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(peer = %conn.peer, error = %e, "ignoring an undecodable distribution frame");
+                }
+            }
+        }
+        // Grow the buffer progressively: a peer announcing a large frame must send it
+        // before the memory for it is taken.
+        let want =
+            frame::needed(&buf, timing.max_frame).map_or(8 * 1024, |n| n.saturating_sub(buf.len()));
+        buf.reserve(want.clamp(4 * 1024, 1024 * 1024));
+        match tokio::time::timeout(timing.net_ticktime, read.read_buf(&mut buf)).await {
+            Err(_) => return DisconnectReason::TickTimeout(timing.net_ticktime),
+            Ok(Ok(0)) => return DisconnectReason::ClosedByPeer,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return match e.kind() {
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
+                        DisconnectReason::ClosedByPeer
+                    }
+                    _ => DisconnectReason::Io(e.to_string()),
+                };
+            }
+        }
+    }
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    mut write: W,
+    mut rx: mpsc::Receiver<Outbound>,
+    timing: Timing,
+) -> DisconnectReason {
+    let tick_every = timing.net_ticktime / 4;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    loop {
+        match tokio::time::timeout(tick_every, rx.recv()).await {
+            Err(_) => batch.extend_from_slice(&frame::TICK),
+            Ok(None) => {
+                let _ = write.shutdown().await;
+                return DisconnectReason::Local;
+            }
+            Ok(Some(Outbound::Frame(f))) => {
+                if batch.is_empty() && f.len() >= 64 * 1024 {
+                    batch = f;
+                } else {
+                    batch.extend_from_slice(&f);
+                }
+                while batch.len() < 256 * 1024 {
+                    match rx.try_recv() {
+                        Ok(Outbound::Frame(f)) => batch.extend_from_slice(&f),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(timing.net_ticktime, write.write_all(&batch)).await {
+            Err(_) => return DisconnectReason::WriteTimeout(timing.net_ticktime),
+            Ok(Err(e)) => {
+                return match e.kind() {
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                        DisconnectReason::ClosedByPeer
+                    }
+                    _ => DisconnectReason::Io(e.to_string()),
+                };
+            }
+            Ok(Ok(())) => {}
+        }
+        if batch.capacity() > 1024 * 1024 {
+            batch = Vec::with_capacity(64 * 1024);
+        } else {
+            batch.clear();
+        }
+    }
+}

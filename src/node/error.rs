@@ -1,0 +1,170 @@
+//! Errors of the local node: connecting, sending, starting.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::NodeName;
+use crate::epmd::EpmdError;
+use crate::handshake::HandshakeError;
+
+/// Why a connection to a node could not be set up. Each variant names the node and says
+/// what to check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The peer's name is of the other kind (short vs long) than ours.
+    #[error(transparent)]
+    NameKind(#[from] crate::NodeNameError),
+    /// The peer's host name does not resolve.
+    #[error("cannot resolve the host of {node}: {source}")]
+    Resolve {
+        /// The node dialled.
+        node: NodeName,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// EPMD on the peer's host cannot be reached.
+    #[error("cannot look up {node}: {source}")]
+    EpmdUnreachable {
+        /// The node dialled.
+        node: NodeName,
+        /// The EPMD error.
+        #[source]
+        source: EpmdError,
+    },
+    /// EPMD on the peer's host does not know the node.
+    #[error(
+        "{node} is not registered in EPMD at {epmd} (registered there: {}): is the node running, and under this exact name?",
+        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+    )]
+    NotRegistered {
+        /// The node dialled.
+        node: NodeName,
+        /// The EPMD asked.
+        epmd: SocketAddr,
+        /// The names EPMD does know.
+        known: Vec<String>,
+    },
+    /// The TCP connection to the node's distribution port was refused.
+    #[error("{node} refused the TCP connection at {addr}: the node is down or the port is wrong")]
+    Refused {
+        /// The node dialled.
+        node: NodeName,
+        /// The address dialled.
+        addr: SocketAddr,
+    },
+    /// The TCP connection to the node's distribution port timed out.
+    #[error(
+        "TCP connection to {node} at {addr} timed out after {after:?}: host unreachable or filtered"
+    )]
+    ConnectTimeout {
+        /// The node dialled.
+        node: NodeName,
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The limit.
+        after: Duration,
+    },
+    /// Another socket error while connecting.
+    #[error("cannot connect to {node} at {addr}: {source}")]
+    Io {
+        /// The node dialled.
+        node: NodeName,
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The distribution handshake failed (wrong cookie, wrong name, refused, timeout...).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The local node has been stopped.
+    #[error("the local node {0} has been stopped")]
+    NodeStopped(NodeName),
+}
+
+impl ConnectError {
+    /// Whether trying again later may succeed (the peer may be starting, or the network
+    /// may recover), as opposed to a configuration error such as a wrong cookie.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::NameKind(_) | ConnectError::NodeStopped(_) => false,
+            ConnectError::Handshake(h) => matches!(
+                h,
+                HandshakeError::Timeout { .. }
+                    | HandshakeError::Closed { .. }
+                    | HandshakeError::Io { .. }
+                    | HandshakeError::SimultaneousConnect { .. }
+                    | HandshakeError::AlreadyConnected { .. }
+            ),
+            _ => true,
+        }
+    }
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection to the destination node could be set up.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The message cannot be encoded (e.g. an atom longer than 255 characters).
+    #[error("cannot encode the message: {0}")]
+    Encode(#[from] crate::term::EncodeError),
+    /// The message is larger than the maximum frame size.
+    #[error("message of {len} bytes exceeds the maximum frame size {max}")]
+    TooLarge {
+        /// Encoded size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The connection closed before the message could be queued.
+    #[error("the connection to {0} closed")]
+    ConnectionClosed(NodeName),
+    /// The destination is not a valid node name.
+    #[error("invalid destination node {0:?}")]
+    BadNode(String),
+}
+
+/// Why the local node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The distribution listener could not bind.
+    #[error("cannot listen for distribution connections on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// EPMD refused or could not take the registration.
+    #[error("cannot register {node} in EPMD: {source}")]
+    Epmd {
+        /// Our name.
+        node: NodeName,
+        /// The EPMD error.
+        #[source]
+        source: EpmdError,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid node configuration: {0}")]
+    Config(String),
+}
+
+/// Why a name could not be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// Another mailbox holds the name.
+    #[error("the name {0} is already registered")]
+    AlreadyRegistered(String),
+    /// The name is reserved by the node itself (`net_kernel`, ...).
+    #[error("the name {0} is reserved by the node")]
+    Reserved(String),
+}

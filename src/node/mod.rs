@@ -1,0 +1,1640 @@
+//! The local node: a Rust process that takes part in Erlang distribution.
+//!
+//! A [`Node`] has a name, a cookie and a creation, and optionally a listener registered
+//! in EPMD so that Erlang nodes can connect to it. It keeps one connection per peer
+//! (dialled on demand with [`Node::connect`], or accepted), handles simultaneous
+//! connects the way `net_kernel` does, answers `net_adm:ping/1`, delivers messages to
+//! [`Mailbox`]es, and runs remote calls ([`Node::call`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use autocluster::{Cookie, Node, NodeName, term::Term};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = Node::builder("rust@localhost".parse()?, Cookie::new("SECRET")?)
+//!     .start()
+//!     .await?;
+//! let peer: NodeName = "rabbit@localhost".parse()?;
+//! let answer = node.call(&peer, "erlang", "node", vec![], Duration::from_secs(5)).await?;
+//! assert_eq!(answer, Term::atom("rabbit@localhost"));
+//! # Ok(()) }
+//! ```
+
+mod builtin;
+mod connection;
+mod error;
+mod process;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+pub use connection::DisconnectReason;
+pub use error::{ConnectError, RegisterError, SendError, StartError};
+pub use process::{Envelope, GenCall};
+
+use crate::dist::control::{Control, DistMessage, ProcessRef};
+use crate::epmd::{self, EpmdClient, EpmdRegistration, NodeEntry};
+use crate::handshake::{
+    self, AcceptorConfig, DistFlags, HandshakeError, InitiatorConfig, LengthPrefix, LocalName,
+    PeerHello, StatusDecision,
+};
+use crate::listener::{ConnectionLimiter, ConnectionPermit, ListenerLimits};
+use crate::term::{Atom, DecodeLimits, Pid, Reference, Term};
+use crate::{Cookie, NodeName};
+pub(crate) use connection::ConnHandle as ConnHandleRef;
+use connection::{ConnHandle, Timing};
+use process::{Delivery, Processes};
+pub(crate) use process::{IO_ID as IO_PROCESS_ID, RPC_ID as RPC_PROCESS_ID};
+
+/// How remote calls are made. See [`crate::rpc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RpcMethod {
+    /// `erpc` when the peer supports spawn requests (OTP 23+), `rex` otherwise.
+    #[default]
+    Auto,
+    /// Always `erpc` (a spawn request of `erpc:execute_call/4`).
+    Erpc,
+    /// Always the `rex` server (`{call, M, F, A, GroupLeader}`).
+    Rex,
+}
+
+/// Everything a [`Node`] is configured with. Build it with [`Node::builder`].
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's name.
+    pub name: NodeName,
+    /// The shared cookie.
+    pub cookie: Cookie,
+    /// Hidden (the default) or published: a hidden node does not appear in `nodes()` on
+    /// its peers and takes no part in `global`.
+    pub hidden: bool,
+    /// Liveness timeout of connections (OTP's `net_ticktime`, default 60 s): a tick is
+    /// sent after a quarter of it without traffic, and a peer silent for all of it is
+    /// disconnected.
+    pub net_ticktime: Duration,
+    /// Limit of each handshake step (OTP's `net_setuptime`, default 7 s).
+    pub handshake_timeout: Duration,
+    /// Limit of the TCP connect to a peer (default 7 s).
+    pub connect_timeout: Duration,
+    /// Largest distribution frame accepted or sent (default 128 MiB).
+    pub max_frame: usize,
+    /// EPMD's port on every host (default `ERL_EPMD_PORT` or 4369).
+    pub epmd_port: u16,
+    /// Limit of each EPMD request (default 5 s).
+    pub epmd_timeout: Duration,
+    /// Where to accept distribution connections; `None` for a client-only node.
+    pub listen: Option<SocketAddr>,
+    /// Whether to register the listener in EPMD (default true).
+    pub register_in_epmd: bool,
+    /// Limits of the distribution listener.
+    pub limits: ListenerLimits,
+    /// Remember peers' distribution ports after an EPMD lookup, dropping an entry when
+    /// connecting to it fails (default true).
+    pub port_cache: bool,
+    /// Messages a mailbox holds before further ones are dropped (default 4096).
+    pub mailbox_capacity: usize,
+    /// The creation to use when not registered in EPMD (default: random).
+    pub creation: Option<u32>,
+    /// Limits on terms decoded from peers.
+    pub decode_limits: DecodeLimits,
+    /// How [`Node::call`] reaches the peer.
+    pub rpc_method: RpcMethod,
+}
+
+/// Builds and starts a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    cfg: NodeConfig,
+}
+
+impl NodeBuilder {
+    /// Publishes the node (peers list it in `nodes()`); nodes are hidden by default.
+    pub fn published(mut self) -> Self {
+        self.cfg.hidden = false;
+        self
+    }
+
+    /// Sets whether the node is hidden.
+    pub fn hidden(mut self, hidden: bool) -> Self {
+        self.cfg.hidden = hidden;
+        self
+    }
+
+    /// Sets `net_ticktime`.
+    pub fn net_ticktime(mut self, t: Duration) -> Self {
+        self.cfg.net_ticktime = t;
+        self
+    }
+
+    /// Sets the handshake step timeout (`net_setuptime`).
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.cfg.handshake_timeout = t;
+        self
+    }
+
+    /// Sets the TCP connect timeout.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.cfg.connect_timeout = t;
+        self
+    }
+
+    /// Sets the maximum frame size.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.cfg.max_frame = bytes;
+        self
+    }
+
+    /// Sets EPMD's port.
+    pub fn epmd_port(mut self, port: u16) -> Self {
+        self.cfg.epmd_port = port;
+        self
+    }
+
+    /// Listens for distribution connections on `addr` (port 0 picks a free port) and
+    /// registers the port in EPMD.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.cfg.listen = Some(addr);
+        self
+    }
+
+    /// Whether a listening node registers in EPMD (default true). Without it, peers
+    /// must be told the port (EPMD-less deployments).
+    pub fn register_in_epmd(mut self, yes: bool) -> Self {
+        self.cfg.register_in_epmd = yes;
+        self
+    }
+
+    /// Sets the listener limits.
+    pub fn limits(mut self, limits: ListenerLimits) -> Self {
+        self.cfg.limits = limits;
+        self
+    }
+
+    /// Turns the EPMD port cache on or off.
+    pub fn port_cache(mut self, on: bool) -> Self {
+        self.cfg.port_cache = on;
+        self
+    }
+
+    /// Sets the creation used when not registered in EPMD.
+    pub fn creation(mut self, creation: u32) -> Self {
+        self.cfg.creation = Some(creation);
+        self
+    }
+
+    /// Sets how remote calls are made.
+    pub fn rpc_method(mut self, method: RpcMethod) -> Self {
+        self.cfg.rpc_method = method;
+        self
+    }
+
+    /// Sets the mailbox capacity.
+    pub fn mailbox_capacity(mut self, n: usize) -> Self {
+        self.cfg.mailbox_capacity = n.max(1);
+        self
+    }
+
+    /// The configuration as built so far.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Starts the node: binds and registers the listener when one is configured.
+    pub async fn start(self) -> Result<Node, StartError> {
+        Node::start(self.cfg).await
+    }
+}
+
+/// A live connection, as [`Node::connection_info`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// The peer.
+    pub peer: NodeName,
+    /// The peer's creation (its incarnation).
+    pub peer_creation: u32,
+    /// The distribution flags in use.
+    pub flags: DistFlags,
+    /// Whether the connection is hidden.
+    pub hidden: bool,
+    /// Whether this node dialled it.
+    pub initiated_locally: bool,
+    /// A number identifying this connection among all this node has had.
+    pub id: u64,
+}
+
+/// A peer connecting or disconnecting, as `net_kernel:monitor_nodes/1` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A connection to `node` is up.
+    Up {
+        /// The peer.
+        node: NodeName,
+        /// Whether the connection is hidden.
+        hidden: bool,
+    },
+    /// The connection to `node` is down.
+    Down {
+        /// The peer.
+        node: NodeName,
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// A cheap, cloneable handle on a local Erlang distribution node.
+///
+/// The node stops when [`Node::shutdown`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("creation", &self.inner.procs.creation)
+            .field("listen", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct PeerSlot {
+    conn: Option<Arc<ConnHandle>>,
+    dialing: bool,
+}
+
+pub(crate) struct NodeInner {
+    name: NodeName,
+    cfg: NodeConfig,
+    pub(crate) procs: Processes,
+    peers: std::sync::Mutex<HashMap<NodeName, PeerSlot>>,
+    peers_changed: Notify,
+    dial_locks: std::sync::Mutex<HashMap<NodeName, Arc<tokio::sync::Mutex<()>>>>,
+    events: broadcast::Sender<NodeEvent>,
+    pub(crate) calls: crate::rpc::PendingCalls,
+    port_cache: std::sync::Mutex<HashMap<NodeName, SocketAddr>>,
+    next_conn_id: AtomicU64,
+    local_addr: Option<SocketAddr>,
+    registration: std::sync::Mutex<Option<EpmdRegistration>>,
+    limiter: Option<ConnectionLimiter>,
+    stopped: AtomicBool,
+    stop: Notify,
+}
+
+impl Node {
+    /// A builder with the defaults: hidden, client-only, `net_ticktime` 60 s.
+    pub fn builder(name: NodeName, cookie: Cookie) -> NodeBuilder {
+        NodeBuilder {
+            cfg: NodeConfig {
+                name,
+                cookie,
+                hidden: true,
+                net_ticktime: Duration::from_secs(60),
+                handshake_timeout: handshake::DEFAULT_STEP_TIMEOUT,
+                connect_timeout: Duration::from_secs(7),
+                max_frame: crate::dist::frame::DEFAULT_MAX_FRAME,
+                epmd_port: epmd::port_from_env(),
+                epmd_timeout: Duration::from_secs(5),
+                listen: None,
+                register_in_epmd: true,
+                limits: ListenerLimits::default(),
+                port_cache: true,
+                mailbox_capacity: 4096,
+                creation: None,
+                decode_limits: DecodeLimits::default(),
+                rpc_method: RpcMethod::Auto,
+            },
+        }
+    }
+
+    /// Starts a node from a configuration.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, StartError> {
+        if cfg.net_ticktime < Duration::from_millis(400) {
+            return Err(StartError::Config(
+                "net_ticktime must be at least 400 ms".into(),
+            ));
+        }
+        let mut listener = None;
+        let mut registration = None;
+        let mut local_addr = None;
+        let mut creation = cfg.creation.unwrap_or_else(random_creation);
+        if let Some(addr) = cfg.listen {
+            let l = crate::listener::bind(addr, 4096)
+                .and_then(TcpListener::from_std)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            local_addr = Some(bound);
+            if cfg.register_in_epmd {
+                let epmd_ip = if bound.is_ipv6() {
+                    IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                } else {
+                    IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+                };
+                let client = EpmdClient::new(SocketAddr::new(epmd_ip, cfg.epmd_port))
+                    .with_timeout(cfg.epmd_timeout);
+                let mut entry = NodeEntry::new(cfg.name.alive(), bound.port());
+                if bound.is_ipv6() {
+                    // EPMD's "protocol" field: 0 = IPv4 TCP; OTP registers inet6_tcp the same.
+                    entry.protocol = 0;
+                }
+                if cfg.hidden {
+                    entry = entry.hidden();
+                }
+                let reg = client
+                    .register(entry)
+                    .await
+                    .map_err(|source| StartError::Epmd {
+                        node: cfg.name.clone(),
+                        source,
+                    })?;
+                creation = reg.creation();
+                registration = Some(reg);
+            }
+            listener = Some(l);
+        }
+        let (events, _) = broadcast::channel(1024);
+        let cfg_limits = cfg.limits.clone();
+        let inner = Arc::new(NodeInner {
+            name: cfg.name.clone(),
+            procs: Processes::new(
+                Atom::from(cfg.name.as_str()),
+                creation,
+                cfg.mailbox_capacity,
+            ),
+            cfg,
+            peers: std::sync::Mutex::new(HashMap::new()),
+            peers_changed: Notify::new(),
+            dial_locks: std::sync::Mutex::new(HashMap::new()),
+            events,
+            calls: crate::rpc::PendingCalls::default(),
+            port_cache: std::sync::Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            local_addr,
+            registration: std::sync::Mutex::new(registration),
+            limiter: listener
+                .as_ref()
+                .map(|_| ConnectionLimiter::new(cfg_limits)),
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
+        });
+        if let (Some(l), Some(limiter)) = (listener, inner.limiter.clone()) {
+            tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter));
+        }
+        tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, "node started");
+        Ok(Node { inner })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &NodeName {
+        &self.inner.name
+    }
+
+    /// The node's creation (from EPMD when registered).
+    pub fn creation(&self) -> u32 {
+        self.inner.procs.creation
+    }
+
+    /// The address the distribution listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.cfg
+    }
+
+    /// Counters of the distribution listener (pending and established connections,
+    /// evictions, timeouts); `None` for a client-only node.
+    pub fn listener_stats(&self) -> Option<crate::listener::ListenerStats> {
+        self.inner.limiter.as_ref().map(ConnectionLimiter::stats)
+    }
+
+    /// Whether the EPMD registration is still held (always false when not registered).
+    pub fn is_registered(&self) -> bool {
+        self.inner
+            .registration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(EpmdRegistration::is_active)
+    }
+
+    /// Connects to `peer` (or returns the existing connection), looking its port up in
+    /// EPMD on the peer's host.
+    pub async fn connect(&self, peer: &NodeName) -> Result<(), ConnectError> {
+        self.inner.connect(peer, None).await.map(|_| ())
+    }
+
+    /// Connects to `peer` at a known address, skipping EPMD (for nodes started with
+    /// `-start_epmd false` or `-erl_epmd_port`).
+    pub async fn connect_to(&self, peer: &NodeName, addr: SocketAddr) -> Result<(), ConnectError> {
+        self.inner.connect(peer, Some(addr)).await.map(|_| ())
+    }
+
+    /// Whether a connection to `peer` is up.
+    pub fn is_connected(&self, peer: &NodeName) -> bool {
+        self.inner.connection(peer).is_some()
+    }
+
+    /// The nodes this node is connected to, hidden ones included.
+    pub fn connected_nodes(&self) -> Vec<NodeName> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<NodeName> = peers
+            .iter()
+            .filter(|(_, s)| s.conn.as_ref().is_some_and(|c| c.is_open()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// What was agreed with `peer` when the connection was set up, if it is up.
+    pub fn connection_info(&self, peer: &NodeName) -> Option<ConnectionInfo> {
+        self.inner.connection(peer).map(|c| ConnectionInfo {
+            peer: c.peer.clone(),
+            peer_creation: c.peer_creation,
+            flags: c.flags,
+            hidden: c.is_hidden(),
+            initiated_locally: c.initiated_locally,
+            id: c.id,
+        })
+    }
+
+    /// Closes the connection to `peer`, if any. Returns whether there was one.
+    pub fn disconnect(&self, peer: &NodeName) -> bool {
+        match self.inner.connection(peer) {
+            Some(c) => {
+                c.close(DisconnectReason::Local);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Subscribes to peers coming up and going down.
+    pub fn monitor_nodes(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Creates an anonymous mailbox with its own pid.
+    pub fn mailbox(&self) -> Mailbox {
+        let (pid, rx) = self
+            .inner
+            .procs
+            .spawn(None)
+            .unwrap_or_else(|_| unreachable!("anonymous spawns cannot clash"));
+        Mailbox {
+            node: self.clone(),
+            pid,
+            rx,
+        }
+    }
+
+    /// Creates a mailbox registered under `name`, so that Erlang can send to
+    /// `{Name, 'this@node'}`.
+    pub fn register(&self, name: &str) -> Result<Mailbox, RegisterError> {
+        let (pid, rx) = self.inner.procs.spawn(Some(Atom::from(name)))?;
+        Ok(Mailbox {
+            node: self.clone(),
+            pid,
+            rx,
+        })
+    }
+
+    /// Pings `peer` as `net_adm:ping/1` does: connects and asks its `net_kernel`
+    /// whether we are authorised. `Ok(())` is `pong`.
+    pub async fn ping(
+        &self,
+        peer: &NodeName,
+        timeout: Duration,
+    ) -> Result<(), crate::rpc::RpcError> {
+        crate::rpc::ping(self, peer, timeout).await
+    }
+
+    /// Calls `module:function(args)` on `peer` and returns its result.
+    ///
+    /// Many calls may be in flight on one connection. `timeout` limits the remote
+    /// execution; connecting has its own limits. A timeout leaves the connection and
+    /// the other calls intact (and kills the remote worker under `erpc`). See
+    /// [`crate::rpc`] for how the call is made and what errors mean.
+    pub async fn call(
+        &self,
+        peer: &NodeName,
+        module: &str,
+        function: &str,
+        args: Vec<Term>,
+        timeout: Duration,
+    ) -> Result<Term, crate::rpc::RpcError> {
+        crate::rpc::call(self, peer, module, function, args, timeout).await
+    }
+
+    /// Sends `message` to a pid (local or remote), connecting if needed.
+    pub async fn send(&self, to: &Pid, message: Term) -> Result<(), SendError> {
+        self.inner.send_from(None, to, message).await
+    }
+
+    /// Sends `message` to the process registered as `name` on `node`.
+    pub async fn send_named(
+        &self,
+        node: &NodeName,
+        name: &str,
+        message: Term,
+    ) -> Result<(), SendError> {
+        let from = self.inner.procs.pid(process::RPC_ID);
+        self.inner.send_named_from(&from, node, name, message).await
+    }
+
+    /// Stops the node: closes every connection and the listener, and deregisters from
+    /// EPMD.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+}
+
+fn random_creation() -> u32 {
+    use rand::RngExt as _;
+    // 0..=3 are reserved by OTP for "no creation"/old formats.
+    rand::rng().random_range(4..=u32::MAX)
+}
+
+/// A process of the local node: a pid that Erlang processes can send to, and a queue
+/// of what they sent.
+///
+/// Dropping a mailbox is the process exiting with reason `normal`: remote processes
+/// monitoring or linked to it are told.
+pub struct Mailbox {
+    node: Node,
+    pid: Pid,
+    rx: mpsc::Receiver<Envelope>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    /// This mailbox's pid.
+    pub fn pid(&self) -> &Pid {
+        &self.pid
+    }
+
+    /// The next message; `None` once the node has stopped.
+    pub async fn recv(&mut self) -> Option<Envelope> {
+        self.rx.recv().await
+    }
+
+    /// The next message if one is queued.
+    pub fn try_recv(&mut self) -> Option<Envelope> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Sends `message` to `to` from this mailbox.
+    pub async fn send(&self, to: &Pid, message: Term) -> Result<(), SendError> {
+        self.node
+            .inner
+            .send_from(Some(&self.pid), to, message)
+            .await
+    }
+
+    /// Sends `message` to the process registered as `name` on `node`.
+    pub async fn send_named(
+        &self,
+        node: &NodeName,
+        name: &str,
+        message: Term,
+    ) -> Result<(), SendError> {
+        self.node
+            .inner
+            .send_named_from(&self.pid, node, name, message)
+            .await
+    }
+
+    /// Answers an incoming `gen:call` the way `gen:reply/2` does.
+    pub async fn reply(&self, call: &GenCall, reply: Term) -> Result<(), SendError> {
+        self.node.inner.gen_reply(&self.pid, call, reply).await
+    }
+
+    /// Monitors a remote process: when it exits (or the connection drops) this mailbox
+    /// receives `{'DOWN', Ref, process, Pid, Reason}`.
+    pub async fn monitor(&self, target: &Pid) -> Result<Reference, SendError> {
+        self.node.inner.monitor(&self.pid, target).await
+    }
+
+    /// Removes a monitor set with [`Mailbox::monitor`].
+    pub async fn demonitor(&self, reference: &Reference) -> Result<(), SendError> {
+        self.node.inner.demonitor(&self.pid, reference).await
+    }
+
+    /// Links to a remote process: when it exits this mailbox receives
+    /// `{'EXIT', Pid, Reason}`, and when this mailbox is dropped the process gets an
+    /// exit signal with reason `normal`.
+    pub async fn link(&self, target: &Pid) -> Result<(), SendError> {
+        self.node.inner.link(&self.pid, target).await
+    }
+
+    /// The node this mailbox belongs to.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.node
+            .inner
+            .process_exited(self.pid.id, Term::atom("normal"));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------
+
+impl NodeInner {
+    pub(crate) fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    pub(crate) fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    fn our_flags(&self) -> DistFlags {
+        if self.cfg.hidden {
+            DistFlags::OURS
+        } else {
+            DistFlags::OURS | DistFlags::PUBLISHED
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            net_ticktime: self.cfg.net_ticktime,
+            max_frame: self.cfg.max_frame,
+        }
+    }
+
+    /// The live connection to `peer`, if any.
+    pub(crate) fn connection(&self, peer: &NodeName) -> Option<Arc<ConnHandle>> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer)?.conn.clone().filter(|c| c.is_open())
+    }
+
+    fn dial_lock(&self, peer: &NodeName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.dial_locks.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget locks nobody holds, so the map stays as small as the set of peers
+        // being dialled.
+        if locks.len() > 64 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(peer.clone()).or_default().clone()
+    }
+
+    /// Returns the connection to `peer`, dialling it when there is none.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        addr: Option<SocketAddr>,
+    ) -> Result<Arc<ConnHandle>, ConnectError> {
+        if let Some(c) = self.connection(peer) {
+            return Ok(c);
+        }
+        if self.is_stopped() {
+            return Err(ConnectError::NodeStopped(self.name.clone()));
+        }
+        self.name.check_compatible(peer)?;
+        let lock = self.dial_lock(peer);
+        let _guard = lock.lock().await;
+        if let Some(c) = self.connection(peer) {
+            return Ok(c);
+        }
+        self.set_dialing(peer, true);
+        let result = self.dial(peer, addr).await;
+        self.set_dialing(peer, false);
+        match result {
+            Ok(c) => Ok(c),
+            Err(ConnectError::Handshake(
+                e @ (HandshakeError::SimultaneousConnect { .. }
+                | HandshakeError::AlreadyConnected { .. }),
+            )) => {
+                // The peer is connecting to us at the same moment and keeps its own
+                // attempt, or we already have its connection: wait for it.
+                tracing::debug!(%peer, "simultaneous connect: waiting for the peer's connection");
+                self.wait_for_connection(peer, self.cfg.handshake_timeout * 2)
+                    .await
+                    .ok_or(ConnectError::Handshake(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn wait_for_connection(
+        &self,
+        peer: &NodeName,
+        within: Duration,
+    ) -> Option<Arc<ConnHandle>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.peers_changed.notified();
+            if let Some(c) = self.connection(peer) {
+                return Some(c);
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.connection(peer);
+            }
+        }
+    }
+
+    fn set_dialing(&self, peer: &NodeName, dialing: bool) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if dialing {
+            peers.entry(peer.clone()).or_default().dialing = true;
+        } else if let Some(slot) = peers.get_mut(peer) {
+            slot.dialing = false;
+            if slot.conn.is_none() {
+                peers.remove(peer);
+            }
+        }
+    }
+
+    async fn resolve(&self, peer: &NodeName) -> Result<IpAddr, ConnectError> {
+        if let Some(ip) = peer.host_ip() {
+            return Ok(ip);
+        }
+        let host = peer.host().to_owned();
+        let mut addrs = tokio::net::lookup_host((host.as_str(), 0))
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                node: peer.clone(),
+                source,
+            })?;
+        // Prefer IPv4 unless the node itself runs over IPv6.
+        let want_v6 = self.local_addr.is_some_and(|a| a.is_ipv6());
+        let all: Vec<SocketAddr> = addrs.by_ref().collect();
+        all.iter()
+            .find(|a| a.is_ipv6() == want_v6)
+            .or(all.first())
+            .map(|a| a.ip())
+            .ok_or_else(|| ConnectError::Resolve {
+                node: peer.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+            })
+    }
+
+    async fn lookup(&self, peer: &NodeName) -> Result<SocketAddr, ConnectError> {
+        if self.cfg.port_cache {
+            let cache = self.port_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(addr) = cache.get(peer) {
+                return Ok(*addr);
+            }
+        }
+        let ip = self.resolve(peer).await?;
+        let epmd_addr = SocketAddr::new(ip, self.cfg.epmd_port);
+        let client = EpmdClient::new(epmd_addr).with_timeout(self.cfg.epmd_timeout);
+        let entry = client.port_please(peer.alive()).await.map_err(|source| {
+            ConnectError::EpmdUnreachable {
+                node: peer.clone(),
+                source,
+            }
+        })?;
+        let Some(entry) = entry else {
+            let known = client
+                .names()
+                .await
+                .map(|names| names.into_iter().map(|(n, _)| n).collect())
+                .unwrap_or_default();
+            return Err(ConnectError::NotRegistered {
+                node: peer.clone(),
+                epmd: epmd_addr,
+                known,
+            });
+        };
+        let addr = SocketAddr::new(ip, entry.port);
+        if self.cfg.port_cache {
+            let mut cache = self.port_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(peer.clone(), addr);
+        }
+        Ok(addr)
+    }
+
+    fn forget_port(&self, peer: &NodeName) {
+        if self.cfg.port_cache {
+            self.port_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(peer);
+        }
+    }
+
+    async fn dial(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        addr: Option<SocketAddr>,
+    ) -> Result<Arc<ConnHandle>, ConnectError> {
+        let explicit = addr.is_some();
+        let addr = match addr {
+            Some(a) => a,
+            None => self.lookup(peer).await?,
+        };
+        let result = self.dial_addr(peer, addr).await;
+        if result.is_err() && !explicit {
+            self.forget_port(peer);
+        }
+        result
+    }
+
+    async fn dial_addr(
+        self: &Arc<Self>,
+        peer: &NodeName,
+        addr: SocketAddr,
+    ) -> Result<Arc<ConnHandle>, ConnectError> {
+        let connect =
+            tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await;
+        let mut stream = match connect {
+            Err(_) => {
+                return Err(ConnectError::ConnectTimeout {
+                    node: peer.clone(),
+                    addr,
+                    after: self.cfg.connect_timeout,
+                });
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(ConnectError::Refused {
+                    node: peer.clone(),
+                    addr,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ConnectError::Io {
+                    node: peer.clone(),
+                    addr,
+                    source,
+                });
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let cfg = InitiatorConfig {
+            local: LocalName::Static(self.name.clone()),
+            creation: self.procs.creation,
+            flags: self.our_flags(),
+            required: DistFlags::REQUIRED,
+            cookie: self.cfg.cookie.clone(),
+            peer: peer.clone(),
+        };
+        let outcome = handshake::initiate(
+            &mut stream,
+            LengthPrefix::U16,
+            cfg,
+            self.cfg.handshake_timeout,
+            || {
+                // The peer still holds a connection to us: it is dead unless we hold a
+                // live one too.
+                self.connection(peer).is_none()
+            },
+        )
+        .await?;
+        let (read, write) = stream.into_split();
+        Ok(self.install(read, write, outcome, true, None))
+    }
+
+    /// Registers a connection that finished its handshake.
+    fn install<R, W>(
+        self: &Arc<Self>,
+        read: R,
+        write: W,
+        outcome: handshake::HandshakeOutcome,
+        initiated_locally: bool,
+        permit: Option<ConnectionPermit>,
+    ) -> Arc<ConnHandle>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let hs = outcome.handshaked;
+        let conn = connection::spawn(
+            self,
+            read,
+            write,
+            connection::Setup {
+                id,
+                handshaked: &hs,
+                leftover: outcome.leftover,
+                initiated_locally,
+                timing: self.timing(),
+                decode_limits: self.cfg.decode_limits.clone(),
+                permit,
+            },
+        );
+        let (kept, dropped) = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = peers.entry(hs.peer.clone()).or_default();
+            match slot.conn.take().filter(|c| c.is_open()) {
+                None => {
+                    slot.conn = Some(conn.clone());
+                    (conn.clone(), None)
+                }
+                Some(old) if hs.replaces_existing => {
+                    slot.conn = Some(conn.clone());
+                    (conn.clone(), Some((old, DisconnectReason::Replaced)))
+                }
+                Some(old) => {
+                    // Two connections finished at once. Both nodes keep the one opened
+                    // by the node with the greater name, so they agree.
+                    fn initiator<'a>(me: &'a NodeName, c: &'a ConnHandle) -> &'a NodeName {
+                        if c.initiated_locally { me } else { &c.peer }
+                    }
+                    if initiator(&self.name, &conn) > initiator(&self.name, &old) {
+                        slot.conn = Some(conn.clone());
+                        (conn.clone(), Some((old, DisconnectReason::Replaced)))
+                    } else {
+                        slot.conn = Some(old.clone());
+                        (old, Some((conn.clone(), DisconnectReason::Replaced)))
+                    }
+                }
+            }
+        };
+        if let Some((c, reason)) = dropped {
+            c.close(reason);
+        }
+        if Arc::ptr_eq(&kept, &conn) {
+            tracing::info!(node = %self.name, peer = %hs.peer, hidden = conn.is_hidden(), flags = %hs.flags, "connection up");
+            let _ = self.events.send(NodeEvent::Up {
+                node: hs.peer.clone(),
+                hidden: conn.is_hidden(),
+            });
+        }
+        self.peers_changed.notify_waiters();
+        kept
+    }
+
+    /// Called by the connection task when a connection ends.
+    pub(crate) fn connection_closed(&self, conn: &Arc<ConnHandle>, reason: DisconnectReason) {
+        let was_current = {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            match peers.get_mut(&conn.peer) {
+                Some(slot) if slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) => {
+                    slot.conn = None;
+                    if !slot.dialing {
+                        peers.remove(&conn.peer);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !was_current {
+            return;
+        }
+        match &reason {
+            DisconnectReason::Local
+            | DisconnectReason::NodeStopped
+            | DisconnectReason::Replaced => {
+                tracing::info!(node = %self.name, peer = %conn.peer, %reason, "connection down");
+            }
+            _ => tracing::warn!(node = %self.name, peer = %conn.peer, %reason, "connection down"),
+        }
+        self.calls.connection_lost(&conn.peer, &reason);
+        self.peer_gone(&conn.peer_atom);
+        let _ = self.events.send(NodeEvent::Down {
+            node: conn.peer.clone(),
+            reason,
+        });
+        self.peers_changed.notify_waiters();
+    }
+
+    /// Tells local processes that monitor or link processes of a vanished node.
+    fn peer_gone(&self, node: &Atom) {
+        let mut notices = Vec::new();
+        {
+            let mut t = self.procs.lock();
+            for (id, p) in t.by_id.iter_mut() {
+                p.monitored_by.retain(|_, pid| &pid.node != node);
+                let links: Vec<Pid> = p
+                    .links
+                    .iter()
+                    .filter(|pid| &pid.node == node)
+                    .cloned()
+                    .collect();
+                for pid in links {
+                    p.links.remove(&pid);
+                    notices.push((
+                        *id,
+                        exit_message(&pid, Term::atom("noconnection")),
+                        Some(pid),
+                    ));
+                }
+                let downs: Vec<(Reference, Term)> = p
+                    .monitors
+                    .iter()
+                    .filter(|(_, target)| target.as_pid().is_some_and(|t| &t.node == node))
+                    .map(|(r, t)| (r.clone(), t.clone()))
+                    .collect();
+                for (r, target) in downs {
+                    p.monitors.remove(&r);
+                    let from = target.as_pid().cloned();
+                    notices.push((
+                        *id,
+                        down_message(&r, target, Term::atom("noconnection")),
+                        from,
+                    ));
+                }
+            }
+        }
+        for (id, message, from) in notices {
+            let _ = self.procs.deliver(id, Envelope { from, message });
+        }
+    }
+
+    /// The status for an initiator knocking (the acceptor's `mark_pending`).
+    fn decide(&self, hello: &PeerHello) -> StatusDecision {
+        let Some(peer) = &hello.name else {
+            // Dynamic names are not offered by this node.
+            return StatusDecision::NotAllowed;
+        };
+        if self.is_stopped() {
+            return StatusDecision::NotAllowed;
+        }
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get(peer) {
+            Some(slot) if slot.conn.as_ref().is_some_and(|c| c.is_open()) => StatusDecision::Alive,
+            Some(slot) if slot.dialing => {
+                if self.name > *peer {
+                    StatusDecision::Nok
+                } else {
+                    StatusDecision::OkSimultaneous
+                }
+            }
+            _ => StatusDecision::Ok,
+        }
+    }
+
+    fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.stop.notify_waiters();
+        let conns: Vec<Arc<ConnHandle>> = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            peers.values().filter_map(|s| s.conn.clone()).collect()
+        };
+        for c in conns {
+            c.close(DisconnectReason::NodeStopped);
+        }
+        drop(
+            self.registration
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        tracing::info!(node = %self.name, "node stopped");
+    }
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: ConnectionLimiter) {
+    let mut accepted_count = 0u32;
+    loop {
+        // Under a flood, let the handshakes already admitted make progress before
+        // admitting more (an admitted connection can evict an older pending one).
+        accepted_count = accepted_count.wrapping_add(1);
+        if accepted_count.is_multiple_of(16) {
+            tokio::task::yield_now().await;
+        }
+        let stop = match node.upgrade() {
+            Some(n) if !n.is_stopped() => n,
+            _ => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.stop.notified() => return,
+        };
+        drop(stop);
+        let (stream, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "distribution accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut permit = match limiter.admit(addr.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                tracing::debug!(%addr, ?refusal, "distribution connection refused by the listener limits");
+                continue;
+            }
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                r = accept_one(&node, stream, addr) => r,
+                reason = permit.closed() => {
+                    tracing::debug!(%addr, %reason, "handshake closed by the listener limits");
+                    None
+                }
+            };
+            let Some((inner, stream, outcome)) = result else {
+                return;
+            };
+            if let Err(e) = permit.promote() {
+                tracing::warn!(peer = %outcome.handshaked.peer, %addr, error = %e, "distribution connection closed: listener limits");
+                return;
+            }
+            let (read, write) = stream.into_split();
+            inner.install(read, write, outcome, false, Some(permit));
+        });
+    }
+}
+
+/// Runs the acceptor's handshake; the connection to install when it succeeds.
+async fn accept_one(
+    node: &Weak<NodeInner>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+) -> Option<(Arc<NodeInner>, TcpStream, handshake::HandshakeOutcome)> {
+    let inner = node.upgrade()?;
+    let _ = stream.set_nodelay(true);
+    let cfg = AcceptorConfig {
+        local: inner.name.clone(),
+        creation: inner.procs.creation,
+        flags: inner.our_flags(),
+        required: DistFlags::REQUIRED,
+        cookie: inner.cfg.cookie.clone(),
+    };
+    let label = addr.to_string();
+    let result = handshake::accept(
+        &mut stream,
+        LengthPrefix::U16,
+        cfg,
+        inner.cfg.handshake_timeout,
+        &label,
+        |hello| inner.decide(hello),
+    )
+    .await;
+    match result {
+        Ok(outcome) => Some((inner, stream, outcome)),
+        Err(HandshakeError::Refused { peer, reason }) => {
+            tracing::debug!(%peer, %addr, %reason, "incoming connection refused");
+            None
+        }
+        Err(
+            e @ (HandshakeError::CookieMismatch { .. }
+            | HandshakeError::NameKind(_)
+            | HandshakeError::MissingFlags { .. }),
+        ) => {
+            tracing::warn!(%addr, error = %e, "incoming connection rejected");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "incoming handshake failed");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------
+
+pub(crate) fn exit_message(from: &Pid, reason: Term) -> Term {
+    Term::Tuple(vec![Term::atom("EXIT"), Term::from(from.clone()), reason])
+}
+
+pub(crate) fn down_message(reference: &Reference, target: Term, reason: Term) -> Term {
+    Term::Tuple(vec![
+        Term::atom("DOWN"),
+        Term::from(reference.clone()),
+        Term::atom("process"),
+        target,
+        reason,
+    ])
+}
+
+impl NodeInner {
+    fn node_of(&self, atom: &Atom) -> Result<NodeName, SendError> {
+        NodeName::new(atom.as_str()).map_err(|_| SendError::BadNode(atom.as_str().to_owned()))
+    }
+
+    /// Sends a control message to `node`, connecting if needed.
+    pub(crate) async fn send_control(
+        self: &Arc<Self>,
+        node: &NodeName,
+        control: &Control,
+        message: Option<&Term>,
+    ) -> Result<(), SendError> {
+        let conn = self.connect(node, None).await?;
+        conn.send(control, message).await
+    }
+
+    pub(crate) async fn send_from(
+        self: &Arc<Self>,
+        from: Option<&Pid>,
+        to: &Pid,
+        message: Term,
+    ) -> Result<(), SendError> {
+        if to.node == self.procs.node {
+            if to.creation == self.procs.creation {
+                self.deliver_local(to.id, from.cloned(), message);
+            }
+            return Ok(());
+        }
+        let node = self.node_of(&to.node)?;
+        let control = Control::Send {
+            from: from.cloned(),
+            to: to.clone(),
+        };
+        self.send_control(&node, &control, Some(&message)).await
+    }
+
+    pub(crate) async fn send_named_from(
+        self: &Arc<Self>,
+        from: &Pid,
+        node: &NodeName,
+        name: &str,
+        message: Term,
+    ) -> Result<(), SendError> {
+        if node == &self.name {
+            if let Some(id) = self.procs.whereis(&Atom::from(name)) {
+                self.deliver_local(id, Some(from.clone()), message);
+            }
+            return Ok(());
+        }
+        let control = Control::RegSend {
+            from: from.clone(),
+            to: Atom::from(name),
+        };
+        self.send_control(node, &control, Some(&message)).await
+    }
+
+    pub(crate) async fn gen_reply(
+        self: &Arc<Self>,
+        from: &Pid,
+        call: &GenCall,
+        reply: Term,
+    ) -> Result<(), SendError> {
+        let message = call.reply_message(reply);
+        match call.reply_alias() {
+            Some(alias) if alias.node != self.procs.node => {
+                let node = self.node_of(&alias.node)?;
+                let conn = self.connect(&node, None).await?;
+                if conn.flags.contains(DistFlags::ALIAS) {
+                    let control = Control::AliasSend {
+                        from: from.clone(),
+                        alias: alias.clone(),
+                    };
+                    return conn.send(&control, Some(&message)).await;
+                }
+                self.send_from(Some(from), &call.from, message).await
+            }
+            _ => self.send_from(Some(from), &call.from, message).await,
+        }
+    }
+
+    fn deliver_local(&self, id: u32, from: Option<Pid>, message: Term) {
+        match self.procs.deliver(id, Envelope { from, message }) {
+            Delivery::Delivered | Delivery::NoProcess => {}
+            Delivery::Full => {
+                tracing::warn!(node = %self.name, pid = id, capacity = self.cfg.mailbox_capacity, "mailbox full: message dropped");
+            }
+        }
+    }
+
+    async fn monitor(self: &Arc<Self>, from: &Pid, target: &Pid) -> Result<Reference, SendError> {
+        let reference = self.procs.make_ref();
+        {
+            let mut t = self.procs.lock();
+            if let Some(p) = t.by_id.get_mut(&from.id) {
+                p.monitors
+                    .insert(reference.clone(), Term::from(target.clone()));
+            }
+        }
+        let node = self.node_of(&target.node)?;
+        let control = Control::Monitor {
+            from: from.clone(),
+            to: ProcessRef::Pid(target.clone()),
+            reference: reference.clone(),
+        };
+        if let Err(e) = self.send_control(&node, &control, None).await {
+            let mut t = self.procs.lock();
+            if let Some(p) = t.by_id.get_mut(&from.id) {
+                p.monitors.remove(&reference);
+            }
+            return Err(e);
+        }
+        Ok(reference)
+    }
+
+    async fn demonitor(
+        self: &Arc<Self>,
+        from: &Pid,
+        reference: &Reference,
+    ) -> Result<(), SendError> {
+        let target = {
+            let mut t = self.procs.lock();
+            t.by_id
+                .get_mut(&from.id)
+                .and_then(|p| p.monitors.remove(reference))
+        };
+        let Some(Term::Pid(target)) = target else {
+            return Ok(());
+        };
+        let Some(conn) = self
+            .node_of(&target.node)
+            .ok()
+            .and_then(|n| self.connection(&n))
+        else {
+            return Ok(());
+        };
+        let control = Control::Demonitor {
+            from: from.clone(),
+            to: ProcessRef::Pid(*target),
+            reference: reference.clone(),
+        };
+        conn.send(&control, None).await
+    }
+
+    async fn link(self: &Arc<Self>, from: &Pid, target: &Pid) -> Result<(), SendError> {
+        {
+            let mut t = self.procs.lock();
+            if let Some(p) = t.by_id.get_mut(&from.id) {
+                p.links.insert(target.clone());
+            }
+        }
+        let node = self.node_of(&target.node)?;
+        let control = Control::Link {
+            from: from.clone(),
+            to: target.clone(),
+        };
+        self.send_control(&node, &control, None).await
+    }
+
+    /// A local process ended: tell the remote processes that monitor or link it.
+    fn process_exited(self: &Arc<Self>, id: u32, reason: Term) {
+        let Some(p) = self.procs.remove(id) else {
+            return;
+        };
+        if p.monitored_by.is_empty() && p.links.is_empty() {
+            return;
+        }
+        let me = self.procs.pid(id);
+        let mut outgoing = Vec::new();
+        for (reference, watcher) in p.monitored_by {
+            let to = match &p.name {
+                Some(name) => ProcessRef::Name(name.clone()),
+                None => ProcessRef::Pid(me.clone()),
+            };
+            outgoing.push((
+                watcher.node.clone(),
+                Control::MonitorExit {
+                    from: to,
+                    to: watcher,
+                    reference,
+                    reason: reason.clone(),
+                },
+            ));
+        }
+        for linked in p.links {
+            outgoing.push((
+                linked.node.clone(),
+                Control::Exit {
+                    from: me.clone(),
+                    to: linked,
+                    reason: reason.clone(),
+                },
+            ));
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            for (peer, control) in outgoing {
+                if let Some(conn) = node.node_of(&peer).ok().and_then(|n| node.connection(&n)) {
+                    let _ = conn.send(&control, None).await;
+                }
+            }
+        });
+    }
+
+    /// Handles one message from a connection.
+    pub(crate) async fn dispatch(self: &Arc<Self>, conn: &Arc<ConnHandle>, msg: DistMessage) {
+        let DistMessage { control, message } = msg;
+        match control {
+            Control::Send { from, to } => {
+                let message = message.unwrap_or_else(Term::nil);
+                self.route_to_pid(conn, from, &to, message).await;
+            }
+            Control::RegSend { from, to } => {
+                let message = message.unwrap_or_else(Term::nil);
+                if to.as_str() == "net_kernel" {
+                    builtin::net_kernel(self, conn, &from, message).await;
+                } else if let Some(id) = self.procs.whereis(&to) {
+                    self.deliver_local(id, Some(from), message);
+                } else {
+                    tracing::debug!(node = %self.name, name = %to, "message to an unregistered name dropped");
+                }
+            }
+            Control::AliasSend { from, alias } => {
+                let message = message.unwrap_or_else(Term::nil);
+                if !self.calls.deliver_alias(&alias, message) {
+                    tracing::debug!(node = %self.name, from = ?from, "message to an unknown alias dropped");
+                }
+            }
+            Control::Monitor {
+                from,
+                to,
+                reference,
+            } => {
+                let target = match &to {
+                    ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
+                    ProcessRef::Pid(_) => None,
+                    ProcessRef::Name(n) if n.as_str() == "net_kernel" => {
+                        Some(process::NET_KERNEL_ID)
+                    }
+                    ProcessRef::Name(n) => self.procs.whereis(n),
+                };
+                let recorded = target.is_some_and(|id| {
+                    if id < 100 {
+                        // The node's own processes never exit while it runs.
+                        return true;
+                    }
+                    let mut t = self.procs.lock();
+                    t.by_id
+                        .get_mut(&id)
+                        .map(|p| p.monitored_by.insert(reference.clone(), from.clone()))
+                        .is_some()
+                });
+                if !recorded {
+                    let exit = Control::MonitorExit {
+                        from: to,
+                        to: from,
+                        reference,
+                        reason: Term::atom("noproc"),
+                    };
+                    conn.send_nowait(exit, None);
+                }
+            }
+            Control::Demonitor { to, reference, .. } => {
+                let target = match &to {
+                    ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
+                    ProcessRef::Pid(_) => None,
+                    ProcessRef::Name(n) => self.procs.whereis(n),
+                };
+                if let Some(id) = target
+                    && let Some(p) = self.procs.lock().by_id.get_mut(&id)
+                {
+                    p.monitored_by.remove(&reference);
+                }
+            }
+            Control::MonitorExit {
+                from,
+                to,
+                reference,
+                reason,
+            } => {
+                if self.calls.monitor_exit(self, &reference, reason.clone()) {
+                    return;
+                }
+                if !self.procs.is_local(&to) {
+                    return;
+                }
+                let removed = {
+                    let mut t = self.procs.lock();
+                    t.by_id
+                        .get_mut(&to.id)
+                        .and_then(|p| p.monitors.remove(&reference))
+                };
+                if removed.is_some() {
+                    let target = match &from {
+                        ProcessRef::Pid(p) => Term::from(p.clone()),
+                        ProcessRef::Name(n) => Term::Tuple(vec![
+                            Term::Atom(n.clone()),
+                            Term::Atom(conn.peer_atom.clone()),
+                        ]),
+                    };
+                    let from_pid = match from {
+                        ProcessRef::Pid(p) => Some(p),
+                        ProcessRef::Name(_) => None,
+                    };
+                    self.deliver_local(to.id, from_pid, down_message(&reference, target, reason));
+                }
+            }
+            Control::Link { from, to } => {
+                let linked = self.procs.is_local(&to) && {
+                    let mut t = self.procs.lock();
+                    t.by_id
+                        .get_mut(&to.id)
+                        .map(|p| p.links.insert(from.clone()))
+                        .is_some()
+                };
+                if !linked && to.id >= 100 {
+                    conn.send_nowait(
+                        Control::Exit {
+                            from: to,
+                            to: from,
+                            reason: Term::atom("noproc"),
+                        },
+                        None,
+                    );
+                }
+            }
+            Control::UnlinkId { id, from, to } => {
+                if self.procs.is_local(&to)
+                    && let Some(p) = self.procs.lock().by_id.get_mut(&to.id)
+                {
+                    p.links.remove(&from);
+                }
+                conn.send_nowait(
+                    Control::UnlinkIdAck {
+                        id,
+                        from: to,
+                        to: from,
+                    },
+                    None,
+                );
+            }
+            Control::UnlinkIdAck { .. } | Control::GroupLeader { .. } => {}
+            Control::Exit { from, to, reason } | Control::Exit2 { from, to, reason } => {
+                if self.procs.is_local(&to) {
+                    if let Some(p) = self.procs.lock().by_id.get_mut(&to.id) {
+                        p.links.remove(&from);
+                    }
+                    self.deliver_local(to.id, Some(from.clone()), exit_message(&from, reason));
+                }
+            }
+            Control::SpawnRequest { req_id, from, .. } => {
+                // This node runs no Erlang code.
+                conn.send_nowait(
+                    Control::SpawnReply {
+                        req_id,
+                        to: from,
+                        flags: 0,
+                        result: Term::atom("notsup"),
+                    },
+                    None,
+                );
+            }
+            Control::SpawnReply { req_id, result, .. } => {
+                self.calls.spawn_reply(self, conn, &req_id, result);
+            }
+            Control::Unknown { op, control } => {
+                tracing::debug!(node = %self.name, peer = %conn.peer, op, control = %control, "unknown control message ignored");
+            }
+        }
+    }
+
+    async fn route_to_pid(
+        self: &Arc<Self>,
+        conn: &Arc<ConnHandle>,
+        from: Option<Pid>,
+        to: &Pid,
+        message: Term,
+    ) {
+        if !self.procs.is_local(to) {
+            tracing::debug!(node = %self.name, to = ?to, "message to a pid of another node or incarnation dropped");
+            return;
+        }
+        match to.id {
+            process::RPC_ID | process::NET_KERNEL_ID => {
+                if !self.calls.deliver_reply(message) {
+                    tracing::debug!(node = %self.name, "late or unknown reply dropped");
+                }
+            }
+            process::IO_ID => builtin::io_request(self, conn, message).await,
+            id => self.deliver_local(id, from, message),
+        }
+    }
+}
