@@ -1,0 +1,153 @@
+//! Calls a function on an Erlang node and prints the result in Erlang syntax.
+//!
+//! ```text
+//! rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P]
+//!          MODULE FUNCTION [ARGS]
+//! ```
+//!
+//! `ARGS` is an Erlang list literal, e.g. `'[1, foo, "text", <<"bin">>, {a, 2}]'`
+//! (default `[]`). The result is printed as `io_lib:format("~0p", [Result])` would print
+//! it. On failure the error is printed and the exit status is 1.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use autocluster::term::{Term, parse_term};
+use autocluster::{Cookie, Node, NodeName};
+
+const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] MODULE FUNCTION [ARGS]";
+
+struct Args {
+    node: NodeName,
+    cookie: Cookie,
+    timeout: Duration,
+    epmd_port: Option<u16>,
+    module: String,
+    function: String,
+    args: Vec<Term>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut node = None;
+    let mut cookie = None;
+    let mut timeout = Duration::from_secs(15);
+    let mut epmd_port = None;
+    let mut positional = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--node" => {
+                node = Some(
+                    value("--node")?
+                        .parse::<NodeName>()
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            "--cookie" => {
+                cookie = Some(Cookie::new(value("--cookie")?).map_err(|e| e.to_string())?)
+            }
+            "--cookie-file" => {
+                cookie =
+                    Some(Cookie::from_file(value("--cookie-file")?).map_err(|e| e.to_string())?)
+            }
+            "--timeout" => {
+                let secs: f64 = value("--timeout")?
+                    .parse()
+                    .map_err(|_| "--timeout takes seconds".to_string())?;
+                timeout = Duration::from_secs_f64(secs);
+            }
+            "--epmd-port" => {
+                epmd_port = Some(
+                    value("--epmd-port")?
+                        .parse()
+                        .map_err(|_| "bad --epmd-port".to_string())?,
+                )
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other if other.starts_with("--") => {
+                return Err(format!("unknown option {other}\n{USAGE}"));
+            }
+            _ => positional.push(arg),
+        }
+    }
+    let node = node.ok_or_else(|| format!("--node is required\n{USAGE}"))?;
+    let cookie = match cookie {
+        Some(c) => c,
+        None => Cookie::from_default_file()
+            .map_err(|e| format!("no --cookie or --cookie-file, and {e}"))?,
+    };
+    let (module, function, args) = match positional.as_slice() {
+        [m, f] => (m.clone(), f.clone(), Vec::new()),
+        [m, f, a] => {
+            let parsed = parse_term(a).map_err(|e| format!("ARGS: {e}"))?;
+            let list = parsed
+                .into_list_elements()
+                .ok_or_else(|| "ARGS must be an Erlang list, e.g. '[1, foo]'".to_string())?;
+            (m.clone(), f.clone(), list)
+        }
+        _ => return Err(USAGE.into()),
+    };
+    Ok(Args {
+        node,
+        cookie,
+        timeout,
+        epmd_port,
+        module,
+        function,
+        args,
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A hidden client node on the peer's host, of the same name kind as the peer.
+    let me = format!("rpc_call_{}@{}", std::process::id(), args.node.host());
+    let me: NodeName = match me.parse() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = Node::builder(me, args.cookie);
+    if let Some(p) = args.epmd_port {
+        builder = builder.epmd_port(p);
+    }
+    let node = match builder.start().await {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match node
+        .call(
+            &args.node,
+            &args.module,
+            &args.function,
+            args.args,
+            args.timeout,
+        )
+        .await
+    {
+        Ok(result) => {
+            println!("{result}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
