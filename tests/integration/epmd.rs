@@ -10,7 +10,7 @@ use autocluster::listener::ListenerLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Epmd, ErlNode, ErlOptions, epmd_cli, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, epmd_cli, rss_kib, unique_name};
 
 const V6_LOOPBACK: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
 
@@ -550,18 +550,6 @@ async fn real_epmd_also_closes_giant_lengths() {
     stream.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
     let reply = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(reply.is_empty());
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// 5,000 slowloris clients (each sends one byte of a request and stalls) while

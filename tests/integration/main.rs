@@ -6,4 +6,6 @@
 
 mod common;
 mod epmd;
+mod interop;
+mod node;
 mod term_text;

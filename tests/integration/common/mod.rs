@@ -15,7 +15,7 @@ mod process;
 
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
-pub use process::{OutputLog, free_port, kill_process_group, unique_name};
+pub use process::{OutputLog, free_port, kill_process_group, rss_kib, unique_name};
 
 use std::path::PathBuf;
 

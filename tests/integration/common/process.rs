@@ -73,3 +73,16 @@ impl OutputLog {
         lines.iter().map(|l| format!("    {l}\n")).collect()
     }
 }
+
+/// Resident memory of this test process, in KiB (0 when unknown).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

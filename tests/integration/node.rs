@@ -1,0 +1,904 @@
+//! The local node against real OTP 25 nodes: connections in both directions, remote
+//! calls with every kind of term, messages, errors a user can act on, ticks, IPv6.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use autocluster::handshake::HandshakeError;
+use autocluster::node::{ConnectError, DisconnectReason, NodeEvent, RpcMethod};
+use autocluster::rpc::{ExceptionClass, RpcError};
+use autocluster::term::{Term, parse_term};
+use autocluster::{Cookie, Node, NodeName};
+
+use crate::common::{Epmd, ErlNode, ErlOptions, unique_name};
+
+const COOKIE: &str = "autocluster_test_cookie";
+
+fn host_of(node: &str) -> &str {
+    node.split_once('@').map(|(_, h)| h).expect("a node name")
+}
+
+/// A Rust node named `rust_N@<host of peer>`.
+fn rust_name(peer: &str) -> NodeName {
+    format!("{}@{}", unique_name("rust"), host_of(peer))
+        .parse()
+        .unwrap()
+}
+
+async fn client_node(epmd: &Epmd, peer: &str) -> Node {
+    Node::builder(rust_name(peer), Cookie::new(COOKIE).unwrap())
+        .epmd_port(epmd.port())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn listening_node(epmd: &Epmd, peer: &str) -> Node {
+    Node::builder(rust_name(peer), Cookie::new(COOKIE).unwrap())
+        .epmd_port(epmd.port())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap()
+}
+
+fn t(text: &str) -> Term {
+    parse_term(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+const SECS5: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_returns_every_kind_of_term() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = client_node(&epmd, erl.name()).await;
+
+    let r = node
+        .call(&peer, "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::atom(erl.name()));
+
+    // Values built on the Erlang side and checked on ours.
+    for expr in [
+        "42",
+        "-7",
+        "255",
+        "256",
+        "-2147483648",
+        "2147483648",
+        "123456789012345678901234567890",
+        "-98765432109876543210",
+        "3.25",
+        "-0.5",
+        "1.0e300",
+        "foo",
+        "'with space'",
+        "'ünï'",
+        "<<\"bin\">>",
+        "<<1:3>>",
+        "[]",
+        "[1,2,3]",
+        "[-1,-2]",
+        "[256,1]",
+        "\"text\"",
+        "[a|b]",
+        "{ok,{nested,[1.5]}}",
+        "#{a => 1, <<\"k\">> => [x]}",
+        "{}",
+    ] {
+        let r = node
+            .call(
+                &peer,
+                "erl_scan",
+                "string",
+                vec![Term::string(&format!("{expr}."))],
+                SECS5,
+            )
+            .await
+            .unwrap();
+        let tokens = r.as_tuple().unwrap()[1].clone();
+        let parsed = node
+            .call(&peer, "erl_parse", "parse_term", vec![tokens], SECS5)
+            .await
+            .unwrap();
+        let value = parsed.as_tuple().unwrap()[1].clone();
+        assert_eq!(value, t(expr), "{expr}");
+    }
+
+    // Values sent from our side come back identical, and Erlang sees what we meant.
+    for expr in [
+        "[-1,-2]",
+        "-1",
+        "18446744073709551616",
+        "-18446744073709551616",
+        "[1,2,3]",
+        "\"héllo\"",
+        "#{1 => {a,b}, [] => <<>>}",
+        "{[a|b], 2.5, 'Quoted Atom'}",
+    ] {
+        let term = t(expr);
+        let back = node
+            .call(
+                &peer,
+                "erlang",
+                "hd",
+                vec![Term::List(vec![term.clone()])],
+                SECS5,
+            )
+            .await
+            .unwrap();
+        assert_eq!(back, term, "{expr} round trip");
+        let printed = node
+            .call(
+                &peer,
+                "io_lib",
+                "format",
+                vec![Term::string("~0p"), Term::List(vec![term.clone()])],
+                SECS5,
+            )
+            .await
+            .unwrap();
+        let printed = node
+            .call(&peer, "lists", "flatten", vec![printed], SECS5)
+            .await
+            .unwrap();
+        assert_eq!(
+            printed,
+            Term::string(&term.to_string()),
+            "{expr} printed by Erlang"
+        );
+    }
+    let r = node
+        .call(
+            &peer,
+            "erlang",
+            "length",
+            vec![t("[[-1,-2]]").into_list_elements().unwrap()[0].clone()],
+            SECS5,
+        )
+        .await;
+    assert_eq!(r.unwrap(), Term::Integer(2));
+    let r = node
+        .call(&peer, "lists", "sum", vec![t("[-1,-2]")], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::Integer(-3));
+
+    // A 1 MiB binary both ways.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let r = node
+        .call(
+            &peer,
+            "erlang",
+            "iolist_to_binary",
+            vec![Term::List(vec![Term::binary(big.clone())])],
+            SECS5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.as_binary().unwrap(), &big[..]);
+    let r = node
+        .call(&peer, "erlang", "byte_size", vec![Term::binary(big)], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::Integer(1024 * 1024));
+
+    // Pids and references made by Erlang.
+    let pid = node
+        .call(&peer, "erlang", "whereis", vec![Term::atom("init")], SECS5)
+        .await
+        .unwrap();
+    let pid = pid.as_pid().expect("init's pid").clone();
+    assert_eq!(pid.node.as_str(), erl.name());
+    let alive = node
+        .call(
+            &peer,
+            "erlang",
+            "is_process_alive",
+            vec![Term::from(pid.clone())],
+            SECS5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(alive, Term::atom("true"));
+    let r = node
+        .call(&peer, "erlang", "make_ref", vec![], SECS5)
+        .await
+        .unwrap();
+    let reference = r.as_reference().expect("a reference").clone();
+    let is_ref = node
+        .call(
+            &peer,
+            "erlang",
+            "is_reference",
+            vec![Term::from(reference)],
+            SECS5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(is_ref, Term::atom("true"));
+    assert!(
+        erl.eval("nodes(hidden)")
+            .await
+            .contains(node.name().as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpc_errors_are_typed() {
+    let epmd = Epmd::start().await;
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = client_node(&epmd, erl.name()).await;
+
+    let err = node
+        .call(&peer, "no_such_module", "f", vec![], SECS5)
+        .await
+        .unwrap_err();
+    assert!(err.is_undef(), "{err}");
+    assert!(
+        matches!(err, RpcError::Exception { class: ExceptionClass::Error, ref stacktrace, .. } if stacktrace.is_some())
+    );
+
+    let err = node
+        .call(&peer, "erlang", "throw", vec![Term::atom("oops")], SECS5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Exception { class: ExceptionClass::Throw, ref reason, .. } if reason.is_atom("oops")),
+        "{err}"
+    );
+    let err = node
+        .call(&peer, "erlang", "exit", vec![Term::atom("bye")], SECS5)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Exception { class: ExceptionClass::Exit, ref reason, .. } if reason.is_atom("bye")),
+        "{err}"
+    );
+    let err = node
+        .call(
+            &peer,
+            "erlang",
+            "binary_to_list",
+            vec![Term::atom("x")],
+            SECS5,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Exception { class: ExceptionClass::Error, ref reason, .. } if reason.is_atom("badarg")),
+        "{err}"
+    );
+
+    // The same through rex: {badrpc, Reason}.
+    let rex = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
+        .epmd_port(epmd.port())
+        .rpc_method(RpcMethod::Rex)
+        .start()
+        .await
+        .unwrap();
+    let ok = rex
+        .call(&peer, "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(ok, Term::atom(erl.name()));
+    let err = rex
+        .call(&peer, "no_such_module", "f", vec![], SECS5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::BadRpc { .. }), "{err}");
+    assert!(err.is_undef(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_calls_in_flight_and_a_timeout_spares_the_others() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = client_node(&epmd, erl.name()).await;
+    node.connect(&peer).await.unwrap();
+
+    // A slow call times out while 200 fast ones complete on the same connection.
+    let slow = {
+        let node = node.clone();
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            node.call(
+                &peer,
+                "timer",
+                "sleep",
+                vec![Term::Integer(5_000)],
+                Duration::from_millis(300),
+            )
+            .await
+        })
+    };
+    let mut fast = Vec::new();
+    for i in 0..200i64 {
+        let node = node.clone();
+        let peer = peer.clone();
+        fast.push(tokio::spawn(async move {
+            node.call(&peer, "erlang", "abs", vec![Term::Integer(-i)], SECS5)
+                .await
+        }));
+    }
+    for (i, f) in fast.into_iter().enumerate() {
+        assert_eq!(f.await.unwrap().unwrap(), Term::Integer(i as i64));
+    }
+    let err = slow.await.unwrap().unwrap_err();
+    assert!(matches!(err, RpcError::Timeout { .. }), "{err}");
+    // The connection survived and the timed-out worker was killed.
+    assert!(node.is_connected(&peer));
+    let r = node
+        .call(&peer, "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::atom(erl.name()));
+    let sleepers = erl
+        .eval("length([P || P <- processes(), {current_function, {timer, sleep, 1}} == process_info(P, current_function)])")
+        .await;
+    assert_eq!(sleepers, "0", "the abandoned call's process was killed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_that_prints_does_not_hang_the_call() {
+    let epmd = Epmd::start().await;
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    for method in [RpcMethod::Erpc, RpcMethod::Rex] {
+        let node = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
+            .epmd_port(epmd.port())
+            .rpc_method(method)
+            .start()
+            .await
+            .unwrap();
+        let r = node
+            .call(
+                &peer,
+                "io",
+                "format",
+                vec![Term::string("hello ~p~n"), t("[world]")],
+                SECS5,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom("ok"), "{method:?}");
+        let r = node
+            .call(
+                &peer,
+                "io",
+                "put_chars",
+                vec![Term::binary(b"raw\n".to_vec())],
+                SECS5,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom("ok"), "{method:?}");
+        // Reading input gets eof instead of blocking.
+        let r = node
+            .call(&peer, "io", "get_line", vec![Term::string("> ")], SECS5)
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom("eof"), "{method:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn erlang_pings_and_messages_a_rust_node() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let node = listening_node(&epmd, erl.name()).await;
+    let mut mailbox = node.register("inbox").unwrap();
+    let mut events = node.monitor_nodes();
+    let me = node.name().to_string();
+
+    assert_eq!(erl.eval(&format!("net_adm:ping('{me}')")).await, "pong");
+    match events.recv().await.unwrap() {
+        NodeEvent::Up { node: n, hidden } => {
+            assert_eq!(n.as_str(), erl.name());
+            assert!(hidden, "the Rust node is hidden by default");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        erl.eval("nodes()").await,
+        "[]",
+        "hidden nodes are not in nodes()"
+    );
+    assert!(erl.eval("nodes(hidden)").await.contains(&me));
+
+    erl.eval(&format!(
+        "{{inbox, '{me}'}} ! {{self(), hello, [-1, 2], <<\"data\">>}}"
+    ))
+    .await;
+    let got = tokio::time::timeout(SECS5, mailbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let fields = got.message.as_tuple().unwrap();
+    assert_eq!(fields[1], Term::atom("hello"));
+    assert_eq!(fields[2], t("[-1,2]"));
+    let sender = fields[0].as_pid().unwrap().clone();
+    assert_eq!(
+        got.from.as_ref(),
+        Some(&sender),
+        "REG_SEND carries the sender"
+    );
+
+    // Reply to the Erlang shell process and see it arrive.
+    mailbox.send(&sender, t("{reply, 42}")).await.unwrap();
+    assert_eq!(
+        erl.eval("receive {reply, X} -> X after 5000 -> timeout end")
+            .await,
+        "42"
+    );
+
+    // An Erlang gen:call to the Rust mailbox, answered through the OTP 24+ alias.
+    let me2 = me.clone();
+    let caller = tokio::spawn(async move {
+        let me = me2;
+        let r = erl
+            .eval(&format!(
+                "gen:call({{inbox, '{me}'}}, '$gen_call', {{double, 21}}, 5000)"
+            ))
+            .await;
+        (r, erl)
+    });
+    let call_msg = tokio::time::timeout(SECS5, mailbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let call = autocluster::node::GenCall::parse(&call_msg.message).expect("a gen:call");
+    assert_eq!(call.request, t("{double, 21}"));
+    mailbox.reply(&call, Term::Integer(42)).await.unwrap();
+    let (r, mut erl) = caller.await.unwrap();
+    assert_eq!(r, "{ok,42}");
+
+    // A monitor from Erlang on the mailbox fires when it is dropped.
+    let reference = erl
+        .eval(&format!(
+            "put(mref, erlang:monitor(process, {{inbox, '{me}'}}))"
+        ))
+        .await;
+    assert_eq!(reference, "undefined");
+    drop(mailbox);
+    let down = erl
+        .eval("receive {'DOWN', _, process, _, R} -> R after 5000 -> timeout end")
+        .await;
+    assert_eq!(down, "normal");
+    // And a monitor on a name nobody holds fires at once.
+    let noproc = erl
+        .eval(&format!("erlang:monitor(process, {{nobody, '{me}'}}), receive {{'DOWN', _, process, _, R}} -> R after 5000 -> timeout end"))
+        .await;
+    assert_eq!(noproc, "noproc");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_cookie_is_named_in_both_directions() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port()).cookie("another_cookie")).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = listening_node(&epmd, erl.name()).await;
+
+    let started = Instant::now();
+    let err = node.connect(&peer).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Handshake(HandshakeError::CookieRejected { .. })
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < SECS5);
+    assert!(!err.to_string().contains(COOKIE) && !err.to_string().contains("another_cookie"));
+
+    // Erlang with the wrong cookie dialling us: pang, and no connection on our side.
+    let me = node.name().to_string();
+    assert_eq!(erl.eval(&format!("net_adm:ping('{me}')")).await, "pang");
+    assert!(node.connected_nodes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn name_errors_explain_themselves() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let node = client_node(&epmd, erl.name()).await;
+
+    // Not registered: the error lists what EPMD knows.
+    let ghost: NodeName = format!("ghost@{}", host_of(erl.name())).parse().unwrap();
+    let err = node.connect(&ghost).await.unwrap_err();
+    match &err {
+        ConnectError::NotRegistered { known, .. } => {
+            assert!(known.iter().any(|k| k == erl.alive()), "{err}")
+        }
+        other => panic!("{other}"),
+    }
+
+    // Dialling the right port under the wrong name: the peer is not who we asked for.
+    let port = erl.dist_port().await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let wrong: NodeName = format!("{}_x@{}", erl.alive(), host_of(erl.name()))
+        .parse()
+        .unwrap();
+    let err = node.connect_to(&wrong, addr).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Handshake(HandshakeError::NameMismatch { .. })
+        ),
+        "{err}"
+    );
+
+    // Short vs long: refused before any socket is opened.
+    let long: NodeName = format!("{}@127.0.0.1", erl.alive()).parse().unwrap();
+    let err = node.connect(&long).await.unwrap_err();
+    assert!(matches!(err, ConnectError::NameKind(_)), "{err}");
+    assert!(err.to_string().contains("-sname"), "{err}");
+
+    // Nothing listening.
+    let err = node
+        .connect_to(&wrong, "127.0.0.1:1".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+
+    // No EPMD at all on that port.
+    let lonely = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
+        .epmd_port(1)
+        .start()
+        .await
+        .unwrap();
+    let err = lonely
+        .connect(&erl.name().parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::EpmdUnreachable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_peer_times_out_in_bounded_time() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let node = Node::builder(
+        "rust@localhost".parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .handshake_timeout(Duration::from_millis(500))
+    .start()
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let err = node
+        .connect_to(&"silent@localhost".parse().unwrap(), addr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Handshake(HandshakeError::Timeout {
+                step: autocluster::handshake::HandshakeStep::AwaitStatus,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    hold.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_hidden_connection_survives_three_tick_times() {
+    let epmd = Epmd::start().await;
+    let mut erl =
+        ErlNode::start(ErlOptions::new(epmd.port()).args(["-kernel", "net_ticktime", "2"])).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
+        .epmd_port(epmd.port())
+        .net_ticktime(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let mut events = node.monitor_nodes();
+    node.connect(&peer).await.unwrap();
+    let _ = events.recv().await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(node.is_connected(&peer));
+    assert!(events.try_recv().is_err(), "no node event while idle");
+    assert!(
+        erl.eval("nodes(hidden)")
+            .await
+            .contains(node.name().as_str())
+    );
+
+    // When the peer dies, the tick timeout reports it.
+    drop(erl);
+    let down = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(down, NodeEvent::Down { .. }), "{down:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_peer_is_reported_down_with_a_reason() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = client_node(&epmd, erl.name()).await;
+    let mut events = node.monitor_nodes();
+    node.connect(&peer).await.unwrap();
+    assert!(matches!(events.recv().await.unwrap(), NodeEvent::Up { .. }));
+    erl.eval(&format!("erlang:disconnect_node('{}')", node.name()))
+        .await;
+    match tokio::time::timeout(SECS5, events.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        NodeEvent::Down { node: n, reason } => {
+            assert_eq!(n, peer);
+            assert_eq!(reason, DisconnectReason::ClosedByPeer);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!node.is_connected(&peer));
+    // The next call reconnects.
+    let r = node
+        .call(&peer, "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::atom(erl.name()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn simultaneous_connects_end_in_one_connection() {
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    for round in 0..10 {
+        let node = listening_node(&epmd, erl.name()).await;
+        let me = node.name().to_string();
+        let ours = {
+            let node = node.clone();
+            let peer = peer.clone();
+            tokio::spawn(async move { node.connect(&peer).await })
+        };
+        let theirs = erl.eval(&format!("net_kernel:connect_node('{me}')")).await;
+        ours.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(theirs, "true", "round {round}");
+        assert_eq!(node.connected_nodes(), vec![peer.clone()]);
+        let r = node
+            .call(&peer, "erlang", "node", vec![], SECS5)
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom(erl.name()));
+        let links = erl
+            .eval(&format!("length([N || N <- nodes(hidden), N == '{me}'])"))
+            .await;
+        assert_eq!(links, "1", "round {round}");
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_nodes_connect_to_each_other_simultaneously() {
+    let epmd = Epmd::start().await;
+    for _ in 0..20 {
+        let a = Node::builder(
+            format!("{}@localhost", unique_name("a")).parse().unwrap(),
+            Cookie::new(COOKIE).unwrap(),
+        )
+        .epmd_port(epmd.port())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+        let b = Node::builder(
+            format!("{}@localhost", unique_name("b")).parse().unwrap(),
+            Cookie::new(COOKIE).unwrap(),
+        )
+        .epmd_port(epmd.port())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+        let (ra, rb) = tokio::join!(a.connect(b.name()), b.connect(a.name()));
+        ra.unwrap();
+        rb.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(a.connected_nodes(), vec![b.name().clone()]);
+        assert_eq!(b.connected_nodes(), vec![a.name().clone()]);
+        a.ping(b.name(), SECS5).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_end_to_end() {
+    let epmd_server =
+        autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+    let port = epmd_server.port();
+    let mut erl = ErlNode::start(ErlOptions::new(port).long_names().inet6()).await;
+    assert!(erl.name().ends_with("@::1"), "{}", erl.name());
+    let peer: NodeName = erl.name().parse().unwrap();
+    let node = Node::builder(
+        format!("{}@::1", unique_name("rust")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .listen("[::1]:0".parse().unwrap())
+    .start()
+    .await
+    .unwrap();
+    let r = node
+        .call(&peer, "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap();
+    assert_eq!(r, Term::atom(erl.name()));
+    node.disconnect(&peer);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        erl.eval(&format!("net_adm:ping('{}')", node.name())).await,
+        "pong"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_to_rust_through_the_embedded_epmd() {
+    let epmd_server =
+        autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+    let port = epmd_server.port();
+    let server = Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .listen("127.0.0.1:0".parse().unwrap())
+    .start()
+    .await
+    .unwrap();
+    assert!(server.is_registered());
+    let mut inbox = server.register("inbox").unwrap();
+    let client = Node::builder(
+        format!("{}@localhost", unique_name("cli")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .start()
+    .await
+    .unwrap();
+    client.ping(server.name(), SECS5).await.unwrap();
+    client
+        .send_named(server.name(), "inbox", t("{hi, [-1]}"))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(SECS5, inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.message, t("{hi, [-1]}"));
+    // A Rust node runs no Erlang code: calls are refused with a typed error.
+    let err = client
+        .call(server.name(), "erlang", "node", vec![], SECS5)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RpcError::SpawnFailed { .. }), "{err}");
+    server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!client.is_connected(server.name()));
+}
+
+/// 5,000 slowloris clients against the distribution listener (each sends half a
+/// `send_name` and stalls) while well-behaved nodes keep connecting: each handshake
+/// completes within 1 s, the listener never holds more than its pending limit, and
+/// every slow connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptor_serves_good_nodes_during_a_slowloris_flood() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SLOW: usize = 5_000;
+    let limits = autocluster::listener::ListenerLimits {
+        idle_timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let max_pending = limits.max_pending;
+    let server = Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .listen("127.0.0.1:0".parse().unwrap())
+    .register_in_epmd(false)
+    .limits(limits)
+    .start()
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let flood = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut slow = Vec::with_capacity(SLOW);
+            while slow.len() < SLOW {
+                let wave: Vec<_> = (0..250)
+                    .map(|_| {
+                        tokio::spawn(async move {
+                            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                            s.write_all(&[0, 40, b'N', 0, 0]).await.ok()?;
+                            s.into_std().ok()
+                        })
+                    })
+                    .collect();
+                for task in wave {
+                    if let Ok(Some(s)) = task.await {
+                        slow.push(s);
+                    }
+                }
+            }
+            slow
+        })
+    });
+    let mut worst = Duration::ZERO;
+    let mut good = 0;
+    let mut max_seen_pending = 0;
+    while !flood.is_finished() {
+        let client = Node::builder(
+            format!("{}@localhost", unique_name("good"))
+                .parse()
+                .unwrap(),
+            Cookie::new(COOKIE).unwrap(),
+        )
+        .start()
+        .await
+        .unwrap();
+        let started = Instant::now();
+        client
+            .connect_to(server.name(), addr)
+            .await
+            .unwrap_or_else(|e| panic!("a good node failed during the flood: {e}"));
+        worst = worst.max(started.elapsed());
+        good += 1;
+        max_seen_pending = max_seen_pending.max(server.listener_stats().unwrap().pending);
+        client.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slow = flood.join().unwrap();
+    assert!(good >= 5, "only {good} good handshakes");
+    assert!(
+        worst < Duration::from_secs(1),
+        "worst good handshake {worst:?}"
+    );
+    assert!(
+        max_seen_pending <= max_pending,
+        "{max_seen_pending} pending"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 16];
+    for (i, s) in slow.into_iter().enumerate() {
+        let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(n)) => panic!("slow connection {i} got {n} bytes"),
+            Err(_) => panic!("slow connection {i} still open after the timeout"),
+        }
+    }
+    let stats = server.listener_stats().unwrap();
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    eprintln!("dist flood: {good} good handshakes, worst {worst:?}; {stats:?}");
+}
