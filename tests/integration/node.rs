@@ -902,3 +902,29 @@ async fn the_acceptor_serves_good_nodes_during_a_slowloris_flood() {
     assert_eq!(stats.pending, 0, "{stats:?}");
     eprintln!("dist flood: {good} good handshakes, worst {worst:?}; {stats:?}");
 }
+
+/// Dynamic node names (OTP 23+): an initiator that sends only its host is named by the
+/// Erlang node it connects to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_erlang_node_names_a_dynamic_initiator() {
+    use autocluster::handshake::{self, DistFlags, InitiatorConfig, LengthPrefix, LocalName};
+    let epmd = Epmd::start().await;
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let port = erl.dist_port().await;
+    let host = host_of(erl.name()).to_owned();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let cfg = InitiatorConfig {
+        local: LocalName::Dynamic { host: host.clone() },
+        creation: 0,
+        flags: DistFlags::OURS,
+        required: DistFlags::REQUIRED,
+        cookie: Cookie::new(COOKIE).unwrap(),
+        peer: erl.name().parse().unwrap(),
+    };
+    let outcome = handshake::initiate(&mut stream, LengthPrefix::U16, cfg, SECS5, || true).await.unwrap();
+    let named = outcome.handshaked.local;
+    assert_eq!(named.host(), host);
+    assert!(outcome.handshaked.local_creation > 3);
+    let seen = erl.eval("nodes(hidden)").await;
+    assert!(seen.contains(named.as_str()), "{seen} lacks {named}");
+}
