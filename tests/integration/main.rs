@@ -5,4 +5,5 @@
 //! fails the test with the package to install; nothing is skipped.
 
 mod common;
+mod conformance;
 mod epmd;

@@ -7,14 +7,21 @@
 //!   distribution, extra arguments) registered with the EPMD on `ErlOptions::epmd_port`,
 //!   with [`ErlNode::eval`] to run Erlang expressions on it; killed with its process group
 //!   on drop.
+//! * [`EtcdServer::start`]: a real etcd on free loopback ports with a temporary data
+//!   directory, killed on drop, with `stop`/`restart` for outages and `etcdctl`;
+//!   [`FakeServer`]: endpoints that hang or answer garbage.
+//! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
+pub mod conformance;
 mod epmd;
 mod erl;
+mod etcd;
 mod process;
 
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
+pub use etcd::{EtcdServer, Fake, FakeServer};
 pub use process::{OutputLog, free_port, kill_process_group, unique_name};
 
 use std::path::PathBuf;
