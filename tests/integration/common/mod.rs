@@ -10,6 +10,8 @@
 //! * [`EtcdServer::start`]: a real etcd on free loopback ports with a temporary data
 //!   directory, killed on drop, with `stop`/`restart` for outages and `etcdctl`;
 //!   [`FakeServer`]: endpoints that hang or answer garbage.
+//! * [`RabbitNode::start`]: a real RabbitMQ node (config lines, enabled plugins, own EPMD,
+//!   cookie), booted and awaited, with `eval`/`rabbitmqctl`, `stop`/`kill`, cleaned up on drop.
 //! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
@@ -18,11 +20,13 @@ mod epmd;
 mod erl;
 mod etcd;
 mod process;
+mod rabbit;
 
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer};
 pub use process::{OutputLog, free_port, kill_process_group, unique_name};
+pub use rabbit::{RabbitNode, RabbitOptions};
 
 use std::path::PathBuf;
 
