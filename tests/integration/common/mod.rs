@@ -25,7 +25,9 @@ mod rabbit;
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer};
-pub use process::{OutputLog, free_port, kill_process_group, unique_name};
+pub use process::{
+    OutputLog, descendants, free_port, kill_process_group, kill_process_tree, unique_name,
+};
 pub use rabbit::{RabbitNode, RabbitOptions};
 
 use std::path::PathBuf;

@@ -5,7 +5,8 @@
 //! own `rabbitmq.conf` and enabled-plugins file, its own EPMD (a real `epmd` on a free
 //! port, through `ERL_EPMD_PORT`), and the cookie given on the command line. It is
 //! started in the background (Debian's `-detached` does nothing as root), waited for with
-//! `rabbitmqctl await_startup`, and killed with its whole process group on drop.
+//! `rabbitmqctl await_startup`, and killed with its whole process tree on drop (`su`
+//! starts a new session, so the process group alone would miss the Erlang VM).
 //!
 //! ```ignore
 //! let node = RabbitNode::start(RabbitOptions::new()
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::process::{free_port, kill_process_group, unique_name};
+use super::process::{free_port, kill_process_tree, unique_name};
 use super::{Epmd, require_binary};
 
 /// How to start a [`RabbitNode`].
@@ -76,7 +77,7 @@ impl RabbitOptions {
     }
 }
 
-/// A running RabbitMQ node, killed with its process group on drop.
+/// A running RabbitMQ node, killed with its whole process tree on drop.
 pub struct RabbitNode {
     node: String,
     cookie: String,
@@ -328,7 +329,7 @@ impl RabbitNode {
     /// Kills the node's whole process group (a crash).
     pub async fn kill(&mut self) {
         if let Some((mut child, pgid)) = self.child.take() {
-            kill_process_group(pgid);
+            kill_process_tree(pgid);
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
@@ -338,7 +339,7 @@ impl RabbitNode {
 impl Drop for RabbitNode {
     fn drop(&mut self) {
         if let Some((mut child, pgid)) = self.child.take() {
-            kill_process_group(pgid);
+            kill_process_tree(pgid);
             let _ = child.start_kill();
         }
     }
