@@ -65,10 +65,10 @@ impl Setting {
         }
         for r in self.rabbitmq {
             if let Some(prefix) = r.strip_suffix(".$index") {
-                if let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) {
-                    if let Ok(index) = rest.parse::<u64>() {
-                        return Some(Some(index));
-                    }
+                if let Some(rest) = k.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'))
+                    && let Ok(index) = rest.parse::<u64>()
+                {
+                    return Some(Some(index));
                 }
             } else if *r == k {
                 return Some(None);

@@ -392,15 +392,15 @@ impl EtcdConfig {
         let certfile = values.string("etcd_certfile")?;
         let keyfile = values.string("etcd_keyfile")?;
         let server_name = values.string("etcd_server_name")?;
-        if let Some(verify) = values.string("etcd_ssl_verify")? {
-            if verify != "verify_peer" {
-                return Err(BackendError::config(
-                    source("etcd_ssl_verify"),
-                    format!(
-                        "{verify:?} is not supported: the server certificate is always verified (verify_peer)"
-                    ),
-                ));
-            }
+        if let Some(verify) = values.string("etcd_ssl_verify")?
+            && verify != "verify_peer"
+        {
+            return Err(BackendError::config(
+                source("etcd_ssl_verify"),
+                format!(
+                    "{verify:?} is not supported: the server certificate is always verified (verify_peer)"
+                ),
+            ));
         }
         if certfile.is_some() != keyfile.is_some() {
             let key = if certfile.is_some() {
@@ -703,10 +703,10 @@ pub(crate) fn parse_node_value(
     let node: NodeName = node
         .parse()
         .map_err(|e| invalid(format!("field \"node\" is not a node name: {e}")))?;
-    if let Some(suffix) = key.rsplit('/').next() {
-        if suffix != node.as_str() {
-            tracing::warn!(key, node = %node, "etcd node key and the node name in its value differ; using the value");
-        }
+    if let Some(suffix) = key.rsplit('/').next()
+        && suffix != node.as_str()
+    {
+        tracing::warn!(key, node = %node, "etcd node key and the node name in its value differ; using the value");
     }
     let mut metadata = BTreeMap::new();
     for field in ["lease_id", "ttl"] {

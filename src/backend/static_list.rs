@@ -153,13 +153,13 @@ impl StaticConfig {
                 ));
             }
         }
-        if let Some(seed) = &self.seed {
-            if !seen.contains(seed) {
-                return Err(BackendError::config(
-                    "static_seed",
-                    format!("{seed} is not one of the listed nodes"),
-                ));
-            }
+        if let Some(seed) = &self.seed
+            && !seen.contains(seed)
+        {
+            return Err(BackendError::config(
+                "static_seed",
+                format!("{seed} is not one of the listed nodes"),
+            ));
         }
         Ok(())
     }

@@ -215,11 +215,15 @@ fn map_error(endpoints: &str, error: etcd_client::Error) -> BackendError {
     use tonic::Code;
     match error {
         etcd_client::Error::GRpcStatus(status) => {
-            let detail = if status.message().is_empty() {
+            let mut detail = if status.message().is_empty() {
                 format!("{:?}", status.code())
             } else {
                 status.message().to_owned()
             };
+            if let Some(source) = std::error::Error::source(&status) {
+                detail.push_str(": ");
+                detail.push_str(&error_chain(source));
+            }
             match status.code() {
                 Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::Cancelled => {
                     BackendError::Unavailable {
@@ -281,15 +285,24 @@ fn map_error(endpoints: &str, error: etcd_client::Error) -> BackendError {
 }
 
 /// An error and its sources, on one line.
+/// Layers that repeat what an inner layer says are left out.
 fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
+    let mut parts = vec![error.to_string()];
     let mut source = error.source();
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        parts.push(e.to_string());
         source = e.source();
     }
-    text
+    let mut kept: Vec<&str> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let repeated_later = parts[i + 1..]
+            .iter()
+            .any(|later| later.contains(part.as_str()));
+        if !repeated_later && !kept.contains(&part.as_str()) {
+            kept.push(part);
+        }
+    }
+    kept.join(": ")
 }
 
 #[derive(Debug)]

@@ -96,10 +96,10 @@ impl EtcdServer {
         self.child = Some((child, pgid));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some((child, _)) = &mut self.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("etcd exited with {status}:\n{}", self.log_tail());
-                }
+            if let Some((child, _)) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("etcd exited with {status}:\n{}", self.log_tail());
             }
             let (ok, _) = self.try_etcdctl(&["endpoint", "health"]).await;
             if ok {

@@ -217,19 +217,19 @@ impl RabbitNode {
         let alive = self.node.split('@').next().unwrap_or_default().to_owned();
         let epmd = self.epmd.client();
         loop {
-            if let Some((child, _)) = &mut self.child {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "RabbitMQ node {} exited with {status}:\n{}",
-                        self.node,
-                        self.log_tail()
-                    );
-                }
+            if let Some((child, _)) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "RabbitMQ node {} exited with {status}:\n{}",
+                    self.node,
+                    self.log_tail()
+                );
             }
-            if let Ok(names) = epmd.names().await {
-                if names.iter().any(|(name, _)| *name == alive) {
-                    break;
-                }
+            if let Ok(names) = epmd.names().await
+                && names.iter().any(|(name, _)| *name == alive)
+            {
+                break;
             }
             if std::time::Instant::now() > deadline {
                 panic!(
