@@ -7,4 +7,5 @@
 mod common;
 mod conformance;
 mod epmd;
+mod etcd_backend;
 mod rabbitmq_etcd;

@@ -224,6 +224,21 @@ fn map_error(endpoints: &str, error: etcd_client::Error) -> BackendError {
                 detail.push_str(": ");
                 detail.push_str(&error_chain(source));
             }
+            // etcd reports some credential errors as InvalidArgument (ErrGRPCAuthFailed,
+            // ErrGRPCUserEmpty) or FailedPrecondition: classify them by message.
+            let auth_messages = [
+                "authentication failed",
+                "user name is empty",
+                "invalid auth token",
+                "permission denied",
+                "user name not found",
+            ];
+            if auth_messages.iter().any(|m| status.message().contains(m)) {
+                return BackendError::Unauthorized {
+                    backend: NAME,
+                    detail,
+                };
+            }
             match status.code() {
                 Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::Cancelled => {
                     BackendError::Unavailable {

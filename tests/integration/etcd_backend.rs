@@ -1,0 +1,152 @@
+//! etcd-specific behaviour beyond the conformance suite, against a real etcd.
+
+#![cfg(feature = "etcd")]
+
+use std::time::{Duration, Instant};
+
+use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
+use autocluster::backend::{Backend, BackendError, Registration, RegistrationEvent};
+
+use crate::common::EtcdServer;
+use crate::common::conformance::unique_node;
+
+/// Prefix and cluster name are honoured: keys land where configured, and two clusters
+/// (or two prefixes) do not see each other's nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_and_cluster_name_are_honoured() {
+    let etcd = EtcdServer::start().await;
+    let config = |prefix: &str, cluster: &str| {
+        EtcdConfig::new([etcd.endpoint()])
+            .with_prefix(prefix)
+            .with_cluster_name(cluster)
+            .with_timeout(Duration::from_secs(2))
+    };
+    let a = EtcdBackend::new(config("p1", "c1")).unwrap();
+    let b = EtcdBackend::new(config("p1", "c2")).unwrap();
+    let c = EtcdBackend::new(config("p2", "c1")).unwrap();
+    let (na, nb, nc) = (unique_node(), unique_node(), unique_node());
+    let ttl = Duration::from_secs(5);
+    let _ha = a
+        .register(Registration::new(na.clone(), ttl))
+        .await
+        .unwrap();
+    let _hb = b
+        .register(Registration::new(nb.clone(), ttl))
+        .await
+        .unwrap();
+    let _hc = c
+        .register(Registration::new(nc.clone(), ttl))
+        .await
+        .unwrap();
+    for (backend, node) in [(&a, &na), (&b, &nb), (&c, &nc)] {
+        let listed: Vec<_> = backend
+            .list_nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.node)
+            .collect();
+        assert_eq!(listed, [node.clone()]);
+    }
+    let keys = etcd.keys("/rabbitmq/").await;
+    assert!(
+        keys.contains(&format!("/rabbitmq/discovery/p1/clusters/c1/nodes/{na}")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("/rabbitmq/discovery/p1/clusters/c2/nodes/{nb}")),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("/rabbitmq/discovery/p2/clusters/c1/nodes/{nc}")),
+        "{keys:?}"
+    );
+    let value = etcd.get(&a.config().node_key(&na)).await.unwrap();
+    assert!(
+        value.starts_with(&format!("{{\"node\":\"{na}\",\"lease_id\":")),
+        "{value}"
+    );
+    assert!(value.ends_with(",\"ttl\":5}"), "{value}");
+}
+
+/// A node key deleted by an operator (`etcdctl del`) is noticed and registered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_key_is_registered_again() {
+    let etcd = EtcdServer::start().await;
+    let backend =
+        EtcdBackend::new(EtcdConfig::new([etcd.endpoint()]).with_timeout(Duration::from_secs(2)))
+            .unwrap();
+    let node = unique_node();
+    let handle = backend
+        .register(Registration::new(node.clone(), Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let mut events = handle.subscribe();
+    let key = backend.config().node_key(&node);
+    etcd.etcdctl(&["del", &key]).await;
+    let start = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Ok(RegistrationEvent::Reregistered)) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("no re-registration: {other:?}"),
+        }
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "noticed only after {:?}",
+        start.elapsed()
+    );
+    assert!(etcd.get(&key).await.is_some());
+    handle.deregister().await.unwrap();
+    assert!(etcd.get(&key).await.is_none());
+}
+
+/// User and password: the right ones work, wrong ones are `Unauthorized`, none at all is
+/// an error too (never an empty list).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication() {
+    let etcd = EtcdServer::start().await;
+    etcd.etcdctl(&["user", "add", "root:rootpw"]).await;
+    etcd.etcdctl(&["user", "add", "rabbit:s3cret"]).await;
+    etcd.etcdctl(&["role", "add", "discovery"]).await;
+    etcd.etcdctl(&[
+        "role",
+        "grant-permission",
+        "discovery",
+        "--prefix=true",
+        "readwrite",
+        "/rabbitmq/",
+    ])
+    .await;
+    etcd.etcdctl(&["user", "grant-role", "rabbit", "discovery"])
+        .await;
+    etcd.etcdctl(&["auth", "enable"]).await;
+    let config = || EtcdConfig::new([etcd.endpoint()]).with_timeout(Duration::from_secs(2));
+
+    let good = EtcdBackend::new(config().with_credentials("rabbit", "s3cret")).unwrap();
+    let node = unique_node();
+    let handle = good
+        .register(Registration::new(node.clone(), Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let listed = good.list_nodes().await.unwrap();
+    assert_eq!(listed[0].node, node);
+
+    let wrong = EtcdBackend::new(config().with_credentials("rabbit", "wrong")).unwrap();
+    let result = wrong.list_nodes().await;
+    assert!(
+        matches!(result, Err(BackendError::Unauthorized { .. })),
+        "{result:?}"
+    );
+    assert!(!result.unwrap_err().is_transient());
+
+    let anonymous = EtcdBackend::new(config()).unwrap();
+    let result = anonymous.list_nodes().await;
+    assert!(
+        result.is_err(),
+        "anonymous listing with auth enabled: {result:?}"
+    );
+    eprintln!("anonymous: {}", result.unwrap_err());
+    handle.deregister().await.unwrap();
+}
