@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
+use autocluster::backend::etcd::{EtcdBackend, EtcdConfig, EtcdTls};
 use autocluster::backend::{Backend, BackendError, Registration, RegistrationEvent};
 
 use crate::common::EtcdServer;
@@ -148,5 +148,110 @@ async fn authentication() {
         "anonymous listing with auth enabled: {result:?}"
     );
     eprintln!("anonymous: {}", result.unwrap_err());
+    handle.deregister().await.unwrap();
+}
+
+/// TLS with a client certificate: works with the right CA and certificate; a client
+/// without a certificate, or trusting another CA, gets a typed error in bounded time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let etcd = EtcdServer::start_tls().await;
+    let certs = etcd.tls().unwrap().clone();
+    let tls = EtcdTls {
+        ca_file: certs.ca.clone(),
+        cert_file: Some(certs.client_cert.clone()),
+        key_file: Some(certs.client_key.clone()),
+        server_name: None,
+    };
+    let endpoint = etcd.endpoint();
+    assert!(endpoint.starts_with("https://"));
+    let config = EtcdConfig::new([endpoint.clone()])
+        .with_timeout(Duration::from_secs(2))
+        .with_tls(tls.clone());
+    let backend = EtcdBackend::new(config.clone()).unwrap();
+    let node = unique_node();
+    let handle = backend
+        .register(Registration::new(node.clone(), Duration::from_secs(3)))
+        .await
+        .unwrap();
+    assert_eq!(backend.list_nodes().await.unwrap()[0].node, node);
+    handle.deregister().await.unwrap();
+
+    // From a config map, RabbitMQ's spelling.
+    let map: std::collections::BTreeMap<String, String> = [
+        (
+            "cluster_formation.etcd.endpoints.1",
+            endpoint.trim_start_matches("https://").to_owned(),
+        ),
+        (
+            "cluster_formation.etcd.ssl_options.cacertfile",
+            certs.ca.display().to_string(),
+        ),
+        (
+            "cluster_formation.etcd.ssl_options.certfile",
+            certs.client_cert.display().to_string(),
+        ),
+        (
+            "cluster_formation.etcd.ssl_options.keyfile",
+            certs.client_key.display().to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let from_map = EtcdBackend::new(EtcdConfig::from_map(&map).unwrap()).unwrap();
+    assert!(from_map.list_nodes().await.unwrap().is_empty());
+
+    // No client certificate: refused by the server.
+    let no_cert = EtcdBackend::new(
+        EtcdConfig::new([endpoint.clone()])
+            .with_timeout(Duration::from_secs(2))
+            .with_tls(EtcdTls {
+                cert_file: None,
+                key_file: None,
+                ..tls.clone()
+            }),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let result = no_cert.list_nodes().await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    eprintln!("without a client certificate: {}", result.unwrap_err());
+
+    // Trusting another CA: the server certificate is rejected.
+    let other = tempfile::tempdir().unwrap();
+    let other_certs = crate::common::TestCerts::generate(other.path());
+    let wrong_ca = EtcdBackend::new(
+        EtcdConfig::new([endpoint])
+            .with_timeout(Duration::from_secs(2))
+            .with_tls(EtcdTls {
+                ca_file: other_certs.ca,
+                ..tls
+            }),
+    )
+    .unwrap();
+    let result = wrong_ca.list_nodes().await;
+    assert!(result.is_err(), "{result:?}");
+    eprintln!("with the wrong CA: {}", result.unwrap_err());
+}
+
+/// Several endpoints: one of them down does not stop the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_endpoints_one_down() {
+    let etcd = EtcdServer::start().await;
+    let dead = format!("http://127.0.0.1:{}", crate::common::free_port());
+    let backend = EtcdBackend::new(
+        EtcdConfig::new([dead, etcd.endpoint()]).with_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let node = unique_node();
+    let handle = backend
+        .register(Registration::new(node.clone(), Duration::from_secs(3)))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(backend.list_nodes().await.unwrap()[0].node, node);
+    }
     handle.deregister().await.unwrap();
 }

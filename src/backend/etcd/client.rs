@@ -1,5 +1,6 @@
 //! The networked half of the etcd backend: [`EtcdBackend`] over `etcd-client`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +34,11 @@ pub struct EtcdBackend {
 
 struct Inner {
     config: EtcdConfig,
-    client: OnceCell<Client>,
+    /// One client per endpoint, connected on first use: requests go to the preferred
+    /// endpoint and fail over to the next one when it is unavailable. (etcd-client's own
+    /// balanced channel sends requests to endpoints that are down.)
+    clients: Vec<OnceCell<Client>>,
+    preferred: AtomicUsize,
     tls: Option<TlsOptions>,
     endpoints_text: String,
 }
@@ -42,7 +47,15 @@ impl std::fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdBackend")
             .field("config", &self.inner.config)
-            .field("connected", &self.inner.client.initialized())
+            .field(
+                "connected",
+                &self
+                    .inner
+                    .clients
+                    .iter()
+                    .filter(|c| c.initialized())
+                    .count(),
+            )
             .finish()
     }
 }
@@ -88,10 +101,12 @@ impl EtcdBackend {
             }
         };
         let endpoints_text = config.endpoints.join(",");
+        let clients = config.endpoints.iter().map(|_| OnceCell::new()).collect();
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
                 config,
-                client: OnceCell::new(),
+                clients,
+                preferred: AtomicUsize::new(0),
                 tls,
                 endpoints_text,
             }),
@@ -107,10 +122,19 @@ impl EtcdBackend {
         self.inner.config.timeout
     }
 
+    /// The client for the preferred endpoint, connecting it if needed.
     async fn client(&self) -> Result<Client, BackendError> {
         let inner = &self.inner;
-        let client = inner
-            .client
+        let index = inner.preferred.load(Ordering::Relaxed) % inner.clients.len().max(1);
+        let (Some(cell), Some(endpoint)) =
+            (inner.clients.get(index), inner.config.endpoints.get(index))
+        else {
+            return Err(BackendError::config(
+                "etcd_endpoints",
+                "no etcd endpoints configured",
+            ));
+        };
+        let result = cell
             .get_or_try_init(|| async {
                 let timeout = inner.config.timeout;
                 let mut options = ConnectOptions::new()
@@ -123,20 +147,85 @@ impl EtcdBackend {
                 if let Some(tls) = &inner.tls {
                     options = options.with_tls(tls.clone());
                 }
-                let connect = Client::connect(inner.config.endpoints.clone(), Some(options));
+                let connect = Client::connect([endpoint.as_str()], Some(options));
                 match tokio::time::timeout(timeout, connect).await {
                     Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(self.map_error(e)),
+                    Ok(Err(e)) => Err(map_error(endpoint, e)),
                     Err(_) => Err(BackendError::timeout(NAME, "connect", timeout)),
                 }
             })
-            .await?;
-        Ok(client.clone())
+            .await;
+        match result {
+            Ok(client) => Ok(client.clone()),
+            Err(error) => {
+                self.fail_over(&error);
+                Err(error)
+            }
+        }
+    }
+
+    /// After a transient error, prefer the next endpoint.
+    fn fail_over(&self, error: &BackendError) {
+        let count = self.inner.clients.len();
+        if count > 1
+            && matches!(
+                error,
+                BackendError::Unavailable { .. } | BackendError::Timeout { .. }
+            )
+        {
+            let previous = self.inner.preferred.fetch_add(1, Ordering::Relaxed) % count;
+            tracing::warn!(
+                %error,
+                from = %self.inner.config.endpoints.get(previous).map(String::as_str).unwrap_or("?"),
+                to = %self.inner.config.endpoints.get((previous + 1) % count).map(String::as_str).unwrap_or("?"),
+                "etcd endpoint failed; switching to the next one"
+            );
+        }
+    }
+
+    /// Runs `operation` with the preferred endpoint's client, trying each other endpoint
+    /// once more while they answer `Unavailable` (a down endpoint is not an outage while
+    /// another one serves). A `Timeout` is not retried, so a hung endpoint costs one
+    /// timeout per call (and the next call goes to the next endpoint).
+    async fn with_failover<T, F, Fut>(&self, operation: F) -> Result<T, BackendError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        let attempts = self.inner.clients.len().max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self.client().await {
+                Ok(client) => operation(client).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Err(BackendError::Unavailable { .. }) if attempt < attempts => continue,
+                Err(BackendError::Unavailable { detail, .. }) if attempts > 1 => {
+                    return Err(BackendError::Unavailable {
+                        backend: NAME,
+                        endpoint: self.inner.endpoints_text.clone(),
+                        detail: format!("every endpoint failed; the last: {detail}"),
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Maps an etcd-client error to the crate's error.
     fn map_error(&self, error: etcd_client::Error) -> BackendError {
-        map_error(&self.inner.endpoints_text, error)
+        let index = self.inner.preferred.load(Ordering::Relaxed) % self.inner.clients.len().max(1);
+        let endpoint = self
+            .inner
+            .config
+            .endpoints
+            .get(index)
+            .unwrap_or(&self.inner.endpoints_text);
+        let error = map_error(endpoint, error);
+        self.fail_over(&error);
+        error
     }
 
     /// Runs one etcd call bounded by the configured timeout.
@@ -147,8 +236,42 @@ impl EtcdBackend {
         match tokio::time::timeout(self.timeout(), future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.map_error(e)),
-            Err(_) => Err(BackendError::timeout(NAME, operation, self.timeout())),
+            Err(_) => {
+                let error = BackendError::timeout(NAME, operation, self.timeout());
+                self.fail_over(&error);
+                Err(error)
+            }
         }
+    }
+
+    async fn list_with(&self, client: Client) -> Result<Vec<RegisteredNode>, BackendError> {
+        let prefix = self.inner.config.nodes_prefix();
+        let mut kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let limit = i64::try_from(MAX_LISTED_NODES + 1).unwrap_or(i64::MAX);
+        let response = self
+            .call(
+                "list_nodes",
+                kv.get(
+                    prefix.clone(),
+                    Some(GetOptions::new().with_prefix().with_limit(limit)),
+                ),
+            )
+            .await?;
+        if response.kvs().len() > MAX_LISTED_NODES || response.more() {
+            return Err(BackendError::InvalidResponse {
+                backend: NAME,
+                detail: format!("more than {MAX_LISTED_NODES} keys under {prefix}"),
+            });
+        }
+        let mut nodes = Vec::with_capacity(response.kvs().len());
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            nodes.push(parse_node_value(&key, kv.value(), kv.create_revision())?);
+        }
+        sort_nodes(&mut nodes);
+        Ok(nodes)
     }
 
     /// Renews `lease` once: `Ok(false)` when etcd no longer has it.
@@ -345,8 +468,13 @@ impl EtcdRegistration {
 
     /// Grants a lease and puts the node key with it.
     async fn put_new(&self) -> Result<(), BackendError> {
+        self.backend
+            .with_failover(|client| self.put_new_with(client))
+            .await
+    }
+
+    async fn put_new_with(&self, client: Client) -> Result<(), BackendError> {
         let backend = &self.backend;
-        let client = backend.client().await?;
         let (id, granted) = backend.grant(&client, self.ttl).await?;
         let ttl_secs = i64::try_from(granted.as_secs()).unwrap_or(i64::MAX);
         let value = registration_value(
@@ -494,34 +622,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn list_nodes(&self) -> Result<Vec<RegisteredNode>, BackendError> {
-        let client = self.client().await?;
-        let prefix = self.inner.config.nodes_prefix();
-        let mut kv = client
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let limit = i64::try_from(MAX_LISTED_NODES + 1).unwrap_or(i64::MAX);
-        let response = self
-            .call(
-                "list_nodes",
-                kv.get(
-                    prefix.clone(),
-                    Some(GetOptions::new().with_prefix().with_limit(limit)),
-                ),
-            )
-            .await?;
-        if response.kvs().len() > MAX_LISTED_NODES || response.more() {
-            return Err(BackendError::InvalidResponse {
-                backend: NAME,
-                detail: format!("more than {MAX_LISTED_NODES} keys under {prefix}"),
-            });
-        }
-        let mut nodes = Vec::with_capacity(response.kvs().len());
-        for kv in response.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            nodes.push(parse_node_value(&key, kv.value(), kv.create_revision())?);
-        }
-        sort_nodes(&mut nodes);
-        Ok(nodes)
+        self.with_failover(|client| self.list_with(client)).await
     }
 
     async fn register(
@@ -552,8 +653,12 @@ impl Backend for EtcdBackend {
 
     async fn lock(&self, request: LockRequest) -> Result<LockGuard, BackendError> {
         let started = Instant::now();
-        let client = self.client().await?;
-        let (lease, granted) = self.grant(&client, request.ttl).await?;
+        let (client, lease, granted) = self
+            .with_failover(|client| async move {
+                let (lease, granted) = self.grant(&client, request.ttl).await?;
+                Ok((client, lease, granted))
+            })
+            .await?;
         let name = self.inner.config.lock_name();
 
         // Wait inside etcd's Lock call, keeping our lease alive meanwhile (a wait longer

@@ -4,6 +4,7 @@
 //! and fake servers that accept and never answer, or answer garbage.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,110 @@ pub struct EtcdServer {
     peer_port: u16,
     dir: tempfile::TempDir,
     child: Option<(Child, u32)>,
+    tls: Option<TestCerts>,
+}
+
+/// A throw-away CA with a server certificate for `127.0.0.1`/`localhost` and a client
+/// certificate, generated with the `openssl` command-line tool (PEM, P-256 keys).
+#[derive(Debug, Clone)]
+pub struct TestCerts {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The server certificate and key.
+    pub server_cert: PathBuf,
+    /// The server key.
+    pub server_key: PathBuf,
+    /// The client certificate.
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Generates them in `dir`.
+    pub fn generate(dir: &Path) -> TestCerts {
+        let openssl = require_binary("openssl", "openssl");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(&openssl)
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=autocluster test CA",
+            ],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("server.ext");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+            .expect("client.ext");
+        for name in ["server", "client"] {
+            run(&[
+                &["req"][..],
+                &key,
+                &[
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat());
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        TestCerts {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
 }
 
 impl EtcdServer {
@@ -30,6 +135,16 @@ impl EtcdServer {
     /// Heartbeat 20 ms and election timeout 200 ms make its minimum lease TTL 1 s (etcd:
     /// 1.5 election timeouts, rounded up to whole seconds), so tests can use short TTLs.
     pub async fn start() -> EtcdServer {
+        Self::start_with_tls(false).await
+    }
+
+    /// Starts etcd serving clients over TLS only (`https`), requiring client
+    /// certificates; see [`tls`](Self::tls) for the files.
+    pub async fn start_tls() -> EtcdServer {
+        Self::start_with_tls(true).await
+    }
+
+    async fn start_with_tls(tls: bool) -> EtcdServer {
         require_binary("etcd", "etcd-server");
         require_binary("etcdctl", "etcd-client");
         let dir = tempfile::Builder::new()
@@ -40,16 +155,22 @@ impl EtcdServer {
             name: unique_name("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
+            tls: None,
             dir,
             child: None,
         };
+        if tls {
+            let certs_dir = server.dir.path().join("certs");
+            std::fs::create_dir_all(&certs_dir).expect("certs dir");
+            server.tls = Some(TestCerts::generate(&certs_dir));
+        }
         server.spawn().await;
         server
     }
 
     async fn spawn(&mut self) {
         let binary = require_binary("etcd", "etcd-server");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -78,6 +199,16 @@ impl EtcdServer {
             .args(["--initial-cluster-state", "new"])
             .args(["--heartbeat-interval", "20", "--election-timeout", "200"])
             .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
         // etcd reads ETCD_* variables as flags: keep the test environment out of it.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("ETCD") {
@@ -115,9 +246,15 @@ impl EtcdServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The certificates, for a TLS server.
+    pub fn tls(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
     }
 
     /// Kills etcd (SIGKILL to its process group, as a crash would) and waits for it to
@@ -157,6 +294,13 @@ impl EtcdServer {
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", self.endpoint()))
                 .args(["--command-timeout=2s", "--dial-timeout=1s"])
+                .args(self.tls.iter().flat_map(|t| {
+                    [
+                        format!("--cacert={}", t.ca.display()),
+                        format!("--cert={}", t.client_cert.display()),
+                        format!("--key={}", t.client_key.display()),
+                    ]
+                }))
                 .args(args)
                 .stdin(Stdio::null())
                 .kill_on_drop(true)

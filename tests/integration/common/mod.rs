@@ -24,7 +24,7 @@ mod rabbit;
 
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
-pub use etcd::{EtcdServer, Fake, FakeServer};
+pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
 pub use process::{
     OutputLog, descendants, free_port, kill_process_group, kill_process_tree, unique_name,
 };
