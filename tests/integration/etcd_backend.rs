@@ -46,7 +46,7 @@ async fn prefix_and_cluster_name_are_honoured() {
             .into_iter()
             .map(|n| n.node)
             .collect();
-        assert_eq!(listed, [node.clone()]);
+        assert_eq!(listed, std::slice::from_ref(node));
     }
     let keys = etcd.keys("/rabbitmq/").await;
     assert!(
