@@ -626,3 +626,45 @@ mod tests {
         assert!(parse_seconds("30s").is_err());
     }
 }
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    /// Every name a backend reads is documented in docs/backends.md (the README draft).
+    #[test]
+    fn every_setting_is_documented() {
+        let docs = include_str!("../../docs/backends.md");
+        let tables = all_backends()
+            .iter()
+            .flat_map(|(_, s)| s.iter())
+            .chain(GENERAL)
+            .chain(RESERVED);
+        for setting in tables {
+            assert!(
+                docs.contains(&format!("`{}`", setting.key)),
+                "{} missing from docs/backends.md",
+                setting.key
+            );
+            for name in setting.env.iter().chain(setting.rabbitmq) {
+                // `AUTOCLUSTER_X` spellings of a documented `X` are covered by the general
+                // rule stated in the docs.
+                let covered = name.strip_prefix(ENV_PREFIX).is_some_and(|bare| {
+                    setting.env.contains(&bare) && docs.contains(&format!("`{bare}`"))
+                });
+                assert!(
+                    covered || docs.contains(&format!("`{name}`")),
+                    "{name} missing from docs/backends.md"
+                );
+            }
+            // The docs promise that every variable also has an AUTOCLUSTER_ spelling.
+            for name in setting.env.iter().filter(|n| !n.starts_with(ENV_PREFIX)) {
+                let prefixed = format!("{ENV_PREFIX}{name}");
+                assert!(
+                    setting.env.contains(&prefixed.as_str()),
+                    "{name} has no {prefixed} spelling"
+                );
+            }
+        }
+    }
+}
