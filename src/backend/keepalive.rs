@@ -14,7 +14,8 @@
 //! * a registration that the backend answers is gone ([`Refresh::Lost`]) is registered
 //!   again; a lock that is gone stays lost ([`LockGuard::lost`] resolves and
 //!   [`LockGuard::release`] reports [`BackendError::LockLost`]);
-//! * every step is published as a [`RegistrationEvent`] to [`RegistrationHandle::subscribe`]rs;
+//! * every step of a registration is published as a [`RegistrationEvent`] to
+//!   [`RegistrationHandle::subscribe`];
 //! * each backend call is bounded by the TTL, even if the session forgets its own timeout.
 //!
 //! Ending it:
