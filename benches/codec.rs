@@ -5,8 +5,8 @@
 use std::hint::black_box;
 
 use autocluster::handshake::{
-    Acceptor, AcceptorConfig, AcceptorProgress, DistFlags, Initiator, InitiatorConfig, InitiatorProgress,
-    LengthPrefix, LocalName, StatusDecision,
+    Acceptor, AcceptorConfig, AcceptorProgress, DistFlags, Initiator, InitiatorConfig,
+    InitiatorProgress, LengthPrefix, LocalName, StatusDecision,
     messages::{MAX_HANDSHAKE_MESSAGE, decode_frame},
 };
 use autocluster::term::{self, Term};
@@ -16,7 +16,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn bodies(mut buf: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    while let Ok(Status::Complete((body, n))) = decode_frame(buf, LengthPrefix::U16, MAX_HANDSHAKE_MESSAGE) {
+    while let Ok(Status::Complete((body, n))) =
+        decode_frame(buf, LengthPrefix::U16, MAX_HANDSHAKE_MESSAGE)
+    {
         out.push(body.to_vec());
         buf = &buf[n..];
     }
@@ -56,7 +58,8 @@ fn handshake_pair(c: &mut Criterion) {
             init.start(&mut to_acc).unwrap();
             let mut to_init = Vec::new();
             for body in bodies(&to_acc) {
-                if let AcceptorProgress::NeedDecision(_) = acc.handle(&body, &mut to_init).unwrap() {
+                if let AcceptorProgress::NeedDecision(_) = acc.handle(&body, &mut to_init).unwrap()
+                {
                     acc.decide(StatusDecision::Ok, &mut to_init).unwrap();
                 }
             }
@@ -91,12 +94,18 @@ fn terms(c: &mut Criterion) {
     let bytes = term::encode(&reply).unwrap();
     let mut group = c.benchmark_group("term");
     group.throughput(Throughput::Bytes(bytes.len() as u64));
-    group.bench_function("decode_cluster_status", |b| b.iter(|| black_box(term::decode(black_box(&bytes)).unwrap())));
-    group.bench_function("encode_cluster_status", |b| b.iter(|| black_box(term::encode(black_box(&reply)).unwrap())));
+    group.bench_function("decode_cluster_status", |b| {
+        b.iter(|| black_box(term::decode(black_box(&bytes)).unwrap()))
+    });
+    group.bench_function("encode_cluster_status", |b| {
+        b.iter(|| black_box(term::encode(black_box(&reply)).unwrap()))
+    });
     let big = Term::binary(vec![7u8; 1 << 20]);
     let big_bytes = term::encode(&big).unwrap();
     group.throughput(Throughput::Bytes(big_bytes.len() as u64));
-    group.bench_function("decode_1mib_binary", |b| b.iter(|| black_box(term::decode(black_box(&big_bytes)).unwrap())));
+    group.bench_function("decode_1mib_binary", |b| {
+        b.iter(|| black_box(term::decode(black_box(&big_bytes)).unwrap()))
+    });
     group.finish();
 }
 

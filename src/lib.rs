@@ -9,6 +9,7 @@
 //! unit-tested and fuzzed; a thin tokio layer drives them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backend;
 pub mod cookie;
 pub mod dist;
 pub mod epmd;

@@ -5,7 +5,10 @@
 //! fails the test with the package to install; nothing is skipped.
 
 mod common;
+mod conformance;
 mod epmd;
+mod etcd_backend;
 mod interop;
 mod node;
+mod rabbitmq_etcd;
 mod term_text;

@@ -912,7 +912,9 @@ async fn a_real_erlang_node_names_a_dynamic_initiator() {
     let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
     let port = erl.dist_port().await;
     let host = host_of(erl.name()).to_owned();
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     let cfg = InitiatorConfig {
         local: LocalName::Dynamic { host: host.clone() },
         creation: 0,
@@ -921,7 +923,9 @@ async fn a_real_erlang_node_names_a_dynamic_initiator() {
         cookie: Cookie::new(COOKIE).unwrap(),
         peer: erl.name().parse().unwrap(),
     };
-    let outcome = handshake::initiate(&mut stream, LengthPrefix::U16, cfg, SECS5, || true).await.unwrap();
+    let outcome = handshake::initiate(&mut stream, LengthPrefix::U16, cfg, SECS5, || true)
+        .await
+        .unwrap();
     let named = outcome.handshaked.local;
     assert_eq!(named.host(), host);
     assert!(outcome.handshaked.local_creation > 3);

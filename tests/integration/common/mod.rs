@@ -7,15 +7,28 @@
 //!   distribution, extra arguments) registered with the EPMD on `ErlOptions::epmd_port`,
 //!   with [`ErlNode::eval`] to run Erlang expressions on it; killed with its process group
 //!   on drop.
+//! * [`EtcdServer::start`]: a real etcd on free loopback ports with a temporary data
+//!   directory, killed on drop, with `stop`/`restart` for outages and `etcdctl`;
+//!   [`FakeServer`]: endpoints that hang or answer garbage.
+//! * [`RabbitNode::start`]: a real RabbitMQ node (config lines, enabled plugins, own EPMD,
+//!   cookie), booted and awaited, with `eval`/`rabbitmqctl`, `stop`/`kill`, cleaned up on drop.
+//! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
+pub mod conformance;
 mod epmd;
 mod erl;
+mod etcd;
 mod process;
+mod rabbit;
 
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
-pub use process::{OutputLog, free_port, kill_process_group, rss_kib, unique_name};
+pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
+pub use process::{
+    OutputLog, descendants, free_port, kill_process_group, kill_process_tree, rss_kib, unique_name,
+};
+pub use rabbit::{RabbitNode, RabbitOptions};
 
 use std::path::PathBuf;
 

@@ -1,0 +1,346 @@
+//! Real RabbitMQ nodes (Debian `rabbitmq-server`, 3.10 here) for a test.
+//!
+//! Each node runs in its own temporary directory (owned by the `rabbitmq` user, which
+//! Debian's `rabbitmq-server` switches to when started as root), on free ports, with its
+//! own `rabbitmq.conf` and enabled-plugins file, its own EPMD (a real `epmd` on a free
+//! port, through `ERL_EPMD_PORT`), and the cookie given on the command line. It is
+//! started in the background (Debian's `-detached` does nothing as root), waited for with
+//! `rabbitmqctl await_startup`, and killed with its whole process tree on drop (`su`
+//! starts a new session, so the process group alone would miss the Erlang VM).
+//!
+//! ```ignore
+//! let node = RabbitNode::start(RabbitOptions::new()
+//!     .config("cluster_formation.peer_discovery_backend = etcd")
+//!     .plugin("rabbitmq_peer_discovery_etcd")).await;
+//! let out = node.eval("rabbit_peer_discovery_etcd:list_nodes().").await;
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::process::{free_port, kill_process_tree, unique_name};
+use super::{Epmd, require_binary};
+
+/// How to start a [`RabbitNode`].
+#[derive(Debug, Clone)]
+pub struct RabbitOptions {
+    /// Prefix of the node's alive name (a unique suffix is added); the host is
+    /// `localhost`.
+    pub name_prefix: String,
+    /// The Erlang cookie.
+    pub cookie: String,
+    /// Lines of `rabbitmq.conf` (the harness adds the listener port and console logging).
+    pub config: Vec<String>,
+    /// Plugins to enable.
+    pub plugins: Vec<String>,
+    /// How long to wait for the node to boot.
+    pub boot_timeout: Duration,
+}
+
+impl Default for RabbitOptions {
+    fn default() -> Self {
+        RabbitOptions {
+            name_prefix: "rabbit".into(),
+            cookie: "autocluster_rabbit_cookie".into(),
+            config: Vec::new(),
+            plugins: Vec::new(),
+            boot_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RabbitOptions {
+    /// Defaults: no extra config, no plugins.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a `rabbitmq.conf` line.
+    pub fn config(mut self, line: impl Into<String>) -> Self {
+        self.config.push(line.into());
+        self
+    }
+
+    /// Enables a plugin.
+    pub fn plugin(mut self, plugin: impl Into<String>) -> Self {
+        self.plugins.push(plugin.into());
+        self
+    }
+
+    /// Sets the cookie.
+    pub fn cookie(mut self, cookie: impl Into<String>) -> Self {
+        self.cookie = cookie.into();
+        self
+    }
+}
+
+/// A running RabbitMQ node, killed with its whole process tree on drop.
+pub struct RabbitNode {
+    node: String,
+    cookie: String,
+    epmd: Epmd,
+    amqp_port: u16,
+    dist_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<(Child, u32)>,
+}
+
+fn chown_rabbitmq(path: &Path) {
+    let status = std::process::Command::new("chown")
+        .args(["-R", "rabbitmq:rabbitmq"])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown -R rabbitmq {}", path.display());
+}
+
+impl RabbitNode {
+    /// Starts a node and waits until it has booted (`rabbitmqctl await_startup`).
+    /// Panics, with the node's log, if it does not.
+    pub async fn start(options: RabbitOptions) -> RabbitNode {
+        require_binary("rabbitmq-server", "rabbitmq-server");
+        require_binary("rabbitmqctl", "rabbitmq-server");
+        let epmd = Epmd::start().await;
+        let dir = tempfile::Builder::new()
+            .prefix("autocluster-rabbit-")
+            .tempdir()
+            .expect("temporary directory");
+        let alive = unique_name(&options.name_prefix);
+        let node = format!("{alive}@localhost");
+        let amqp_port = free_port();
+        let dist_port = free_port();
+        let base = dir.path();
+        for sub in ["mnesia", "log", "plugins-expand"] {
+            std::fs::create_dir_all(base.join(sub)).expect("mkdir");
+        }
+        let mut config = options.config.clone();
+        config.push(format!("listeners.tcp.default = {amqp_port}"));
+        config.push("log.console = true".into());
+        config.push("log.console.level = debug".into());
+        config.push("log.file = false".into());
+        std::fs::write(base.join("rabbitmq.conf"), config.join("\n") + "\n")
+            .expect("rabbitmq.conf");
+        std::fs::write(
+            base.join("enabled_plugins"),
+            format!("[{}].\n", options.plugins.join(",")),
+        )
+        .expect("enabled_plugins");
+        chown_rabbitmq(base);
+        let mut rabbit = RabbitNode {
+            node,
+            cookie: options.cookie.clone(),
+            epmd,
+            amqp_port,
+            dist_port,
+            dir,
+            child: None,
+        };
+        rabbit.spawn().await;
+        rabbit.await_startup(options.boot_timeout).await;
+        rabbit
+    }
+
+    fn env(&self, command: &mut Command) {
+        let base = self.dir.path();
+        command
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_PORT", self.amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", base.join("log"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", base.join("feature_flags"))
+            .env("RABBITMQ_PLUGINS_EXPAND_DIR", base.join("plugins-expand"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                base.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf"))
+            .env("RABBITMQ_PID_FILE", base.join("rabbit.pid"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                format!("-setcookie {}", self.cookie),
+            )
+            .env(
+                "RABBITMQ_CTL_ERL_ARGS",
+                format!("-setcookie {}", self.cookie),
+            )
+            .env("ERL_EPMD_PORT", self.epmd.port().to_string());
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if key.starts_with("AUTOCLUSTER_") || key.starts_with("ETCD") {
+                command.env_remove(key);
+            }
+        }
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let log2 = log.try_clone().expect("log file");
+        let mut command = Command::new(require_binary("rabbitmq-server", "rabbitmq-server"));
+        self.env(&mut command);
+        let child = command
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start rabbitmq-server");
+        let pgid = child.id().expect("pid");
+        self.child = Some((child, pgid));
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("console.log")
+    }
+
+    /// The node's console output so far (debug level).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    async fn await_startup(&mut self, timeout: Duration) {
+        // First wait until the node's VM has registered with its EPMD (rabbitmqctl gives
+        // up at once on a node that is not running yet), then for the boot to finish.
+        let deadline = std::time::Instant::now() + timeout;
+        let alive = self.node.split('@').next().unwrap_or_default().to_owned();
+        let epmd = self.epmd.client();
+        loop {
+            if let Some((child, _)) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "RabbitMQ node {} exited with {status}:\n{}",
+                    self.node,
+                    self.log_tail()
+                );
+            }
+            if let Ok(names) = epmd.names().await
+                && names.iter().any(|(name, _)| *name == alive)
+            {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "RabbitMQ node {} did not start within {timeout:?}:\n{}",
+                    self.node,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let left = deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_secs(10));
+        let secs = left.as_secs().to_string();
+        let (ok, out) = self
+            .rabbitmqctl(
+                &["await_startup", "--timeout", &secs],
+                left + Duration::from_secs(20),
+            )
+            .await;
+        if !ok {
+            panic!(
+                "RabbitMQ node {} did not boot: {out}\n--- node log ---\n{}",
+                self.node,
+                self.log_tail()
+            );
+        }
+    }
+
+    /// Runs `rabbitmqctl -n NODE ARGS...`; returns success and combined output.
+    pub async fn rabbitmqctl(&self, args: &[&str], timeout: Duration) -> (bool, String) {
+        let mut command = Command::new(require_binary("rabbitmqctl", "rabbitmq-server"));
+        self.env(&mut command);
+        let output = tokio::time::timeout(
+            timeout,
+            command
+                .args(["-n", &self.node])
+                .args(args)
+                .current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await;
+        match output {
+            Ok(Ok(output)) => (
+                output.status.success(),
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            ),
+            Ok(Err(e)) => (false, format!("cannot run rabbitmqctl: {e}")),
+            Err(_) => (
+                false,
+                format!("rabbitmqctl {args:?} did not finish within {timeout:?}"),
+            ),
+        }
+    }
+
+    /// Evaluates an Erlang expression on the node (`rabbitmqctl eval`) and returns what it
+    /// printed; panics if it failed.
+    pub async fn eval(&self, expression: &str) -> String {
+        let (ok, out) = self
+            .rabbitmqctl(&["eval", expression], Duration::from_secs(60))
+            .await;
+        assert!(
+            ok,
+            "rabbitmqctl eval {expression:?} failed: {out}\n--- node log ---\n{}",
+            self.log_tail()
+        );
+        out
+    }
+
+    /// The node name, `alive@localhost`.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The cookie.
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// The EPMD port the node registered with.
+    pub fn epmd_port(&self) -> u16 {
+        self.epmd.port()
+    }
+
+    /// Stops the node cleanly (`rabbitmqctl stop`), then makes sure its processes are gone.
+    pub async fn stop(&mut self) {
+        let _ = self.rabbitmqctl(&["stop"], Duration::from_secs(60)).await;
+        self.kill().await;
+    }
+
+    /// Kills the node's whole process group (a crash).
+    pub async fn kill(&mut self) {
+        if let Some((mut child, pgid)) = self.child.take() {
+            kill_process_tree(pgid);
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        if let Some((mut child, pgid)) = self.child.take() {
+            kill_process_tree(pgid);
+            let _ = child.start_kill();
+        }
+    }
+}
