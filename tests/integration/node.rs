@@ -458,13 +458,17 @@ async fn erlang_pings_and_messages_a_rust_node() {
     let (r, mut erl) = caller.await.unwrap();
     assert_eq!(r, "{ok,42}");
 
-    // A monitor from Erlang on the mailbox fires when it is dropped.
+    // A monitor from Erlang on the mailbox fires when it is dropped. The message sent
+    // after it arrives after it (signals between two processes keep their order), so
+    // once it is here the monitor is in place.
     let reference = erl
         .eval(&format!(
-            "put(mref, erlang:monitor(process, {{inbox, '{me}'}}))"
+            "put(mref, erlang:monitor(process, {{inbox, '{me}'}})), {{inbox, '{me}'}} ! monitored, ok"
         ))
         .await;
-    assert_eq!(reference, "undefined");
+    assert_eq!(reference, "ok");
+    let sync = tokio::time::timeout(SECS5, mailbox.recv()).await.unwrap().unwrap();
+    assert_eq!(sync.message, Term::atom("monitored"));
     drop(mailbox);
     let down = erl
         .eval("receive {'DOWN', _, process, _, R} -> R after 5000 -> timeout end")
