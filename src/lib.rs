@@ -13,6 +13,7 @@ pub mod backend;
 pub mod cookie;
 pub mod dist;
 pub mod epmd;
+pub mod formation;
 pub mod handshake;
 pub mod listener;
 pub mod node;

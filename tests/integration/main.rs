@@ -8,6 +8,7 @@ mod common;
 mod conformance;
 mod epmd;
 mod etcd_backend;
+mod formation;
 mod interop;
 mod node;
 mod rabbitmq_etcd;

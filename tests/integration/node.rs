@@ -467,7 +467,10 @@ async fn erlang_pings_and_messages_a_rust_node() {
         ))
         .await;
     assert_eq!(reference, "ok");
-    let sync = tokio::time::timeout(SECS5, mailbox.recv()).await.unwrap().unwrap();
+    let sync = tokio::time::timeout(SECS5, mailbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(sync.message, Term::atom("monitored"));
     drop(mailbox);
     let down = erl

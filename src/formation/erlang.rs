@@ -1,0 +1,258 @@
+//! A plain Erlang node as a cluster target: an Erlang "cluster" is a mesh of connected
+//! nodes, joined with `net_kernel:connect_node/1` and listed by `nodes()`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::rpc::RpcError;
+use crate::term::Term;
+use crate::{Node, NodeName};
+
+use super::FormationError;
+use super::target::{ClusterTarget, DataState, Membership, Probe};
+
+/// The default limit of each call an agent makes.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plain Erlang node, managed from this process's (hidden) [`Node`].
+///
+/// * membership: the node itself and `nodes()` (visible nodes);
+/// * join: `net_kernel:connect_node/1` on the managed node, to the seed and then to each
+///   of the seed's other members (which `global` would otherwise do in the background),
+///   so the mesh is complete when the join returns;
+/// * data: an Erlang node holds no cluster data, but a node already connected to other
+///   nodes belongs to another mesh, and merging two meshes is refused unless allowed
+///   (their `global` names may clash);
+/// * forget: `erlang:disconnect_node/1`; leave: disconnect from every node.
+#[derive(Debug, Clone)]
+pub struct ErlangMesh {
+    probe: Node,
+    node: NodeName,
+    timeout: Duration,
+}
+
+impl ErlangMesh {
+    /// Manages `node` through `probe`, a hidden Rust node holding the same cookie.
+    pub fn new(probe: Node, node: NodeName) -> ErlangMesh {
+        ErlangMesh {
+            probe,
+            node,
+            timeout: CALL_TIMEOUT,
+        }
+    }
+
+    /// Sets the limit of each call (default 10 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> ErlangMesh {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn call(
+        &self,
+        step: &'static str,
+        on: &NodeName,
+        m: &str,
+        f: &str,
+        args: Vec<Term>,
+    ) -> Result<Term, FormationError> {
+        self.probe
+            .call(on, m, f, args, self.timeout)
+            .await
+            .map_err(|e| FormationError::rpc(step, on, e))
+    }
+}
+
+/// Probes an Erlang node: reachable, and its visible nodes and uptime.
+pub(crate) async fn probe_erlang(probe: &Node, node: &NodeName, timeout: Duration) -> Probe {
+    let nodes = match probe.call(node, "erlang", "nodes", vec![], timeout).await {
+        Ok(t) => t,
+        Err(e) => return Probe::down(node.clone(), describe(&e)),
+    };
+    let Some(members) = node_list(&nodes) else {
+        return Probe::down(node.clone(), format!("erlang:nodes() answered {nodes}"));
+    };
+    let mut members = members;
+    members.push(node.clone());
+    members.sort();
+    let started_at_ms = probe
+        .call(
+            node,
+            "erlang",
+            "statistics",
+            vec![Term::atom("wall_clock")],
+            timeout,
+        )
+        .await
+        .ok()
+        .and_then(|t| {
+            t.as_tuple()
+                .and_then(|f| f.first())
+                .and_then(Term::as_integer)
+        })
+        .and_then(|uptime| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()?
+                .as_millis() as u64;
+            now.checked_sub(u64::try_from(uptime).ok()?)
+        });
+    Probe {
+        node: node.clone(),
+        live: true,
+        membership: Membership {
+            running: true,
+            members: members.clone(),
+            running_members: members,
+            partitions: Vec::new(),
+        },
+        started_at_ms,
+        reason: None,
+    }
+}
+
+pub(crate) fn describe(e: &RpcError) -> String {
+    e.to_string()
+}
+
+/// A list of node-name atoms.
+pub(crate) fn node_list(t: &Term) -> Option<Vec<NodeName>> {
+    t.clone()
+        .into_list_elements()?
+        .iter()
+        .map(|n| n.as_atom().and_then(|a| NodeName::new(a.as_str()).ok()))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for ErlangMesh {
+    fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    fn kind(&self) -> &'static str {
+        "erlang"
+    }
+
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        Ok(probe_erlang(&self.probe, node, self.timeout).await)
+    }
+
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        let p = probe_erlang(&self.probe, &self.node, self.timeout).await;
+        if !p.live {
+            return Err(FormationError::unexpected(
+                "reading the membership",
+                &self.node,
+                p.reason.unwrap_or_else(|| "unreachable".into()),
+            ));
+        }
+        Ok(p.membership)
+    }
+
+    async fn data_state(&self) -> Result<DataState, FormationError> {
+        let nodes = self
+            .call(
+                "reading the membership",
+                &self.node,
+                "erlang",
+                "nodes",
+                vec![],
+            )
+            .await?;
+        let others = node_list(&nodes).unwrap_or_default();
+        Ok(if others.is_empty() {
+            DataState::Empty
+        } else {
+            DataState::OtherCluster(others)
+        })
+    }
+
+    async fn form(&self) -> Result<(), FormationError> {
+        self.call("checking the node", &self.node, "erlang", "node", vec![])
+            .await?;
+        Ok(())
+    }
+
+    async fn join(&self, seed: &NodeName, _reset_allowed: bool) -> Result<(), FormationError> {
+        let r = self
+            .call(
+                "joining",
+                &self.node,
+                "net_kernel",
+                "connect_node",
+                vec![Term::atom(seed.as_str())],
+            )
+            .await?;
+        if !r.is_atom("true") {
+            return Err(FormationError::unexpected(
+                "joining",
+                &self.node,
+                format!(
+                    "net_kernel:connect_node({seed}) returned {r}: is the seed reachable from the node, with the same cookie?"
+                ),
+            ));
+        }
+        // `global` would mesh the node with the seed's other members in the background;
+        // connect them now, so that the cluster is complete when the join returns.
+        let members = self
+            .call(
+                "listing the seed's cluster",
+                seed,
+                "erlang",
+                "nodes",
+                vec![],
+            )
+            .await?;
+        for member in node_list(&members).unwrap_or_default() {
+            if member != self.node {
+                let r = self
+                    .call(
+                        "joining",
+                        &self.node,
+                        "net_kernel",
+                        "connect_node",
+                        vec![Term::atom(member.as_str())],
+                    )
+                    .await?;
+                if !r.is_atom("true") {
+                    tracing::warn!(node = %self.node, %member, "cannot connect to a member of the seed's cluster");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        let r = self
+            .call(
+                "reconnecting",
+                &self.node,
+                "net_kernel",
+                "connect_node",
+                vec![Term::atom(member.as_str())],
+            )
+            .await?;
+        Ok(r.is_atom("true"))
+    }
+
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.call(
+            "forgetting",
+            &self.node,
+            "erlang",
+            "disconnect_node",
+            vec![Term::atom(member.as_str())],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<(), FormationError> {
+        let nodes = self
+            .call("leaving", &self.node, "erlang", "nodes", vec![])
+            .await?;
+        for n in node_list(&nodes).unwrap_or_default() {
+            self.forget(&n).await?;
+        }
+        Ok(())
+    }
+}

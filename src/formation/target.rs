@@ -1,0 +1,131 @@
+//! What a formation agent clusters: the [`ClusterTarget`] trait and what it reports.
+
+use std::fmt;
+
+use crate::NodeName;
+
+use super::FormationError;
+
+/// What a probe of a node found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The node probed.
+    pub node: NodeName,
+    /// Whether the node is up and running its cluster software (for RabbitMQ: the
+    /// `rabbit` application is running).
+    pub live: bool,
+    /// The node's own view of its cluster (empty when not live).
+    pub membership: Membership,
+    /// When the node started, in milliseconds since the Unix epoch, when known (used by
+    /// the "longest running" seed order).
+    pub started_at_ms: Option<u64>,
+    /// Why the node is not live, when it is not.
+    pub reason: Option<String>,
+}
+
+impl Probe {
+    /// A node found down or unreachable.
+    pub fn down(node: NodeName, reason: impl Into<String>) -> Probe {
+        Probe {
+            node,
+            live: false,
+            membership: Membership::default(),
+            started_at_ms: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    /// The size of the node's cluster (1 for a standalone node).
+    pub fn cluster_size(&self) -> usize {
+        self.membership.members.len().max(usize::from(self.live))
+    }
+}
+
+/// The cluster membership of the managed node, as the node itself reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Membership {
+    /// Whether the node (its cluster software) is running.
+    pub running: bool,
+    /// Every member of its cluster, itself included (RabbitMQ: `nodes`; Erlang mesh:
+    /// itself and `nodes()`).
+    pub members: Vec<NodeName>,
+    /// The members currently running (RabbitMQ: `running_nodes`).
+    pub running_members: Vec<NodeName>,
+    /// Nodes it considers partitioned away (RabbitMQ: `partitions`).
+    pub partitions: Vec<NodeName>,
+}
+
+impl Membership {
+    /// Whether `node` is a running member that is not partitioned.
+    pub fn lists_running(&self, node: &NodeName) -> bool {
+        self.running_members.contains(node) && !self.partitions.contains(node)
+    }
+}
+
+/// Whether joining another cluster would throw something away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataState {
+    /// Nothing but defaults: safe to reset and join.
+    Empty,
+    /// The node holds data that a reset would destroy; each entry names what (e.g.
+    /// `"1 queue: / durable_q"`).
+    HasData(Vec<String>),
+    /// The node is a member of another cluster, with these other members.
+    OtherCluster(Vec<NodeName>),
+}
+
+impl fmt::Display for DataState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataState::Empty => f.write_str("no data"),
+            DataState::HasData(what) => write!(f, "data: {}", what.join("; ")),
+            DataState::OtherCluster(members) => {
+                let names: Vec<&str> = members.iter().map(NodeName::as_str).collect();
+                write!(f, "membership of another cluster with {}", names.join(", "))
+            }
+        }
+    }
+}
+
+/// What a formation agent acts on: the node being clustered.
+///
+/// The crate provides targets for a plain Erlang node ([`super::ErlangMesh`]), a RabbitMQ
+/// node and this Rust process itself ([`super::LocalTarget`]);
+/// implement it to cluster something else that speaks Erlang distribution.
+#[async_trait::async_trait]
+pub trait ClusterTarget: Send + Sync + fmt::Debug {
+    /// The managed node's name: what is registered and what others join.
+    fn node(&self) -> &NodeName;
+
+    /// A short name for logs (`"erlang"`, `"rabbitmq"`, `"local"`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks whether another node is live, from the outside (as a hidden node): connect
+    /// and call. An unreachable node is `Ok` with `live: false`; `Err` only for errors
+    /// that make probing itself impossible (e.g. the local node stopped).
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError>;
+
+    /// The managed node's own view of its cluster.
+    async fn membership(&self) -> Result<Membership, FormationError>;
+
+    /// Whether joining another cluster would discard anything on the managed node.
+    async fn data_state(&self) -> Result<DataState, FormationError>;
+
+    /// Makes the managed node the first member of a new cluster (e.g. make sure its
+    /// application runs).
+    async fn form(&self) -> Result<(), FormationError>;
+
+    /// Joins the managed node to `seed`'s cluster. `reset_allowed` is true only when the
+    /// caller explicitly allowed discarding the node's data.
+    async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError>;
+
+    /// Re-establishes the distribution connection from the managed node to `member`
+    /// (after formation, when a registered member is disconnected).
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError>;
+
+    /// Removes a dead `member` from the managed node's cluster (cleanup).
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError>;
+
+    /// Leaves the cluster cleanly (scale-down).
+    async fn leave(&self) -> Result<(), FormationError>;
+}
