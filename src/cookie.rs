@@ -228,6 +228,25 @@ impl Cookie {
         }
     }
 
+    /// Writes the cookie to a new file that only its owner can read (mode 0400), as
+    /// `erl` writes `~/.erlang.cookie`. Fails if the file exists.
+    ///
+    /// Useful to hand a cookie to an `erl` started with `HOME` pointing at a private
+    /// directory, instead of `-setcookie`, which every local user can read in `ps`.
+    pub fn write_file(&self, path: impl AsRef<Path>) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o400);
+        }
+        let mut file = options.open(path)?;
+        file.write_all(self.as_bytes())?;
+        file.sync_all()
+    }
+
     fn parse(raw: &[u8], source: CookieSource) -> Result<Cookie, CookieError> {
         let end = raw
             .iter()
@@ -423,6 +442,18 @@ mod tests {
         assert_eq!(xdg, Path::new("/home/u/.config/erlang/.erlang.cookie"));
         let (_, xdg) = default_paths(OsStr::new("/home/u"), Some(OsStr::new("/cfg")));
         assert_eq!(xdg, Path::new("/cfg/erlang/.erlang.cookie"));
+    }
+
+    #[test]
+    fn written_files_read_back_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".erlang.cookie");
+        let c = Cookie::generate();
+        c.write_file(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
+        assert!(Cookie::from_file(&path).unwrap().ct_eq(&c));
+        assert!(c.write_file(&path).is_err(), "never overwrites");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod dist;
 pub mod epmd;
 pub mod formation;
 pub mod handshake;
+pub mod health;
 pub mod listener;
 pub mod node;
 pub mod node_name;

@@ -61,9 +61,27 @@ impl ErlangMesh {
     }
 }
 
-/// Probes an Erlang node: reachable, and its visible nodes and uptime.
-pub(crate) async fn probe_erlang(probe: &Node, node: &NodeName, timeout: Duration) -> Probe {
-    let nodes = match probe.call(node, "erlang", "nodes", vec![], timeout).await {
+/// Which of a node's connections count as its cluster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Connections {
+    /// `nodes()`: visible nodes, the Erlang mesh.
+    Visible,
+    /// `nodes(connected)`: hidden nodes too (a hidden member such as this process).
+    All,
+}
+
+/// Probes an Erlang node: reachable, and its nodes and uptime.
+pub(crate) async fn probe_erlang(
+    probe: &Node,
+    node: &NodeName,
+    timeout: Duration,
+    which: Connections,
+) -> Probe {
+    let args = match which {
+        Connections::Visible => vec![],
+        Connections::All => vec![Term::atom("connected")],
+    };
+    let nodes = match probe.call(node, "erlang", "nodes", args, timeout).await {
         Ok(t) => t,
         Err(e) => return Probe::down(node.clone(), describe(&e)),
     };
@@ -133,11 +151,11 @@ impl ClusterTarget for ErlangMesh {
     }
 
     async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        Ok(probe_erlang(&self.probe, node, self.timeout).await)
+        Ok(probe_erlang(&self.probe, node, self.timeout, Connections::Visible).await)
     }
 
     async fn membership(&self) -> Result<Membership, FormationError> {
-        let p = probe_erlang(&self.probe, &self.node, self.timeout).await;
+        let p = probe_erlang(&self.probe, &self.node, self.timeout, Connections::Visible).await;
         if !p.live {
             return Err(FormationError::unexpected(
                 "reading the membership",

@@ -1,12 +1,14 @@
 //! This Rust process itself as a cluster target.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::term::Term;
 use crate::{Node, NodeName};
 
 use super::FormationError;
-use super::erlang::{CALL_TIMEOUT, node_list, probe_erlang};
+use super::erlang::{CALL_TIMEOUT, Connections, node_list, probe_erlang};
 use super::target::{ClusterTarget, DataState, Membership, Probe};
 
 /// This Rust process joining an Erlang cluster: it dials every member of the seed's
@@ -19,10 +21,15 @@ use super::target::{ClusterTarget, DataState, Membership, Probe};
 /// node stays out of `global`, can still call and message every member, and is listed
 /// by `nodes(hidden)`. A Rust process registers no names in `global`, so being
 /// published would gain it nothing.
+///
+/// Membership counts the members this target joined (and that are still connected),
+/// not every connection the node holds: probing a node connects to it without making
+/// it a member.
 #[derive(Debug, Clone)]
 pub struct LocalTarget {
     node: Node,
     timeout: Duration,
+    joined: Arc<Mutex<BTreeSet<NodeName>>>,
 }
 
 impl LocalTarget {
@@ -38,7 +45,12 @@ impl LocalTarget {
         Ok(LocalTarget {
             node,
             timeout: CALL_TIMEOUT,
+            joined: Arc::default(),
         })
+    }
+
+    fn joined(&self) -> std::sync::MutexGuard<'_, BTreeSet<NodeName>> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The node.
@@ -58,17 +70,28 @@ impl ClusterTarget for LocalTarget {
     }
 
     async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        Ok(probe_erlang(&self.node, node, self.timeout).await)
+        // Members list this hidden node among their connected nodes, not in `nodes()`.
+        Ok(probe_erlang(&self.node, node, self.timeout, Connections::All).await)
     }
 
     async fn membership(&self) -> Result<Membership, FormationError> {
-        let mut members = self.node.connected_nodes();
-        members.push(self.node.name().clone());
+        let joined = self.joined().clone();
+        let me = self.node.name().clone();
+        let mut running: Vec<NodeName> = self
+            .node
+            .connected_nodes()
+            .into_iter()
+            .filter(|n| joined.contains(n))
+            .collect();
+        running.push(me.clone());
+        running.sort();
+        let mut members: Vec<NodeName> = joined.into_iter().collect();
+        members.push(me);
         members.sort();
         Ok(Membership {
             running: true,
-            members: members.clone(),
-            running_members: members,
+            members,
+            running_members: running,
             partitions: Vec::new(),
         })
     }
@@ -87,11 +110,18 @@ impl ClusterTarget for LocalTarget {
             .call(seed, "erlang", "nodes", vec![], self.timeout)
             .await
             .map_err(|e| FormationError::rpc("listing the seed's cluster", seed, e))?;
+        self.joined().insert(seed.clone());
         for member in node_list(&members).unwrap_or_default() {
-            if &member != self.node.name()
-                && let Err(e) = self.node.connect(&member).await
-            {
-                tracing::warn!(%member, error = %e, "cannot reach a member of the seed's cluster");
+            if &member == self.node.name() {
+                continue;
+            }
+            match self.node.connect(&member).await {
+                Ok(()) => {
+                    self.joined().insert(member);
+                }
+                Err(e) => {
+                    tracing::warn!(%member, error = %e, "cannot reach a member of the seed's cluster")
+                }
             }
         }
         Ok(())
@@ -102,12 +132,14 @@ impl ClusterTarget for LocalTarget {
     }
 
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.joined().remove(member);
         self.node.disconnect(member);
         Ok(())
     }
 
     async fn leave(&self) -> Result<(), FormationError> {
-        for n in self.node.connected_nodes() {
+        let members: Vec<NodeName> = std::mem::take(&mut *self.joined()).into_iter().collect();
+        for n in members {
             self.node.disconnect(&n);
         }
         Ok(())

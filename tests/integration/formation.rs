@@ -1,14 +1,21 @@
-//! Cluster formation of real Erlang nodes: agents started at the same instant end in
-//! exactly one cluster, every time.
+//! Cluster formation of real Erlang nodes through real etcd: agents started at the same
+//! instant end in exactly one cluster, every time; a lock holder killed mid-join delays
+//! the others only until its lease expires; the health report tells a formed cluster
+//! from a standalone or disconnected node.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use autocluster::backend::{Backend, MemoryBackend};
-use autocluster::formation::{Agent, ErlangMesh, FormationConfig, Outcome};
-use autocluster::{Cookie, Node, NodeName};
+use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
+use autocluster::backend::{Backend, MemoryBackend, Registration};
+use autocluster::formation::{
+    Agent, ClusterTarget, DataState, ErlangMesh, FormationConfig, FormationError, FormationEvent,
+    LocalTarget, Membership, Outcome, Probe, SeedOrder,
+};
+use autocluster::{Cookie, Node, NodeName, health};
 
-use crate::common::{Epmd, ErlNode, ErlOptions, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, EtcdServer, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -27,43 +34,68 @@ fn quick() -> FormationConfig {
     }
 }
 
-/// Starts `n` erl nodes and one agent per node, all at once; returns each node's view.
-async fn form_once(epmd: &Epmd, nodes: &mut [ErlNode], backend: Arc<dyn Backend>) -> Vec<Outcome> {
-    let probe = Node::builder(
-        format!("{}@{}", unique_name("agent"), host_of(nodes[0].name()))
-            .parse()
-            .unwrap(),
+fn etcd_backend(etcd: &EtcdServer, cluster: &str, lock_ttl: Duration) -> Arc<dyn Backend> {
+    let config = EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        cluster_name: cluster.to_owned(),
+        node_ttl: Duration::from_secs(3),
+        lock_ttl,
+        lock_wait: Duration::from_secs(30),
+        ..EtcdConfig::default()
+    };
+    Arc::new(EtcdBackend::new(config).unwrap())
+}
+
+async fn probe_node(epmd: &Epmd, host: &str) -> Node {
+    Node::builder(
+        format!("{}@{host}", unique_name("agent")).parse().unwrap(),
         Cookie::new(COOKIE).unwrap(),
     )
     .epmd_port(epmd.port())
     .start()
     .await
-    .unwrap();
-    let agents: Vec<Agent> = nodes
-        .iter()
-        .map(|n| {
-            let target = Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap()));
-            Agent::new(backend.clone(), target, quick())
-        })
-        .collect();
-    let runs: Vec<_> = agents
-        .iter()
-        .map(|a| {
-            let a = a.clone();
-            tokio::spawn(async move { a.run().await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    let mut formed = Vec::new();
-    for r in runs {
-        let f = r.await.unwrap().unwrap();
-        outcomes.push(f.outcome.clone());
-        formed.push(f);
-    }
-    drop(formed);
-    outcomes
+    .unwrap()
 }
 
+/// Erlang nodes that do not mesh on their own (`-connect_all false`), so that a
+/// complete mesh is the agents' doing, and that can be reset to standalone between runs.
+async fn erl_nodes(epmd: &Epmd, n: usize) -> Vec<ErlNode> {
+    erl_nodes_with(epmd, n, &["-connect_all", "false"]).await
+}
+
+/// Name prefixes n0, n1, ... make the alphabetical order the index order.
+async fn erl_nodes_with(epmd: &Epmd, n: usize, args: &[&str]) -> Vec<ErlNode> {
+    let starts: Vec<_> = (0..n)
+        .map(|i| {
+            ErlNode::start(
+                ErlOptions::new(epmd.port())
+                    .name_prefix(&format!("n{i}"))
+                    .args(args.iter().copied()),
+            )
+        })
+        .collect();
+    futures_join_all(starts).await
+}
+
+async fn futures_join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(futs.len());
+    for f in futs {
+        out.push(f.await);
+    }
+    out
+}
+
+async fn reset(nodes: &mut [ErlNode]) {
+    for n in nodes.iter_mut() {
+        n.eval("[erlang:disconnect_node(N) || N <- nodes()], ok")
+            .await;
+    }
+    for n in nodes.iter_mut() {
+        assert_eq!(n.eval("nodes()").await, "[]");
+    }
+}
+
+/// Each node's sorted view of its cluster, itself included.
 async fn views(nodes: &mut [ErlNode]) -> Vec<String> {
     let mut v = Vec::new();
     for n in nodes.iter_mut() {
@@ -72,34 +104,463 @@ async fn views(nodes: &mut [ErlNode]) -> Vec<String> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_erlang_nodes_form_one_cluster_every_time() {
-    let epmd = Epmd::start().await;
-    for round in 0..5 {
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(ErlNode::start(ErlOptions::new(epmd.port())).await);
-        }
-        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-        let outcomes = form_once(&epmd, &mut nodes, backend).await;
-        let formed_new = outcomes
-            .iter()
-            .filter(|o| **o == Outcome::FormedNew)
-            .count();
-        assert_eq!(formed_new, 1, "round {round}: {outcomes:?}");
-        let views = views(&mut nodes).await;
-        assert!(
-            views.iter().all(|v| v == &views[0]),
-            "round {round}: {views:?}"
-        );
-        let members: Vec<&str> = nodes.iter().map(|n| n.name()).collect();
-        for m in members {
-            assert!(
-                views[0].contains(m),
-                "round {round}: {m} missing from {}",
-                views[0]
-            );
-        }
-        let _ = NodeName::new(nodes[0].name()).unwrap();
+async fn run_all(agents: &[Agent]) -> Vec<Result<autocluster::formation::Formed, FormationError>> {
+    let runs: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let a = a.clone();
+            tokio::spawn(async move { a.run().await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for r in runs {
+        out.push(r.await.unwrap());
     }
+    out
+}
+
+async fn one_cluster_every_time(size: usize, runs: usize) {
+    let epmd = Epmd::start().await;
+    let etcd = EtcdServer::start().await;
+    let mut nodes = erl_nodes(&epmd, size).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let mut expected: Vec<String> = nodes.iter().map(|n| n.name().to_owned()).collect();
+    expected.sort();
+    let expected = format!("[{}]", expected.join(","));
+    let mut slowest = Duration::ZERO;
+    for run in 0..runs {
+        reset(&mut nodes).await;
+        // A fresh cluster name per run: a fresh registry on the same etcd.
+        let backend = etcd_backend(&etcd, &unique_name("c"), Duration::from_secs(5));
+        let agents: Vec<Agent> = nodes
+            .iter()
+            .map(|n| {
+                Agent::new(
+                    backend.clone(),
+                    Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap())),
+                    quick(),
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let results = run_all(&agents).await;
+        slowest = slowest.max(started.elapsed());
+        let formed: Vec<_> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("run {run}: {e}")))
+            .collect();
+        let outcomes: Vec<Outcome> = formed.iter().map(|f| f.outcome.clone()).collect();
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == Outcome::FormedNew)
+                .count(),
+            1,
+            "run {run}: exactly one node forms: {outcomes:?}"
+        );
+        let views = views(&mut nodes).await;
+        assert!(views.iter().all(|v| *v == expected), "run {run}: {views:?}");
+        // Every node registered, and every lock released.
+        let listed = backend.list_nodes().await.unwrap();
+        assert_eq!(listed.len(), size, "run {run}");
+        drop(formed);
+    }
+    eprintln!("{size} nodes: {runs} runs, one cluster each time, slowest formation {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_erlang_nodes_form_one_cluster_twenty_times() {
+    one_cluster_every_time(3, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_erlang_nodes_form_one_cluster_twenty_times() {
+    one_cluster_every_time(5, 20).await;
+}
+
+/// A target whose join never finishes: the agent is "killed" while it holds the lock.
+#[derive(Debug)]
+struct HangingJoin {
+    inner: ErlangMesh,
+    joining: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for HangingJoin {
+    fn node(&self) -> &NodeName {
+        self.inner.node()
+    }
+    fn kind(&self) -> &'static str {
+        "hanging"
+    }
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        self.inner.probe(node).await
+    }
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        self.inner.membership().await
+    }
+    async fn data_state(&self) -> Result<DataState, FormationError> {
+        self.inner.data_state().await
+    }
+    async fn form(&self) -> Result<(), FormationError> {
+        self.joining.store(true, Ordering::SeqCst);
+        std::future::pending().await
+    }
+    async fn join(&self, _seed: &NodeName, _reset: bool) -> Result<(), FormationError> {
+        self.joining.store(true, Ordering::SeqCst);
+        std::future::pending().await
+    }
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        self.inner.reconnect(member).await
+    }
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.inner.forget(member).await
+    }
+    async fn leave(&self) -> Result<(), FormationError> {
+        self.inner.leave().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_holder_killed_mid_join_delays_the_others_only_until_its_lease_expires() {
+    let epmd = Epmd::start().await;
+    let etcd = EtcdServer::start().await;
+    let mut nodes = erl_nodes(&epmd, 4).await;
+    let host = host_of(nodes[0].name()).to_owned();
+    let cluster = unique_name("c");
+    let lock_ttl = Duration::from_secs(3);
+
+    // The doomed agent, in its own runtime: dropping the runtime kills it outright, with
+    // no chance to release the lock or deregister (as a crashed process).
+    let joining = Arc::new(AtomicBool::new(false));
+    let doomed = {
+        let joining = joining.clone();
+        let endpoint = etcd.endpoint();
+        let node_name: NodeName = nodes[3].name().parse().unwrap();
+        let cluster = cluster.clone();
+        let epmd_port = epmd.port();
+        let host = host.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.spawn(async move {
+                let probe = Node::builder(
+                    format!("{}@{host}", unique_name("doomed")).parse().unwrap(),
+                    Cookie::new(COOKIE).unwrap(),
+                )
+                .epmd_port(epmd_port)
+                .start()
+                .await
+                .unwrap();
+                let backend: Arc<dyn Backend> = Arc::new(
+                    EtcdBackend::new(EtcdConfig {
+                        endpoints: vec![endpoint],
+                        cluster_name: cluster,
+                        lock_ttl,
+                        ..EtcdConfig::default()
+                    })
+                    .unwrap(),
+                );
+                let target = Arc::new(HangingJoin {
+                    inner: ErlangMesh::new(probe, node_name),
+                    joining,
+                });
+                let _ = Agent::new(backend, target, quick()).run().await;
+            });
+            rt
+        })
+        .join()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !joining.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "the doomed agent never got the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now the others start, and the holder dies.
+    let probe = probe_node(&epmd, &host).await;
+    let backend = etcd_backend(&etcd, &cluster, lock_ttl);
+    let agents: Vec<Agent> = nodes[..3]
+        .iter()
+        .map(|n| {
+            Agent::new(
+                backend.clone(),
+                Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap())),
+                quick(),
+            )
+        })
+        .collect();
+    let killed_at = Instant::now();
+    doomed.shutdown_background();
+    let results = run_all(&agents).await;
+    let waited = killed_at.elapsed();
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert!(
+        waited >= lock_ttl - Duration::from_millis(500),
+        "the others waited for the lease: {waited:?}"
+    );
+    let mut views = views(&mut nodes[..3]).await;
+    views.dedup();
+    assert_eq!(views.len(), 1, "one cluster: {views:?}");
+    assert!(
+        !views[0].contains(nodes[3].name()),
+        "the dead agent's node never joined"
+    );
+    // The dead agent never registered; the survivors did; no lock is left.
+    let listed: Vec<String> = backend
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.node.to_string())
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert!(!listed.contains(&nodes[3].name().to_owned()));
+    let locks = etcd.keys("/rabbitmq/locks/").await;
+    assert!(locks.is_empty(), "leaked lock keys: {locks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_tells_formed_standalone_and_disconnected_nodes_apart() {
+    let epmd = Epmd::start().await;
+    let mut nodes = erl_nodes(&epmd, 4).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let backend = Arc::new(MemoryBackend::new());
+    let targets: Vec<Arc<ErlangMesh>> = nodes
+        .iter()
+        .map(|n| Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap())))
+        .collect();
+    let agents: Vec<Agent> = targets[..3]
+        .iter()
+        .map(|t| Agent::new(backend.clone(), t.clone(), quick()))
+        .collect();
+    let formed: Vec<_> = run_all(&agents)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for t in &targets[..3] {
+        let report = health::check(t.as_ref(), Some(backend.as_ref()), None).await;
+        assert!(report.healthy, "{report}");
+        assert!(report.to_string().starts_with("SUCCESS: "), "{report}");
+        assert_eq!(report.exit_code(), 0);
+        assert!(
+            report.elapsed < Duration::from_secs(1),
+            "{:?}",
+            report.elapsed
+        );
+    }
+    // Without a backend: the node's own cluster, with the number of nodes expected.
+    let report = health::check(targets[1].as_ref(), None, Some(3)).await;
+    assert!(report.healthy, "{report}");
+    let report = health::check(targets[1].as_ref(), None, Some(4)).await;
+    assert!(!report.healthy, "{report}");
+
+    // A fourth node registered but standalone: it fails, and so does the seed beside it.
+    let alone_reg = backend
+        .register(Registration::new(
+            targets[3].node().clone(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let report = health::check(targets[3].as_ref(), Some(backend.as_ref()), None).await;
+    assert!(!report.healthy, "{report}");
+    assert!(report.to_string().starts_with("FAILURE: "), "{report}");
+    let seed = report.seed.clone().unwrap();
+    let seed_target = targets.iter().find(|t| t.node() == &seed).unwrap();
+    let report = health::check(seed_target.as_ref(), Some(backend.as_ref()), None).await;
+    assert!(
+        !report.healthy,
+        "a standalone seed beside an unjoined registered node: {report}"
+    );
+    assert!(
+        report.summary.contains(targets[3].node().as_str()),
+        "{report}"
+    );
+    alone_reg.deregister().await.unwrap();
+
+    // A member disconnected from the seed.
+    let other = targets[..3]
+        .iter()
+        .find(|t| t.node() != &seed)
+        .unwrap()
+        .node()
+        .clone();
+    let idx = nodes
+        .iter()
+        .position(|n| n.name() == other.as_str())
+        .unwrap();
+    nodes[idx]
+        .eval(&format!("erlang:disconnect_node('{seed}')"))
+        .await;
+    let other_target = targets.iter().find(|t| t.node() == &other).unwrap();
+    let report = health::check(other_target.as_ref(), Some(backend.as_ref()), None).await;
+    assert!(!report.healthy, "{report}");
+    assert!(report.summary.contains(seed.as_str()), "{report}");
+    let json = report.to_json();
+    assert_eq!(json["status"], "FAILURE");
+    assert_eq!(json["seed"], seed.as_str());
+    drop(formed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_at_risk_and_the_largest_cluster_order() {
+    // An Erlang node already meshed with another is "another cluster": not merged unless
+    // allowed. And with the largest-cluster order, a lone node joins the bigger cluster
+    // even when its own name sorts first.
+    let epmd = Epmd::start().await;
+    let mut nodes = erl_nodes(&epmd, 4).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let names: Vec<NodeName> = nodes.iter().map(|n| n.name().parse().unwrap()).collect();
+    // nodes 1 and 2 form a mesh by hand.
+    nodes[1]
+        .eval(&format!("net_kernel:connect_node('{}')", names[2]))
+        .await;
+    let backend = Arc::new(MemoryBackend::new());
+    let _r1 = backend
+        .register(Registration::new(names[1].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let _r2 = backend
+        .register(Registration::new(names[2].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let _r0 = backend
+        .register(Registration::new(names[0].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+
+    let cfg = FormationConfig {
+        seed_order: SeedOrder::LargestCluster,
+        ..quick()
+    };
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), names[3].clone())),
+        cfg.clone(),
+    );
+    let formed = agent.run().await.unwrap();
+    let seed = formed.seed().unwrap().clone();
+    assert!(
+        seed == names[1] || seed == names[2],
+        "joined the two-node cluster, not {seed}"
+    );
+
+    // Node 0 is alone but registered; node 3 now belongs to the bigger cluster: joining
+    // node 0 would merge two meshes, and is refused.
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), names[3].clone())),
+        FormationConfig {
+            seed_order: SeedOrder::Alphabetical,
+            max_attempts: 1,
+            ..quick()
+        },
+    );
+    let mut events = agent.events();
+    let err = agent.run().await.unwrap_err();
+    assert!(matches!(err, FormationError::DataAtRisk { .. }), "{err}");
+    assert!(err.to_string().contains(names[0].as_str()), "{err}");
+    let mut saw_seed = false;
+    while let Ok(ev) = events.try_recv() {
+        if let FormationEvent::SeedChosen(Some(s)) = ev {
+            saw_seed = s == names[0];
+        }
+    }
+    assert!(saw_seed, "the alphabetical seed was node 0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn this_rust_process_joins_an_erlang_cluster_and_global_keeps_working() {
+    let epmd = Epmd::start().await;
+    // Default `connect_all`, so `global` runs as it does in production (OTP 25 turns
+    // prevent_overlapping_partitions on by default).
+    let mut nodes = erl_nodes_with(&epmd, 3, &[]).await;
+    assert_eq!(
+        nodes[0]
+            .eval("application:get_env(kernel, prevent_overlapping_partitions)")
+            .await,
+        "{ok,true}"
+    );
+    let host = host_of(nodes[0].name()).to_owned();
+    // The Erlang nodes form their cluster first.
+    let probe = probe_node(&epmd, &host).await;
+    let backend = Arc::new(MemoryBackend::new());
+    let agents: Vec<Agent> = nodes
+        .iter()
+        .map(|n| {
+            Agent::new(
+                backend.clone(),
+                Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap())),
+                quick(),
+            )
+        })
+        .collect();
+    let _formed: Vec<_> = run_all(&agents)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    // Then this process joins, as a hidden node.
+    let me = Node::builder(
+        format!("{}@{host}", unique_name("rust")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(epmd.port())
+    .start()
+    .await
+    .unwrap();
+    let local = Arc::new(LocalTarget::new(me.clone()).unwrap());
+    let formed = Agent::new(backend.clone(), local.clone(), quick())
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        matches!(formed.outcome, Outcome::Joined { .. }),
+        "{:?}",
+        formed.outcome
+    );
+    assert_eq!(me.connected_nodes().len(), 3, "dialled every member");
+    for n in nodes.iter_mut() {
+        assert!(n.eval("nodes(hidden)").await.contains(me.name().as_str()));
+        let sync = n.eval("global:sync()").await;
+        assert_eq!(sync, "ok", "global:sync() returns");
+    }
+    let name = unique_name("g");
+    assert_eq!(
+        nodes[0]
+            .eval(&format!("global:register_name({name}, self())"))
+            .await,
+        "yes"
+    );
+    assert!(
+        nodes[2]
+            .eval(&format!("global:whereis_name({name})"))
+            .await
+            .starts_with('<')
+    );
+    let report = health::check(local.as_ref(), Some(backend.as_ref()), None).await;
+    assert!(report.healthy, "{report}");
+
+    // A published Rust node is refused as a target, with the reason.
+    let published = Node::builder(
+        format!("{}@{host}", unique_name("pub")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .published()
+    .start()
+    .await
+    .unwrap();
+    let err = LocalTarget::new(published).unwrap_err();
+    assert!(err.to_string().contains("global"), "{err}");
 }
