@@ -6,6 +6,9 @@
 
 mod common;
 mod conformance;
+mod consul_backend;
+mod dns_backend;
+mod kubernetes_backend;
 mod epmd;
 mod etcd_backend;
 mod interop;
