@@ -363,7 +363,10 @@ pub mod kubernetes {
                 ],
             );
             let config = KubernetesConfig::new(service)
-                .with_api(KubernetesApi::InCluster(Self::in_cluster(&server, dir.path())))
+                .with_api(KubernetesApi::InCluster(Self::in_cluster(
+                    &server,
+                    dir.path(),
+                )))
                 .with_lock_poll_interval(Duration::from_millis(100))
                 .with_timeout(Duration::from_secs(1));
             KubeTarget {
@@ -391,7 +394,10 @@ pub mod kubernetes {
             let config = self
                 .config
                 .clone()
-                .with_api(KubernetesApi::InCluster(Self::in_cluster(&fake, self.dir.path())));
+                .with_api(KubernetesApi::InCluster(Self::in_cluster(
+                    &fake,
+                    self.dir.path(),
+                )));
             self.fakes.lock().await.push(fake);
             Box::new(KubernetesBackend::new(config).expect("kubernetes backend"))
         }
@@ -466,8 +472,8 @@ pub mod dns {
     use autocluster::backend::dns::{DnsBackend, DnsConfig};
     use tokio::sync::Mutex;
 
-    use crate::common::conformance::ConformanceTarget;
     use crate::common::Dnsmasq;
+    use crate::common::conformance::ConformanceTarget;
 
     /// A real dnsmasq. No registration and no lock (capabilities say so); the outage is
     /// dnsmasq killed; listing is bounded by the 1 s timeout.

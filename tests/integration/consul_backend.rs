@@ -7,9 +7,7 @@
 use std::time::{Duration, Instant};
 
 use autocluster::backend::consul::{ConsulBackend, ConsulConfig};
-use autocluster::backend::{
-    Backend, BackendError, LockRequest, Registration, RegistrationEvent,
-};
+use autocluster::backend::{Backend, BackendError, LockRequest, Registration, RegistrationEvent};
 
 use crate::common::conformance::unique_node;
 use crate::common::{ConsulOptions, UnknownCheck};
@@ -82,7 +80,11 @@ async fn acl_token_is_sent_and_a_refused_one_is_unauthorized() {
             .unwrap_err();
         assert!(matches!(err, BackendError::Unauthorized { .. }), "{err:?}");
         let err = backend
-            .lock(LockRequest::new("x", Duration::from_secs(1), Duration::from_secs(1)))
+            .lock(LockRequest::new(
+                "x",
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            ))
             .await
             .unwrap_err();
         assert!(matches!(err, BackendError::Unauthorized { .. }), "{err:?}");
@@ -93,7 +95,14 @@ async fn acl_token_is_sent_and_a_refused_one_is_unauthorized() {
         .register(Registration::new(node.clone(), Duration::from_secs(1)))
         .await
         .unwrap();
-    assert!(backend.list_nodes().await.unwrap().iter().any(|n| n.node == node));
+    assert!(
+        backend
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.node == node)
+    );
     handle.deregister().await.unwrap();
 }
 
@@ -103,13 +112,21 @@ async fn a_waiter_wakes_when_the_key_changes_not_at_the_end_of_its_wait() {
     let a = ConsulBackend::new(target.config.clone()).unwrap();
     let b = ConsulBackend::new(target.config.clone()).unwrap();
     let holder = a
-        .lock(LockRequest::new("a", Duration::from_secs(5), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "a",
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap();
     let waiter = tokio::spawn(async move {
-        b.lock(LockRequest::new("b", Duration::from_secs(5), Duration::from_secs(20)))
-            .await
-            .map(|g| (Instant::now(), g))
+        b.lock(LockRequest::new(
+            "b",
+            Duration::from_secs(5),
+            Duration::from_secs(20),
+        ))
+        .await
+        .map(|g| (Instant::now(), g))
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     let released = Instant::now();
@@ -124,10 +141,17 @@ async fn a_waiter_wakes_when_the_key_changes_not_at_the_end_of_its_wait() {
 #[tokio::test]
 async fn lock_delay_holds_the_key_after_a_holder_dies() {
     let target = ConsulTarget::start().await;
-    let config = target.config.clone().with_lock_delay(Duration::from_secs(1));
+    let config = target
+        .config
+        .clone()
+        .with_lock_delay(Duration::from_secs(1));
     let a = ConsulBackend::new(config.clone()).unwrap();
     let holder = a
-        .lock(LockRequest::new("a", Duration::from_secs(1), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "a",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap();
     let token = holder.fencing_token();
@@ -135,14 +159,24 @@ async fn lock_delay_holds_the_key_after_a_holder_dies() {
     holder.abandon();
     let b = ConsulBackend::new(config).unwrap();
     let next = b
-        .lock(LockRequest::new("b", Duration::from_secs(1), Duration::from_secs(10)))
+        .lock(LockRequest::new(
+            "b",
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+        ))
         .await
         .unwrap();
     let took = abandoned.elapsed();
     // Stated bound: 2 × session TTL + lock-delay. The session was renewed at most TTL/3
     // before it was abandoned, so the key cannot be free before 2 × TTL − TTL/3 + delay.
-    assert!(took >= Duration::from_millis(2600), "lock-delay ignored: {took:?}");
-    assert!(took <= Duration::from_millis(3000 + 1500), "too slow: {took:?}");
+    assert!(
+        took >= Duration::from_millis(2600),
+        "lock-delay ignored: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(3000 + 1500),
+        "too slow: {took:?}"
+    );
     assert!(next.fencing_token() > token);
     next.release().await.unwrap();
 }
@@ -164,15 +198,35 @@ async fn a_check_not_passed_turns_critical_and_is_deregistered_after() {
     handle.abandon();
     let start = Instant::now();
     while target.server.check_status(&id).as_deref() != Some("critical") {
-        assert!(start.elapsed() < Duration::from_millis(1500), "not critical");
+        assert!(
+            start.elapsed() < Duration::from_millis(1500),
+            "not critical"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!backend.list_nodes().await.unwrap().iter().any(|n| n.node == node));
+    assert!(
+        !backend
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.node == node)
+    );
     // With warnings included, a critical node is still not listed.
     let with_warnings = ConsulBackend::new(config.clone().with_include_warnings(true)).unwrap();
-    assert!(!with_warnings.list_nodes().await.unwrap().iter().any(|n| n.node == node));
+    assert!(
+        !with_warnings
+            .list_nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.node == node)
+    );
     while target.server.has_service(&id) {
-        assert!(start.elapsed() < Duration::from_millis(2500), "not deregistered");
+        assert!(
+            start.elapsed() < Duration::from_millis(2500),
+            "not deregistered"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -183,7 +237,11 @@ async fn a_session_ttl_below_consuls_minimum_is_raised_or_rejected() {
     let target = ConsulTarget::with_options(ConsulOptions::default()).await;
     let short = ConsulBackend::new(target.config.clone()).unwrap();
     let err = short
-        .lock(LockRequest::new("x", Duration::from_secs(1), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "x",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap_err();
     assert!(
@@ -197,7 +255,11 @@ async fn a_session_ttl_below_consuls_minimum_is_raised_or_rejected() {
     };
     let guard = ConsulBackend::new(config)
         .unwrap()
-        .lock(LockRequest::new("x", Duration::from_secs(1), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "x",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap();
     assert_eq!(guard.ttl(), Duration::from_secs(10));

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use autocluster::backend::kubernetes::{
-    AddressType, InCluster, KubernetesApi, KubernetesBackend,
-};
+use autocluster::backend::kubernetes::{AddressType, InCluster, KubernetesApi, KubernetesBackend};
 use autocluster::backend::{Backend, BackendError, LockRequest};
 
 use crate::common::TestEndpoint;
@@ -37,7 +35,10 @@ async fn ready_and_not_ready_endpoints_by_ip_or_hostname() {
     let by_ip = KubernetesBackend::new(target.config.clone()).unwrap();
     let nodes = by_ip.list_nodes().await.unwrap();
     // Ordered by StatefulSet ordinal; the not-ready rmq-2 is listed.
-    assert_eq!(names(&nodes), ["rabbit@10.0.0.1", "rabbit@10.0.0.2", "rabbit@10.0.0.3"]);
+    assert_eq!(
+        names(&nodes),
+        ["rabbit@10.0.0.1", "rabbit@10.0.0.2", "rabbit@10.0.0.3"]
+    );
     assert_eq!(nodes[2].metadata["ready"], "false");
     assert_eq!(nodes[2].metadata["pod"], "rmq-2");
     assert_eq!(nodes[2].order, 2);
@@ -105,7 +106,11 @@ async fn contenders_meet_409_conflicts_and_one_holds_at_a_time() {
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
             let guard = backend
-                .lock(LockRequest::new(format!("c{i}"), Duration::from_secs(2), Duration::from_secs(20)))
+                .lock(LockRequest::new(
+                    format!("c{i}"),
+                    Duration::from_secs(2),
+                    Duration::from_secs(20),
+                ))
                 .await
                 .unwrap();
             assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders");
@@ -121,9 +126,19 @@ async fn contenders_meet_409_conflicts_and_one_holds_at_a_time() {
         tokens.push(task.await.unwrap());
     }
     tokens.sort();
-    assert_eq!(tokens, (0..8).collect::<Vec<u64>>(), "leaseTransitions count every acquisition");
-    assert!(target.server.conflicts() > 0, "contenders raced without a 409");
-    let lease = target.server.lease(NAMESPACE, &target.config.lease_name).unwrap();
+    assert_eq!(
+        tokens,
+        (0..8).collect::<Vec<u64>>(),
+        "leaseTransitions count every acquisition"
+    );
+    assert!(
+        target.server.conflicts() > 0,
+        "contenders raced without a 409"
+    );
+    let lease = target
+        .server
+        .lease(NAMESPACE, &target.config.lease_name)
+        .unwrap();
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
     assert_eq!(lease["spec"]["leaseTransitions"], 7);
 }
@@ -134,20 +149,40 @@ async fn an_expired_lease_of_someone_else_is_taken_over() {
     let backend = KubernetesBackend::new(target.config.clone()).unwrap();
     // Another client's lease, last renewed an hour ago.
     let first = backend
-        .lock(LockRequest::new("ghost", Duration::from_secs(1), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "ghost",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap();
     let token = first.fencing_token();
     first.abandon();
     let started = std::time::Instant::now();
     let next = backend
-        .lock(LockRequest::new("next", Duration::from_secs(1), Duration::from_secs(5)))
+        .lock(LockRequest::new(
+            "next",
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        ))
         .await
         .unwrap();
-    assert!(started.elapsed() <= Duration::from_millis(1100 + 300), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_millis(1100 + 300),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(next.fencing_token(), token + 1);
-    let lease = target.server.lease(NAMESPACE, &target.config.lease_name).unwrap();
-    assert!(lease["spec"]["holderIdentity"].as_str().unwrap().starts_with("next/"));
+    let lease = target
+        .server
+        .lease(NAMESPACE, &target.config.lease_name)
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap()
+            .starts_with("next/")
+    );
     next.release().await.unwrap();
 }
 
@@ -156,7 +191,10 @@ async fn a_rotated_token_is_read_again_after_a_401() {
     let target = KubeTarget::start().await;
     // A long refresh period: only the 401 makes the backend read the file again.
     let backend = KubernetesBackend::new(
-        target.config.clone().with_token_refresh(Duration::from_secs(3600)),
+        target
+            .config
+            .clone()
+            .with_token_refresh(Duration::from_secs(3600)),
     )
     .unwrap();
     assert_eq!(backend.list_nodes().await.unwrap().len(), 2);
@@ -181,7 +219,11 @@ async fn forbidden_is_unauthorized() {
         "{err:?}"
     );
     let err = backend
-        .lock(LockRequest::new("x", Duration::from_secs(1), Duration::from_secs(1)))
+        .lock(LockRequest::new(
+            "x",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
         .await
         .unwrap_err();
     assert!(matches!(err, BackendError::Unauthorized { .. }), "{err:?}");
@@ -201,7 +243,11 @@ async fn statefulset_seed_needs_no_server_and_no_files() {
     );
     let backend = KubernetesBackend::new(config).unwrap();
     let seed = backend
-        .deterministic_seed(&"rabbit@rmq-2.rmq-headless.ns.svc.cluster.local".parse().unwrap())
+        .deterministic_seed(
+            &"rabbit@rmq-2.rmq-headless.ns.svc.cluster.local"
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -194,7 +194,8 @@ impl State {
         for key in held {
             let index = self.bump();
             if session.lock_delay > Duration::ZERO {
-                self.lock_delay.insert(key.clone(), now + session.lock_delay);
+                self.lock_delay
+                    .insert(key.clone(), now + session.lock_delay);
             }
             if session.behavior == "delete" {
                 self.kv.remove(&key);
@@ -230,7 +231,9 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
         }
         let value: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let secs = match unit {
@@ -295,10 +298,12 @@ impl ConsulState {
             .to_owned();
         let tags: Vec<String> = match body.get("Tags") {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(tags)) => match tags.iter().map(|t| t.as_str().map(str::to_owned)).collect() {
-                Some(tags) => tags,
-                None => return text(400, "Request decode failed: Tags must be strings"),
-            },
+            Some(Value::Array(tags)) => {
+                match tags.iter().map(|t| t.as_str().map(str::to_owned)).collect() {
+                    Some(tags) => tags,
+                    None => return text(400, "Request decode failed: Tags must be strings"),
+                }
+            }
             Some(_) => return text(400, "Request decode failed: Tags must be an array"),
         };
         let meta: BTreeMap<String, String> = match body.get("Meta") {
@@ -342,7 +347,12 @@ impl ConsulState {
                     None | Some(Value::Null) => None,
                     Some(Value::String(d)) => match parse_go_duration(d) {
                         Some(d) => Some(d),
-                        None => return text(400, format!("invalid DeregisterCriticalServiceAfter {d:?}")),
+                        None => {
+                            return text(
+                                400,
+                                format!("invalid DeregisterCriticalServiceAfter {d:?}"),
+                            );
+                        }
                     },
                     Some(_) => return text(400, "invalid DeregisterCriticalServiceAfter"),
                 };
@@ -390,7 +400,12 @@ impl ConsulState {
     fn deregister(&self, id: &str) -> Response<Full<Bytes>> {
         let mut state = self.state.lock().unwrap();
         if state.services.remove(id).is_none() {
-            return text(404, format!("Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."));
+            return text(
+                404,
+                format!(
+                    "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+                ),
+            );
         }
         state.bump();
         self.notify(&state);
@@ -409,8 +424,16 @@ impl ConsulState {
             .and_then(|s| s.check.as_mut());
         let Some(check) = found else {
             return match self.options.lock().unwrap().unknown_check {
-                UnknownCheck::NotFound404 => text(404, format!("Unknown check ID {check_id:?}. Ensure that the check ID is passed, not the check name.")),
-                UnknownCheck::Internal500 => text(500, format!("CheckID {check_id:?} does not have associated TTL")),
+                UnknownCheck::NotFound404 => text(
+                    404,
+                    format!(
+                        "Unknown check ID {check_id:?}. Ensure that the check ID is passed, not the check name."
+                    ),
+                ),
+                UnknownCheck::Internal500 => text(
+                    500,
+                    format!("CheckID {check_id:?} does not have associated TTL"),
+                ),
             };
         };
         check.status = "passing".into();
@@ -524,7 +547,11 @@ impl ConsulState {
             id.clone(),
             Session {
                 id: id.clone(),
-                name: body.get("Name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                name: body
+                    .get("Name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
                 ttl,
                 lock_delay,
                 behavior,
@@ -785,10 +812,12 @@ impl ConsulServer {
     pub fn check_status(&self, id: &str) -> Option<String> {
         let mut state = self.state.state.lock().unwrap();
         state.advance(Instant::now());
-        state
-            .services
-            .get(id)
-            .map(|s| s.check.as_ref().map(|c| c.status.clone()).unwrap_or_default())
+        state.services.get(id).map(|s| {
+            s.check
+                .as_ref()
+                .map(|c| c.status.clone())
+                .unwrap_or_default()
+        })
     }
 
     pub fn has_service(&self, id: &str) -> bool {
@@ -826,7 +855,11 @@ impl ConsulServer {
                 tags: vec![tag.into()],
                 address: String::new(),
                 port: 5672,
-                meta: [("erlang-node-name".to_string(), "not a node name".to_string())].into(),
+                meta: [(
+                    "erlang-node-name".to_string(),
+                    "not a node name".to_string(),
+                )]
+                .into(),
                 create_index: index,
                 modify_index: index,
                 check: None,
@@ -844,7 +877,10 @@ mod tests {
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_go_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_go_duration("1500ms"),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_go_duration("x"), None);
     }

@@ -1,13 +1,16 @@
 //! A real `dnsmasq` (Debian `dnsmasq-base`) serving test records on a free loopback port,
 //! killed on drop.
 //!
+//! Addresses are from TEST-NET-1 (192.0.2.0/24, RFC 5737): data only, nothing is sent to
+//! them (hickory answers reverse lookups of loopback addresses itself, with `localhost`).
+//!
 //! Records (all under `.test`, for which dnsmasq is made authoritative with `--local`, so
 //! that unknown names answer NXDOMAIN instead of REFUSED):
-//! * pods: `rmq-0.rmq.test` 127.0.10.1, `rmq-1.rmq.test` 127.0.10.2 and fd00::2,
-//!   `rmq-2.rmq.test` 127.0.10.3 (`--host-record`: A/AAAA plus the PTR records);
-//! * the headless Service `svc.rmq.test`: A 127.0.10.1, 127.0.10.2, 127.0.10.3 and AAAA
+//! * pods: `rmq-0.rmq.test` 192.0.2.1, `rmq-1.rmq.test` 192.0.2.2 and fd00::2,
+//!   `rmq-2.rmq.test` 192.0.2.3 (`--host-record`: A/AAAA plus the PTR records);
+//! * the headless Service `svc.rmq.test`: A 192.0.2.1, 192.0.2.2, 192.0.2.3 and AAAA
 //!   fd00::2 (`--address`, no PTR of its own);
-//! * `nopt.rmq.test`: A 127.0.10.9, which has no PTR record;
+//! * `nopt.rmq.test`: A 192.0.2.9, which has no PTR record;
 //! * SRV `_epmd._tcp.rmq.test` → `rmq-0.rmq.test`, `rmq-1.rmq.test` (port 4369).
 
 use std::net::SocketAddr;
@@ -55,15 +58,15 @@ impl Dnsmasq {
             .arg("--user=root")
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg("--local=/test/")
-            .arg("--local=/10.0.127.in-addr.arpa/")
-            .arg("--host-record=rmq-0.rmq.test,127.0.10.1")
-            .arg("--host-record=rmq-1.rmq.test,127.0.10.2,fd00::2")
-            .arg("--host-record=rmq-2.rmq.test,127.0.10.3")
-            .arg("--address=/svc.rmq.test/127.0.10.1")
-            .arg("--address=/svc.rmq.test/127.0.10.2")
-            .arg("--address=/svc.rmq.test/127.0.10.3")
+            .arg("--local=/2.0.192.in-addr.arpa/")
+            .arg("--host-record=rmq-0.rmq.test,192.0.2.1")
+            .arg("--host-record=rmq-1.rmq.test,192.0.2.2,fd00::2")
+            .arg("--host-record=rmq-2.rmq.test,192.0.2.3")
+            .arg("--address=/svc.rmq.test/192.0.2.1")
+            .arg("--address=/svc.rmq.test/192.0.2.2")
+            .arg("--address=/svc.rmq.test/192.0.2.3")
             .arg("--address=/svc.rmq.test/fd00::2")
-            .arg("--address=/nopt.rmq.test/127.0.10.9")
+            .arg("--address=/nopt.rmq.test/192.0.2.9")
             .arg("--srv-host=_epmd._tcp.rmq.test,rmq-1.rmq.test,4369")
             .arg("--srv-host=_epmd._tcp.rmq.test,rmq-0.rmq.test,4369")
             .stdin(Stdio::null())

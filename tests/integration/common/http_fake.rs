@@ -203,14 +203,14 @@ impl HttpFake {
                                             "text/html",
                                             "<html><body>500 Internal Server Error</body></html>",
                                         ),
-                                        Misbehave::MalformedJson => {
-                                            respond(200, "application/json", "[{\"Node\": {\"Node\": tru")
-                                        }
-                                        Misbehave::WrongContentType => respond(
+                                        Misbehave::MalformedJson => respond(
                                             200,
-                                            "text/html; charset=utf-8",
-                                            "[]",
+                                            "application/json",
+                                            "[{\"Node\": {\"Node\": tru",
                                         ),
+                                        Misbehave::WrongContentType => {
+                                            respond(200, "text/html; charset=utf-8", "[]")
+                                        }
                                         Misbehave::Oversized => respond(
                                             200,
                                             "application/json",

@@ -114,7 +114,11 @@ impl KubeState {
     fn slice_list(&self, request: &HttpRequest, ns: &str) -> Response<Full<Bytes>> {
         let state = self.state.lock().unwrap();
         if !state.slices_api {
-            return status(404, "NotFound", "the server could not find the requested resource".into());
+            return status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+            );
         }
         let selector = request.param("labelSelector").unwrap_or_default();
         let service = selector.strip_prefix("kubernetes.io/service-name=");
@@ -125,7 +129,10 @@ impl KubeState {
             }
             // Two slices per Service when it has more than one endpoint (the controller
             // splits them; consumers must merge).
-            for (i, chunk) in endpoints.chunks(endpoints.len().div_ceil(2).max(1)).enumerate() {
+            for (i, chunk) in endpoints
+                .chunks(endpoints.len().div_ceil(2).max(1))
+                .enumerate()
+            {
                 items.push(json!({
                     "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                     "metadata": {"name": format!("{name}-{i}"), "namespace": namespace,
@@ -158,16 +165,27 @@ impl KubeState {
             return status(404, "NotFound", format!("endpoints \"{name}\" not found"));
         };
         let address = |e: &TestEndpoint| {
-            let mut a = json!({"ip": e.ip, "targetRef": {"kind": "Pod", "namespace": ns, "name": e.pod}});
-            if let Some(h) = &e.hostname { a["hostname"] = json!(h); }
+            let mut a =
+                json!({"ip": e.ip, "targetRef": {"kind": "Pod", "namespace": ns, "name": e.pod}});
+            if let Some(h) = &e.hostname {
+                a["hostname"] = json!(h);
+            }
             a
         };
         let ready: Vec<Value> = endpoints.iter().filter(|e| e.ready).map(address).collect();
         let not_ready: Vec<Value> = endpoints.iter().filter(|e| !e.ready).map(address).collect();
         let mut subset = json!({"ports": [{"name": "epmd", "port": 4369, "protocol": "TCP"}]});
-        if !ready.is_empty() { subset["addresses"] = json!(ready); }
-        if !not_ready.is_empty() { subset["notReadyAddresses"] = json!(not_ready); }
-        let subsets = if endpoints.is_empty() { json!([]) } else { json!([subset]) };
+        if !ready.is_empty() {
+            subset["addresses"] = json!(ready);
+        }
+        if !not_ready.is_empty() {
+            subset["notReadyAddresses"] = json!(not_ready);
+        }
+        let subsets = if endpoints.is_empty() {
+            json!([])
+        } else {
+            json!([subset])
+        };
         ok(json!({
             "apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": name, "namespace": ns, "resourceVersion": state.revision.to_string()},
@@ -189,7 +207,11 @@ impl KubeState {
         match (&request.method, name) {
             (&Method::GET, Some(name)) => match state.leases.get(&(ns.into(), name.into())) {
                 Some(lease) => ok(lease.clone()),
-                None => status(404, "NotFound", format!("leases.coordination.k8s.io \"{name}\" not found")),
+                None => status(
+                    404,
+                    "NotFound",
+                    format!("leases.coordination.k8s.io \"{name}\" not found"),
+                ),
             },
             (&Method::POST, None) => {
                 let Some(mut lease) = body else {
@@ -200,7 +222,11 @@ impl KubeState {
                 };
                 if state.leases.contains_key(&(ns.into(), name.clone())) {
                     state.conflicts += 1;
-                    return status(409, "AlreadyExists", format!("leases.coordination.k8s.io \"{name}\" already exists"));
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                    );
                 }
                 state.revision += 1;
                 lease["metadata"]["resourceVersion"] = json!(state.revision.to_string());
@@ -217,16 +243,30 @@ impl KubeState {
                 };
                 let key = (ns.to_owned(), name.to_owned());
                 let Some(current) = state.leases.get(&key).cloned() else {
-                    return status(404, "NotFound", format!("leases.coordination.k8s.io \"{name}\" not found"));
+                    return status(
+                        404,
+                        "NotFound",
+                        format!("leases.coordination.k8s.io \"{name}\" not found"),
+                    );
                 };
                 // api-concepts "Resource versions": a stale resourceVersion is a conflict.
                 let given = lease["metadata"]["resourceVersion"].as_str().unwrap_or("");
                 if given.is_empty() {
                     return status(422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update".into());
                 }
-                if given != current["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                if given
+                    != current["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                {
                     state.conflicts += 1;
-                    return status(409, "Conflict", format!("Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    );
                 }
                 state.revision += 1;
                 lease["metadata"]["resourceVersion"] = json!(state.revision.to_string());
@@ -239,11 +279,21 @@ impl KubeState {
             (&Method::DELETE, Some(name)) => match state.leases.remove(&(ns.into(), name.into())) {
                 Some(_) => {
                     state.revision += 1;
-                    ok(json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}))
+                    ok(
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+                    )
                 }
-                None => status(404, "NotFound", format!("leases.coordination.k8s.io \"{name}\" not found")),
+                None => status(
+                    404,
+                    "NotFound",
+                    format!("leases.coordination.k8s.io \"{name}\" not found"),
+                ),
             },
-            _ => status(405, "MethodNotAllowed", "the server does not allow this method".into()),
+            _ => status(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method".into(),
+            ),
         }
     }
 }
@@ -257,21 +307,39 @@ impl Handler for KubeState {
         let path = request.path();
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
-            ["apis", "discovery.k8s.io", "v1", "namespaces", ns, "endpointslices"]
-                if request.method == Method::GET =>
-            {
-                self.slice_list(&request, ns)
-            }
+            [
+                "apis",
+                "discovery.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "endpointslices",
+            ] if request.method == Method::GET => self.slice_list(&request, ns),
             ["api", "v1", "namespaces", ns, "endpoints", name] if request.method == Method::GET => {
                 self.endpoints_get(ns, name)
             }
-            ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"] => {
-                self.lease(&request, ns, None)
-            }
-            ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name] => {
-                self.lease(&request, ns, Some(name))
-            }
-            _ => status(404, "NotFound", "the server could not find the requested resource".into()),
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+            ] => self.lease(&request, ns, None),
+            [
+                "apis",
+                "coordination.k8s.io",
+                "v1",
+                "namespaces",
+                ns,
+                "leases",
+                name,
+            ] => self.lease(&request, ns, Some(name)),
+            _ => status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource".into(),
+            ),
         }
     }
 }

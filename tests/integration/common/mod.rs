@@ -34,10 +34,10 @@ mod rabbit;
 pub use consul::{ConsulOptions, ConsulServer, UnknownCheck};
 pub use dnsmasq::Dnsmasq;
 pub use epmd::{Epmd, epmd_cli};
-pub use http_fake::{HttpFake, Misbehave};
-pub use kube::{KubeServer, TestEndpoint};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
+pub use http_fake::{HttpFake, Misbehave};
+pub use kube::{KubeServer, TestEndpoint};
 pub use process::{
     OutputLog, descendants, free_port, kill_process_group, kill_process_tree, rss_kib, unique_name,
 };
