@@ -568,7 +568,7 @@ impl KubernetesBackend {
 
     /// Every endpoint from the EndpointSlices; `None` when the API has no EndpointSlices
     /// (404) or no slice carries the Service's label.
-    async fn from_slices(&self) -> Result<Option<Vec<RegisteredNode>>, BackendError> {
+    async fn list_slices(&self) -> Result<Option<Vec<RegisteredNode>>, BackendError> {
         let service = self.inner.config.service_name.clone();
         let mut slices = Vec::new();
         let mut continue_token: Option<String> = None;
@@ -641,7 +641,7 @@ impl KubernetesBackend {
     }
 
     /// Every address of the Endpoints object (ready and not ready).
-    async fn from_endpoints(&self) -> Result<Vec<RegisteredNode>, BackendError> {
+    async fn list_endpoints_object(&self) -> Result<Vec<RegisteredNode>, BackendError> {
         let service = self.inner.config.service_name.clone();
         let endpoints = self
             .call("list_nodes", |client, ns| {
@@ -833,9 +833,9 @@ impl Backend for KubernetesBackend {
     }
 
     async fn list_nodes(&self) -> Result<Vec<RegisteredNode>, BackendError> {
-        let nodes = match self.from_slices().await? {
+        let nodes = match self.list_slices().await? {
             Some(nodes) => nodes,
-            None => self.from_endpoints().await?,
+            None => self.list_endpoints_object().await?,
         };
         // The same pod in two slices (while they are being updated): once.
         let mut unique: BTreeMap<NodeName, RegisteredNode> = BTreeMap::new();
