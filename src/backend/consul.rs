@@ -38,7 +38,7 @@
 //!   when warnings are included: then every check must be `passing` or `warning`). The node
 //!   name is `Service.Meta["erlang-node-name"]`; for services registered without it (older
 //!   RabbitMQ), `<node_prefix>@<Service.Address>`, or `<node_prefix>@<Node.Node>` plus the
-//!   domain suffix with long names, as RabbitMQ does. [`RegisteredNode::order`] is the
+//!   domain suffix with long names, as RabbitMQ does. [`RegisteredNode::order`](super::RegisteredNode::order) is the
 //!   service's `CreateIndex`.
 //! * **lock**: a session (`PUT /v1/session/create` with `TTL`, `LockDelay`, `Behavior:
 //!   release`), renewed every TTL/3 (`PUT /v1/session/renew/<id>`), and the key
@@ -689,6 +689,7 @@ impl ConsulConfig {
 }
 
 /// A duration in Go's syntax, which Consul parses (`30s`, `1500ms`).
+#[cfg(any(feature = "consul", test))]
 pub(crate) fn go_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())

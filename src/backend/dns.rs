@@ -15,14 +15,14 @@
 //! * **SRV mode** ([`DnsRecord::Srv`]): the name's SRV records give the peers' host names
 //!   directly (their targets); short or long names as above. Ports and priorities are
 //!   ignored (Erlang finds a node's port through EPMD); the port is kept in
-//!   [`RegisteredNode::metadata`] (`port`).
+//!   [`RegisteredNode::metadata`](super::RegisteredNode::metadata) (`port`).
 //!
 //! DNS has **no registration and no lock** (both [`BackendError::Unsupported`]): the
 //! records follow what the orchestrator runs. Instead it offers a
 //! [deterministic seed](super::Backend::deterministic_seed): the alphabetically first
 //! listed node name, which every node computes the same way from the same answer.
 //! DNS has no registration order either: nodes are listed alphabetically, and
-//! [`RegisteredNode::order`] is the position in that list.
+//! [`RegisteredNode::order`](super::RegisteredNode::order) is the position in that list.
 //!
 //! # When the name does not resolve
 //!

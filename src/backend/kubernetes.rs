@@ -26,7 +26,7 @@
 //!   (peers booting together must see each other; the Service needs
 //!   `publishNotReadyAddresses: true` for not-ready pods to appear at all). Terminating
 //!   endpoints are listed too; `ready`, `serving` and `terminating` are in
-//!   [`RegisteredNode::metadata`].
+//!   [`RegisteredNode::metadata`](super::RegisteredNode::metadata).
 //! * **Endpoints** (`GET /api/v1/namespaces/<ns>/endpoints/<svc>`), for clusters without
 //!   EndpointSlices (the API answers 404) and when no EndpointSlice carries the label: its
 //!   `addresses` and `notReadyAddresses`. A Service that does not exist (404 here) is an
@@ -38,7 +38,7 @@
 //!   `rmq-0`, suffix `.rmq-headless.ns.svc.cluster.local`. An endpoint without a hostname
 //!   in hostname mode fails the listing ([`BackendError::InvalidResponse`] naming the
 //!   pod) rather than being left out.
-//! * [`RegisteredNode::order`]: Kubernetes records no registration order for endpoints,
+//! * [`RegisteredNode::order`](super::RegisteredNode::order): Kubernetes records no registration order for endpoints,
 //!   and an object's `creationTimestamp` is the slice's, not the pod's. The order is the
 //!   StatefulSet ordinal of the pod (the number ending its name, from the endpoint's
 //!   `hostname` or `targetRef`), which is stable and the same on every node; endpoints

@@ -424,8 +424,11 @@ impl KubeServer {
         };
         let renew: k8s_openapi::jiff::Timestamp = renew.parse().expect("renewTime is RFC 3339");
         let duration = spec["leaseDurationSeconds"].as_i64().unwrap_or(0);
-        renew + k8s_openapi::jiff::SignedDuration::from_secs(duration)
-            < k8s_openapi::jiff::Timestamp::now()
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64;
+        renew.as_millisecond() + duration * 1000 < now_ms
     }
 
     /// Replaces a lease's spec by hand, bumping resourceVersion (another writer).
