@@ -179,47 +179,78 @@ impl ConsulBackend {
         deadline: Instant,
     ) -> Result<KvEntry, BackendError> {
         let mut backoff = Duration::from_millis(25);
+        let mut failures = 0;
         loop {
-            if self.try_acquire(session, owner).await? {
-                let (entry, _) = self.read_lock_key(None).await?;
-                match entry {
-                    Some(entry) if entry.session.as_deref() == Some(session) => return Ok(entry),
-                    _ => {
-                        return Err(BackendError::LockLost {
-                            backend: NAME,
-                            detail: "the lock key changed hands right after it was acquired".into(),
-                        });
+            match self
+                .acquire_step(session, owner, deadline, &mut backoff)
+                .await
+            {
+                Ok(Some(entry)) => return Ok(entry),
+                Ok(None) => {}
+                // A call that fails while waiting (a slow answer under load) is tried
+                // once more; a second failure in a row is the answer, so that a backend
+                // that is down or hung fails fast rather than at the end of the wait.
+                Err(error) if error.is_transient() && failures == 0 => {
+                    failures += 1;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(error);
                     }
-                }
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(BackendError::LockTimeout {
-                    backend: NAME,
-                    waited: Duration::ZERO,
-                });
-            }
-            let (entry, index) = self.read_lock_key(None).await?;
-            match entry {
-                Some(KvEntry {
-                    session: Some(holder),
-                    ..
-                }) if holder != session => {
-                    // Held: block until the key changes (or our wait ends).
-                    let wait = remaining.min(MAX_BLOCKING_WAIT);
-                    if wait >= Duration::from_millis(1) {
-                        self.read_lock_key(Some((index, wait))).await?;
-                    }
-                    backoff = Duration::from_millis(25);
-                }
-                _ => {
-                    // Free but not ours: another contender won the race, or the key is in
-                    // its lock-delay after a holder's session was invalidated. Retry soon.
+                    tracing::warn!(%error, "a Consul call failed while waiting for the lock; retrying");
                     tokio::time::sleep(backoff.min(remaining)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                Err(error) => return Err(error),
             }
         }
+    }
+
+    /// One try: the entry when the lock is ours, `None` after waiting for a change.
+    async fn acquire_step(
+        &self,
+        session: &str,
+        owner: &str,
+        deadline: Instant,
+        backoff: &mut Duration,
+    ) -> Result<Option<KvEntry>, BackendError> {
+        if self.try_acquire(session, owner).await? {
+            let (entry, _) = self.read_lock_key(None).await?;
+            return match entry {
+                Some(entry) if entry.session.as_deref() == Some(session) => Ok(Some(entry)),
+                _ => Err(BackendError::LockLost {
+                    backend: NAME,
+                    detail: "the lock key changed hands right after it was acquired".into(),
+                }),
+            };
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(BackendError::LockTimeout {
+                backend: NAME,
+                waited: Duration::ZERO,
+            });
+        }
+        let (entry, index) = self.read_lock_key(None).await?;
+        match entry {
+            Some(KvEntry {
+                session: Some(holder),
+                ..
+            }) if holder != session => {
+                // Held: block until the key changes (or our wait ends).
+                let wait = remaining.min(MAX_BLOCKING_WAIT);
+                if wait >= Duration::from_millis(1) {
+                    self.read_lock_key(Some((index, wait))).await?;
+                }
+                *backoff = Duration::from_millis(25);
+            }
+            _ => {
+                // Free but not ours: another contender won the race, or the key is in its
+                // lock-delay after a holder's session was invalidated. Retry soon.
+                tokio::time::sleep((*backoff).min(remaining)).await;
+                *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -818,6 +818,65 @@ impl LockSession for KubernetesLock {
     }
 }
 
+/// One look at the Lease while taking the lock.
+enum Attempt {
+    Acquired(LockGuard),
+    /// Someone else wrote first (409): look again at once.
+    Conflict,
+    /// Held by a live holder for about this much longer.
+    Held(Duration),
+}
+
+impl KubernetesBackend {
+    async fn try_lock_once(
+        &self,
+        request: &LockRequest,
+        identity: &str,
+        duration_secs: i32,
+    ) -> Result<Attempt, BackendError> {
+        let config = &self.inner.config;
+        let current = self.get_lease().await?;
+        if let Some(left) = current.as_ref().and_then(held_for) {
+            return Ok(Attempt::Held(left));
+        }
+        let create = current.is_none();
+        let mut lease = current.unwrap_or_else(|| Lease {
+            metadata: ObjectMeta {
+                name: Some(config.lease_name.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: None,
+        });
+        let token = if create { 0 } else { transitions(&lease) + 1 };
+        lease.spec = Some(LeaseSpec {
+            holder_identity: Some(identity.to_owned()),
+            lease_duration_seconds: Some(duration_secs),
+            acquire_time: Some(now()),
+            renew_time: Some(now()),
+            lease_transitions: Some(token),
+            ..LeaseSpec::default()
+        });
+        let Some(written) = self.write_lease(lease, create).await? else {
+            return Ok(Attempt::Conflict);
+        };
+        let token = transitions(&written);
+        tracing::debug!(identity, token, "Kubernetes startup lock (Lease) acquired");
+        let session = Arc::new(KubernetesLock {
+            backend: self.clone(),
+            identity: identity.to_owned(),
+            token,
+        });
+        Ok(Attempt::Acquired(LockGuard::spawn(
+            NAME,
+            request.owner.clone(),
+            u64::try_from(token).unwrap_or(0),
+            Duration::from_secs(duration_secs.unsigned_abs().into()),
+            session,
+            config.keepalive.clone(),
+        )))
+    }
+}
+
 #[async_trait::async_trait]
 impl Backend for KubernetesBackend {
     fn name(&self) -> &'static str {
@@ -853,62 +912,40 @@ impl Backend for KubernetesBackend {
         let duration_secs = request.ttl.as_secs() + u64::from(request.ttl.subsec_nanos() > 0);
         let duration_secs = i32::try_from(duration_secs.max(1)).unwrap_or(i32::MAX);
         let identity = format!("{}/{:016x}", request.owner, rand::random::<u64>());
+        let mut failures = 0;
         loop {
-            let current = self.get_lease().await?;
-            let wait = match &current {
-                Some(lease) => held_for(lease),
-                None => None,
-            };
-            if wait.is_none() {
-                let create = current.is_none();
-                let mut lease = current.unwrap_or_else(|| Lease {
-                    metadata: ObjectMeta {
-                        name: Some(config.lease_name.clone()),
-                        ..ObjectMeta::default()
-                    },
-                    spec: None,
-                });
-                let token = if create { 0 } else { transitions(&lease) + 1 };
-                lease.spec = Some(LeaseSpec {
-                    holder_identity: Some(identity.clone()),
-                    lease_duration_seconds: Some(duration_secs),
-                    acquire_time: Some(now()),
-                    renew_time: Some(now()),
-                    lease_transitions: Some(token),
-                    ..LeaseSpec::default()
-                });
-                if let Some(written) = self.write_lease(lease, create).await? {
-                    let token = transitions(&written);
-                    tracing::debug!(identity, token, "Kubernetes startup lock (Lease) acquired");
-                    let session = Arc::new(KubernetesLock {
-                        backend: self.clone(),
-                        identity,
-                        token,
-                    });
-                    return Ok(LockGuard::spawn(
-                        NAME,
-                        request.owner,
-                        u64::try_from(token).unwrap_or(0),
-                        Duration::from_secs(duration_secs.unsigned_abs().into()),
-                        session,
-                        config.keepalive.clone(),
-                    ));
+            match self.try_lock_once(&request, &identity, duration_secs).await {
+                Ok(Attempt::Acquired(guard)) => return Ok(guard),
+                Ok(Attempt::Conflict) => failures = 0,
+                Ok(Attempt::Held(left)) => {
+                    failures = 0;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(BackendError::LockTimeout {
+                            backend: NAME,
+                            waited: request.wait,
+                        });
+                    }
+                    let nap = config
+                        .lock_poll_interval
+                        .min(left + Duration::from_millis(10))
+                        .min(remaining);
+                    tokio::time::sleep(nap).await;
                 }
-                // 409: another contender wrote first; read again at once.
-                continue;
+                // A call that fails while waiting (a slow answer under load) is tried
+                // once more; a second failure in a row is the answer, so that a backend
+                // that is down or hung fails fast rather than at the end of the wait.
+                Err(error) if error.is_transient() && failures == 0 => {
+                    failures += 1;
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "reading or writing the Lease failed while waiting for the lock; retrying");
+                    tokio::time::sleep(config.lock_poll_interval.min(remaining)).await;
+                }
+                Err(error) => return Err(error),
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(BackendError::LockTimeout {
-                    backend: NAME,
-                    waited: request.wait,
-                });
-            }
-            let nap = config
-                .lock_poll_interval
-                .min(wait.unwrap_or_default() + Duration::from_millis(10))
-                .min(remaining);
-            tokio::time::sleep(nap).await;
         }
     }
 
