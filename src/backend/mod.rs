@@ -528,6 +528,49 @@ mod tests {
         );
     }
 
+    #[cfg(all(feature = "consul", feature = "kubernetes", feature = "dns"))]
+    #[tokio::test]
+    async fn from_map_and_vars_build_consul_kubernetes_and_dns() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let consul = from_map(&map(&[
+            (
+                "cluster_formation.peer_discovery_backend",
+                "rabbit_peer_discovery_consul",
+            ),
+            ("cluster_formation.consul.host", "127.0.0.1"),
+        ]))
+        .unwrap();
+        assert_eq!(consul.name(), "consul");
+        assert!(consul.supports_registration() && consul.supports_lock());
+        let k8s = from_map(&map(&[
+            ("cluster_formation.peer_discovery_backend", "k8s"),
+            ("cluster_formation.k8s.service_name", "rmq-headless"),
+        ]))
+        .unwrap();
+        assert_eq!(k8s.name(), "kubernetes");
+        assert!(!k8s.supports_registration() && k8s.supports_lock());
+        let dns = from_vars(vars(&[
+            ("AUTOCLUSTER_TYPE", "dns"),
+            ("AUTOCLUSTER_HOST", "rmq.local"),
+            ("AUTOCLUSTER_DNS_SERVERS", "127.0.0.1:5353"),
+        ]))
+        .unwrap();
+        assert_eq!(dns.name(), "dns");
+        // A Consul key given to the DNS backend is named as such.
+        let err = from_map(&map(&[
+            ("backend", "dns"),
+            ("autocluster_host", "x"),
+            ("consul_svc", "y"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("consul backend"), "{err}");
+    }
+
     #[test]
     fn sort_by_order_then_name() {
         let n = |s: &str, o| RegisteredNode::new(s.parse().unwrap(), o);
