@@ -145,18 +145,15 @@ pub(crate) fn all_backends() -> &'static [(&'static str, &'static [Setting])] {
         ("memory", super::memory::SETTINGS),
         ("static", super::static_list::SETTINGS),
         ("etcd", super::etcd::SETTINGS),
+        ("consul", super::consul::SETTINGS),
+        ("kubernetes", super::kubernetes::SETTINGS),
+        ("dns", super::dns::SETTINGS),
     ]
 }
 
 /// Environment prefixes claimed by backends not written yet (their variables are not
-/// "unknown"): `AUTOCLUSTER_CONSUL_`, `AUTOCLUSTER_K8S_`, `AUTOCLUSTER_DNS_`.
-pub(crate) const FUTURE_ENV_PREFIXES: &[&str] = &[
-    "AUTOCLUSTER_CONSUL_",
-    "AUTOCLUSTER_K8S_",
-    "AUTOCLUSTER_KUBERNETES_",
-    "AUTOCLUSTER_DNS_",
-    "AUTOCLUSTER_HOST",
-];
+/// "unknown"). Every planned backend exists now, so none.
+pub(crate) const FUTURE_ENV_PREFIXES: &[&str] = &[];
 
 /// Where a value came from: the key or variable exactly as given, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +315,21 @@ impl Values {
     }
 }
 
+/// A boolean setting: `true` or `false` (any case).
+pub(crate) fn parse_bool(values: &Values, key: &str) -> Result<Option<bool>, BackendError> {
+    match values.get(key) {
+        None => Ok(None),
+        Some(found) => match found.value.trim().to_ascii_lowercase().as_str() {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            _ => Err(BackendError::config(
+                &found.source,
+                format!("{:?} is not true or false", found.value),
+            )),
+        },
+    }
+}
+
 /// Parses seconds: `30`, `0.5`; positive and at most a year.
 pub(crate) fn parse_seconds(value: &str) -> Result<Duration, String> {
     let v = value.trim();
@@ -415,6 +427,29 @@ fn unsupported_hint(key: &str) -> Option<String> {
         return Some(
             "this TLS option is not supported; the etcd backend takes cacertfile, certfile, \
              keyfile, verify (verify_peer only) and server_name_indication"
+                .into(),
+        );
+    }
+    if key.starts_with("cluster_formation.consul.ssl_options.") {
+        return Some(
+            "this TLS option is not supported; the Consul backend takes cacertfile, certfile, \
+             keyfile and verify (verify_peer only)"
+                .into(),
+        );
+    }
+    if key.starts_with("cluster_formation.consul.svc_meta")
+        || key.starts_with("cluster_formation.consul.svc_addr_")
+    {
+        return Some(
+            "not supported: the Consul backend publishes the metadata and address of the \
+             registration it is given (and svc_addr, when set)"
+                .into(),
+        );
+    }
+    if key.starts_with("cluster_formation.k8s.tls.") {
+        return Some(
+            "this TLS option is not supported; the Kubernetes backend takes the CA bundle \
+             (cluster_formation.k8s.tls.cacertfile or cert_path) and always verifies the server"
                 .into(),
         );
     }

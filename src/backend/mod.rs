@@ -10,7 +10,9 @@
 //! | `memory` | [`MemoryBackend`] | yes (TTL) | yes (lease, fencing) | no | always |
 //! | `static` | [`StaticBackend`] | no | no | configured seed, or the first node listed | always |
 //! | `etcd` | [`EtcdBackend`](etcd::EtcdBackend) | yes (lease) | yes (etcd Lock API) | no | `etcd` |
-//! | `consul`, `kubernetes`, `dns` | reserved | | | | `consul`, `kubernetes`, `dns` |
+//! | `consul` | [`ConsulBackend`](consul::ConsulBackend) | yes (service with a TTL check) | yes (session + KV key) | no | `consul` |
+//! | `kubernetes` | [`KubernetesBackend`](kubernetes::KubernetesBackend) | no (Kubernetes registers pods) | yes (`Lease`) | StatefulSet: the lowest ordinal | `kubernetes` |
+//! | `dns` | [`DnsBackend`](dns::DnsBackend) | no | no | the alphabetically first node | `dns` |
 //!
 //! # Semantics every backend follows
 //!
@@ -104,9 +106,12 @@ use std::time::Duration;
 use crate::NodeName;
 
 mod config;
+pub mod consul;
+pub mod dns;
 mod error;
 pub mod etcd;
 pub mod keepalive;
+pub mod kubernetes;
 pub mod memory;
 pub mod static_list;
 
@@ -293,11 +298,11 @@ pub enum BackendKind {
     Static,
     /// [`etcd::EtcdBackend`].
     Etcd,
-    /// Consul (not implemented yet).
+    /// [`consul::ConsulBackend`].
     Consul,
-    /// Kubernetes (not implemented yet).
+    /// [`kubernetes::KubernetesBackend`].
     Kubernetes,
-    /// DNS (not implemented yet).
+    /// [`dns::DnsBackend`].
     Dns,
 }
 
@@ -360,7 +365,10 @@ fn not_built(kind: BackendKind, source: &str) -> BackendError {
             "the {kind} backend is not available in this build{}",
             match kind {
                 BackendKind::Etcd => " (enable the crate feature \"etcd\")",
-                _ => " (not implemented yet)",
+                BackendKind::Consul => " (enable the crate feature \"consul\")",
+                BackendKind::Kubernetes => " (enable the crate feature \"kubernetes\")",
+                BackendKind::Dns => " (enable the crate feature \"dns\")",
+                _ => "",
             }
         ),
     )
@@ -382,7 +390,7 @@ where
     let Some((source, value)) = vars.iter().find(|(k, _)| k == "AUTOCLUSTER_TYPE") else {
         return Err(BackendError::config(
             "AUTOCLUSTER_TYPE",
-            "not set: choose memory, static, etcd (consul, kubernetes and dns come later)",
+            "not set: choose memory, static, etcd, consul, kubernetes or dns",
         ));
     };
     let kind: BackendKind = value
@@ -397,6 +405,19 @@ where
         BackendKind::Etcd => Ok(Box::new(etcd::EtcdBackend::new(
             etcd::EtcdConfig::from_vars(vars)?,
         )?)),
+        #[cfg(feature = "consul")]
+        BackendKind::Consul => Ok(Box::new(consul::ConsulBackend::new(
+            consul::ConsulConfig::from_vars(vars)?,
+        )?)),
+        #[cfg(feature = "kubernetes")]
+        BackendKind::Kubernetes => Ok(Box::new(kubernetes::KubernetesBackend::new(
+            kubernetes::KubernetesConfig::from_vars(vars)?,
+        )?)),
+        #[cfg(feature = "dns")]
+        BackendKind::Dns => Ok(Box::new(dns::DnsBackend::new(dns::DnsConfig::from_vars(
+            vars,
+        )?)?)),
+        #[allow(unreachable_patterns)]
         _ => Err(not_built(kind, source)),
     }
 }
@@ -422,6 +443,19 @@ pub fn from_map(map: &BTreeMap<String, String>) -> Result<Box<dyn Backend>, Back
         BackendKind::Etcd => Ok(Box::new(etcd::EtcdBackend::new(
             etcd::EtcdConfig::from_map(map)?,
         )?)),
+        #[cfg(feature = "consul")]
+        BackendKind::Consul => Ok(Box::new(consul::ConsulBackend::new(
+            consul::ConsulConfig::from_map(map)?,
+        )?)),
+        #[cfg(feature = "kubernetes")]
+        BackendKind::Kubernetes => Ok(Box::new(kubernetes::KubernetesBackend::new(
+            kubernetes::KubernetesConfig::from_map(map)?,
+        )?)),
+        #[cfg(feature = "dns")]
+        BackendKind::Dns => Ok(Box::new(dns::DnsBackend::new(dns::DnsConfig::from_map(
+            map,
+        )?)?)),
+        #[allow(unreachable_patterns)]
         _ => Err(not_built(kind, source)),
     }
 }
@@ -473,8 +507,16 @@ mod tests {
         assert_eq!(backend.name(), "static");
         let err = from_vars(vars(&[])).unwrap_err();
         assert!(err.to_string().contains("AUTOCLUSTER_TYPE"), "{err}");
-        let err = from_vars(vars(&[("AUTOCLUSTER_TYPE", "consul")])).unwrap_err();
-        assert!(err.to_string().contains("not available"), "{err}");
+        #[cfg(not(feature = "dns"))]
+        {
+            let err = from_vars(vars(&[("AUTOCLUSTER_TYPE", "dns")])).unwrap_err();
+            assert!(err.to_string().contains("not available"), "{err}");
+        }
+        #[cfg(feature = "dns")]
+        {
+            let err = from_vars(vars(&[("AUTOCLUSTER_TYPE", "dns")])).unwrap_err();
+            assert!(err.to_string().contains("AUTOCLUSTER_HOST"), "{err}");
+        }
         let err = from_vars(vars(&[
             ("AUTOCLUSTER_TYPE", "memory"),
             ("AUTOCLUSTER_TPYE", "x"),
@@ -484,6 +526,49 @@ mod tests {
             matches!(&err, BackendError::Config { key, .. } if key == "AUTOCLUSTER_TPYE"),
             "{err}"
         );
+    }
+
+    #[cfg(all(feature = "consul", feature = "kubernetes", feature = "dns"))]
+    #[tokio::test]
+    async fn from_map_and_vars_build_consul_kubernetes_and_dns() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let consul = from_map(&map(&[
+            (
+                "cluster_formation.peer_discovery_backend",
+                "rabbit_peer_discovery_consul",
+            ),
+            ("cluster_formation.consul.host", "127.0.0.1"),
+        ]))
+        .unwrap();
+        assert_eq!(consul.name(), "consul");
+        assert!(consul.supports_registration() && consul.supports_lock());
+        let k8s = from_map(&map(&[
+            ("cluster_formation.peer_discovery_backend", "k8s"),
+            ("cluster_formation.k8s.service_name", "rmq-headless"),
+        ]))
+        .unwrap();
+        assert_eq!(k8s.name(), "kubernetes");
+        assert!(!k8s.supports_registration() && k8s.supports_lock());
+        let dns = from_vars(vars(&[
+            ("AUTOCLUSTER_TYPE", "dns"),
+            ("AUTOCLUSTER_HOST", "rmq.local"),
+            ("AUTOCLUSTER_DNS_SERVERS", "127.0.0.1:5353"),
+        ]))
+        .unwrap();
+        assert_eq!(dns.name(), "dns");
+        // A Consul key given to the DNS backend is named as such.
+        let err = from_map(&map(&[
+            ("backend", "dns"),
+            ("autocluster_host", "x"),
+            ("consul_svc", "y"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("consul backend"), "{err}");
     }
 
     #[test]

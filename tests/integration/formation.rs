@@ -3,10 +3,14 @@
 //! the others only until its lease expires; the health report tells a formed cluster
 //! from a standalone or disconnected node.
 
+// The etcd tests need the `etcd` feature; the helpers they share stay unused without it.
+#![cfg_attr(not(feature = "etcd"), allow(dead_code, unused_imports))]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "etcd")]
 use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, MemoryBackend, Registration};
 use autocluster::formation::{
@@ -15,7 +19,9 @@ use autocluster::formation::{
 };
 use autocluster::{Cookie, Node, NodeName, health};
 
-use crate::common::{Epmd, ErlNode, ErlOptions, EtcdServer, unique_name};
+#[cfg(feature = "etcd")]
+use crate::common::EtcdServer;
+use crate::common::{Epmd, ErlNode, ErlOptions, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -34,6 +40,7 @@ fn quick() -> FormationConfig {
     }
 }
 
+#[cfg(feature = "etcd")]
 fn etcd_backend(etcd: &EtcdServer, cluster: &str, lock_ttl: Duration) -> Arc<dyn Backend> {
     let config = EtcdConfig {
         endpoints: vec![etcd.endpoint()],
@@ -119,6 +126,7 @@ async fn run_all(agents: &[Agent]) -> Vec<Result<autocluster::formation::Formed,
     out
 }
 
+#[cfg(feature = "etcd")]
 async fn one_cluster_every_time(size: usize, runs: usize) {
     let epmd = Epmd::start().await;
     let etcd = EtcdServer::start().await;
@@ -168,11 +176,13 @@ async fn one_cluster_every_time(size: usize, runs: usize) {
     eprintln!("{size} nodes: {runs} runs, one cluster each time, slowest formation {slowest:?}");
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread")]
 async fn three_erlang_nodes_form_one_cluster_twenty_times() {
     one_cluster_every_time(3, 20).await;
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread")]
 async fn five_erlang_nodes_form_one_cluster_twenty_times() {
     one_cluster_every_time(5, 20).await;
@@ -221,6 +231,7 @@ impl ClusterTarget for HangingJoin {
     }
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_holder_killed_mid_join_delays_the_others_only_until_its_lease_expires() {
     let epmd = Epmd::start().await;

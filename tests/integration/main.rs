@@ -6,10 +6,13 @@
 
 mod common;
 mod conformance;
+mod consul_backend;
+mod dns_backend;
 mod epmd;
 mod etcd_backend;
 mod formation;
 mod interop;
+mod kubernetes_backend;
 mod node;
 mod rabbitmq_etcd;
 mod term_text;

@@ -12,19 +12,32 @@
 //!   [`FakeServer`]: endpoints that hang or answer garbage.
 //! * [`RabbitNode::start`]: a real RabbitMQ node (config lines, enabled plugins, own EPMD,
 //!   cookie), booted and awaited, with `eval`/`rabbitmqctl`, `stop`/`kill`, cleaned up on drop.
+//! * [`ConsulServer`], [`KubeServer`]: in-test Consul and Kubernetes API servers that
+//!   follow the official API documents (each names its sources), over [`HttpFake`], which
+//!   can stop, restart and misbehave ([`Misbehave`]).
+//! * [`Dnsmasq::start`]: a real dnsmasq serving test A/AAAA/PTR/SRV records on a free
+//!   loopback port, killed on drop.
 //! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
 pub mod conformance;
+mod consul;
+mod dnsmasq;
 mod epmd;
 mod erl;
 mod etcd;
+mod http_fake;
+mod kube;
 mod process;
 mod rabbit;
 
+pub use consul::{ConsulOptions, ConsulServer, UnknownCheck};
+pub use dnsmasq::Dnsmasq;
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
+pub use http_fake::{HttpFake, Misbehave};
+pub use kube::{KubeServer, TestEndpoint};
 pub use process::{
     OutputLog, descendants, free_port, kill_process_group, kill_process_tree, rss_kib, unique_name,
 };
