@@ -729,7 +729,23 @@ impl Agent {
 
     async fn join(&self, seed: &NodeName) -> Result<Outcome, FormationError> {
         let target = &self.inner.target;
-        let before = target.membership().await?;
+        let mut before = target.membership().await?;
+        if !before.running {
+            // The node answers but its application is stopped: an agent was killed
+            // between stopping and starting it (or an operator stopped it). Its data
+            // cannot be read while stopped, so start it first; a node that had already
+            // joined is then a running member, and the join is finished.
+            tracing::warn!(%seed, members = ?before.members, "the managed node's application is stopped (an interrupted join?): starting it before deciding");
+            target
+                .form()
+                .instrument(tracing::info_span!("resume"))
+                .await?;
+            before = target.membership().await?;
+            if before.members.contains(seed) && before.lists_running(seed) {
+                Metrics::bump(&self.inner.metrics.joins);
+                return Ok(Outcome::Joined { seed: seed.clone() });
+            }
+        }
         if before.members.contains(seed) && before.lists_running(seed) {
             return Ok(Outcome::AlreadyMember { seed: seed.clone() });
         }
@@ -907,6 +923,14 @@ impl Agent {
                 return;
             }
         };
+        if !membership.running {
+            // A stopped node lists no running member: reading that as "every member is
+            // unreachable" would reconnect and clean up against a node under maintenance.
+            tracing::warn!(
+                "the managed node's application is stopped: nothing to watch this round"
+            );
+            return;
+        }
         if let Ok(listed) = &listing {
             // Reconnect registered members the node has lost sight of.
             for r in listed.iter().filter(|r| r.node != me) {

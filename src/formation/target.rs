@@ -112,7 +112,9 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     async fn data_state(&self) -> Result<DataState, FormationError>;
 
     /// Makes the managed node the first member of a new cluster (e.g. make sure its
-    /// application runs).
+    /// application runs). The agent also calls it before joining when
+    /// [`membership`](Self::membership) reports the node not running, to start a
+    /// stopped application.
     async fn form(&self) -> Result<(), FormationError>;
 
     /// Joins the managed node to `seed`'s cluster. `reset_allowed` is true only when the
