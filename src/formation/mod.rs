@@ -19,10 +19,11 @@
 //!    registered yet, so it never picks itself merely because its name sorts first: when
 //!    no registered node is live, it forms the cluster.
 //! 4. **Form or join** through the [`ClusterTarget`]: [`ErlangMesh`] (a plain Erlang node
-//!    told to `net_kernel:connect_node/1` the seed), RabbitMQ (stop the app, join as a
-//!    disc node, start the app, with the functions of the node's RabbitMQ version:
-//!    `RabbitMq`) or
-//!    [`LocalTarget`] (this Rust process dialling the cluster's members).
+//!    told to `net_kernel:connect_node/1` the seed), [`RabbitMq`] (stop the app, join as
+//!    a disc node, start the app, with the functions of the node's RabbitMQ version) or
+//!    [`LocalTarget`] (this Rust process dialling the cluster's members). A managed node
+//!    whose application is stopped (an agent killed in the middle of a RabbitMQ join) is
+//!    started first, then the agent decides as usual: the interrupted join is finished.
 //! 5. **Never discard data silently**: a node that holds data, or belongs to another
 //!    cluster, is not reset and joined unless [`FormationConfig::allow_reset`] says so;
 //!    otherwise [`FormationError::DataAtRisk`] names what would be lost.
@@ -54,6 +55,7 @@
 pub mod cleanup;
 mod erlang;
 mod local;
+mod rabbitmq;
 pub mod seed;
 mod target;
 
@@ -68,6 +70,7 @@ use tracing::Instrument as _;
 pub use cleanup::{CleanupAction, CleanupConfig, CleanupState};
 pub use erlang::ErlangMesh;
 pub use local::LocalTarget;
+pub use rabbitmq::{RabbitMq, RabbitVersion};
 pub use seed::SeedOrder;
 pub use target::{ClusterTarget, DataState, Membership, Probe};
 

@@ -90,7 +90,7 @@ impl fmt::Display for DataState {
 /// What a formation agent acts on: the node being clustered.
 ///
 /// The crate provides targets for a plain Erlang node ([`super::ErlangMesh`]), a RabbitMQ
-/// node and this Rust process itself ([`super::LocalTarget`]);
+/// node ([`super::RabbitMq`]) and this Rust process itself ([`super::LocalTarget`]);
 /// implement it to cluster something else that speaks Erlang distribution.
 #[async_trait::async_trait]
 pub trait ClusterTarget: Send + Sync + fmt::Debug {
