@@ -12,4 +12,5 @@ mod formation;
 mod interop;
 mod node;
 mod rabbitmq_etcd;
+mod rabbitmq_formation;
 mod term_text;
