@@ -1,7 +1,7 @@
 //! Cluster formation: nodes that boot at the same time end up in exactly one cluster.
 //!
 //! An [`Agent`] per managed node runs the formation protocol against any
-//! [`Backend`](crate::backend::Backend) and any [`ClusterTarget`]:
+//! [`Backend`] and any [`ClusterTarget`]:
 //!
 //! 1. **Startup lock.** With a backend that has a lock (memory, etcd, Consul,
 //!    Kubernetes), the agent takes it (its own lease, independent of the node TTL) and
@@ -32,7 +32,7 @@
 //!    (return the error) or [`FailurePolicy::Ignore`] (log it, run standalone).
 //!
 //! After formation, [`Agent::watch`] keeps going: it reconnects registered members that
-//! are disconnected, detects and reports splits, and runs the [cleanup](cleanup) of dead
+//! are disconnected, detects and reports splits, and runs the [cleanup] of dead
 //! members; [`Agent::leave`] deregisters first and then leaves the cluster.
 //!
 //! ```no_run

@@ -1,62 +1,4 @@
-//! A RabbitMQ node as a cluster target, managed by remote calls from this process's
-//! hidden [`Node`], with the functions of the node's own RabbitMQ version.
-//!
-//! # What is called, per version
-//!
-//! The version is read once per node (`rabbit_misc:version/0`, or `rabbit:product_info/0`
-//! when that fails) and cached until the connection to the node drops. The functions are
-//! the ones `rabbitmqctl` itself calls for the same command:
-//!
-//! | step | 3.10 / 3.11 | 3.12 | 3.13 and later |
-//! |---|---|---|---|
-//! | running? | `rabbit:is_running/0` | same | same |
-//! | cluster status | `rabbit_mnesia:status/0` | same | `rabbit_db_cluster:cli_cluster_status/0` (`rabbit_mnesia:status/0` if undefined) |
-//! | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running/0` | `running_nodes` of the status |
-//! | partitions | `rabbit_node_monitor:partitions/0` | same | same (`[]` where undefined: 4.3+, Khepri has none) |
-//! | join | `rabbit:stop/0`, `rabbit_mnesia:join_cluster(Seed, disc)`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db_cluster:join(Seed, disc)`, `rabbit:start/0` |
-//! | forget | `rabbit_mnesia:forget_cluster_node(Node, false)` | same | `rabbit_db_cluster:forget_member(Node, false)` |
-//! | leave | `rabbit:stop/0`, `rabbit_mnesia:reset/0`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db:reset/0`, `rabbit:start/0` |
-//!
-//! # What counts as empty
-//!
-//! A freshly booted node holding only its defaults joins without being told twice; its
-//! [`DataState`] is `Empty` when all of these hold (each read with the function named):
-//!
-//! * no other cluster members (the cluster status);
-//! * the only vhost is the default one (`rabbit_vhost:list_names/0`; the default is the
-//!   `rabbit` application's `default_vhost`, `/`);
-//! * the only user is the default one (`rabbit_auth_backend_internal:list_users/0`; the
-//!   default is `default_user`, `guest`);
-//! * no queues (`rabbit_amqqueue:list_names/0`), durable or not, in any vhost;
-//! * no exchanges but the default (`""`) and `amq.*` ones (`rabbit_exchange:list_names/0`);
-//! * no bindings from any exchange but the default one (`rabbit_binding:list/1` per vhost);
-//! * no policies and no operator policies (`rabbit_policy:list/0`, `list_op/0`);
-//! * no vhost runtime parameters (`rabbit_runtime_parameters:list/0`: shovels,
-//!   federation upstreams, vhost limits, ...) and no global ones but those RabbitMQ sets
-//!   itself (`list_global/0` minus `internal_cluster_id`, `cluster_tags` and
-//!   `imported_definition_hash_value`).
-//!
-//! Anything else is [`DataState::HasData`], each entry naming what a reset would destroy
-//! (`"1 queue in /: orders"`), or [`DataState::OtherCluster`].
-//!
-//! # A stopped application
-//!
-//! An agent killed between `rabbit:stop/0` and `rabbit:start/0` leaves a VM that answers
-//! while its `rabbit` application is stopped. [`membership`](ClusterTarget::membership)
-//! reports such a node as not running, with the members its cluster files list;
-//! [`form`](ClusterTarget::form) starts the application; and the agent starts it before
-//! deciding anything (its data cannot be read while it is stopped): a node that had
-//! already joined is then a running member (the join is finished), a node that had not
-//! is checked for data and joined as usual. [`join`](ClusterTarget::join) called directly
-//! on a stopped node does the same.
-//!
-//! # Leaving
-//!
-//! [`leave`](ClusterTarget::leave) does what RabbitMQ's clustering guide does to remove a
-//! node (`rabbitmqctl stop_app`, `reset`, `start_app`): the reset tells the other members
-//! to remove it and **wipes the node's own data**, and the node is started again as a
-//! standalone, empty broker (a stopped application would look like an interrupted join to
-//! the next agent). Stop the node afterwards if it is being scaled down.
+//! A RabbitMQ node as a cluster target: [`RabbitMq`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -149,13 +91,76 @@ enum Family {
     Db,
 }
 
-/// A RabbitMQ node (3.10 through 4.x), managed from this process's hidden [`Node`]
-/// holding the node's cookie. See the [module documentation](self) for the functions
-/// called per version, what counts as empty, and how a stopped application is handled.
+/// A RabbitMQ node (3.10 through 4.x) as a cluster target, managed by remote calls from
+/// this process's hidden [`Node`] (holding the node's cookie), with the functions of the
+/// node's own RabbitMQ version.
+///
+/// # What is called, per version
+///
+/// The version is read once per node (`rabbit_misc:version/0`, or `rabbit:product_info/0`
+/// when that fails) and cached until the connection to the node drops. The functions are
+/// the ones `rabbitmqctl` itself calls for the same command:
+///
+/// | step | 3.10 / 3.11 | 3.12 | 3.13 and later |
+/// |---|---|---|---|
+/// | running? | `rabbit:is_running/0` | same | same |
+/// | cluster status | `rabbit_mnesia:status/0` | same | `rabbit_db_cluster:cli_cluster_status/0` (`rabbit_mnesia:status/0` if undefined) |
+/// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running/0` | `running_nodes` of the status |
+/// | partitions | `rabbit_node_monitor:partitions/0` | same | same (`[]` where undefined: 4.3+, Khepri has none) |
+/// | join | `rabbit:stop/0`, `rabbit_mnesia:join_cluster(Seed, disc)`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db_cluster:join(Seed, disc)`, `rabbit:start/0` |
+/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)` | same | `rabbit_db_cluster:forget_member(Node, false)` |
+/// | leave | `rabbit:stop/0`, `rabbit_mnesia:reset/0`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db:reset/0`, `rabbit:start/0` |
+///
+/// On 3.13+ each `rabbit_db*` function falls back to its `rabbit_mnesia` counterpart when
+/// it is undefined, as `rabbitmqctl` does. A failed join starts the application again
+/// before returning the error, and `{error, Reason}` thrown by RabbitMQ is reported like a
+/// returned one ([`FormationError::Unexpected`] naming the node, the step and the call).
+///
+/// # What counts as empty
+///
+/// A freshly booted node holding only its defaults joins without being told twice; its
+/// [`DataState`] is `Empty` when all of these hold (each read with the function named):
+///
+/// * no other cluster members (the cluster status);
+/// * the only vhost is the default one (`rabbit_vhost:list_names/0`; the default is the
+///   `rabbit` application's `default_vhost`, `/`);
+/// * the only user is the default one (`rabbit_auth_backend_internal:list_users/0`; the
+///   default is `default_user`, `guest`);
+/// * no queues (`rabbit_amqqueue:list_names/0`), durable or not, in any vhost;
+/// * no exchanges but the default (`""`) and `amq.*` ones (`rabbit_exchange:list_names/0`);
+/// * no bindings from any exchange but the default one (`rabbit_binding:list/1` per vhost);
+/// * no policies and no operator policies (`rabbit_policy:list/0`, `list_op/0`);
+/// * no vhost runtime parameters (`rabbit_runtime_parameters:list/0`: shovels,
+///   federation upstreams, vhost limits, ...) and no global ones but those RabbitMQ sets
+///   itself (`list_global/0` minus `internal_cluster_id`, `cluster_tags` and
+///   `imported_definition_hash_value`).
+///
+/// Anything else is [`DataState::HasData`], each entry naming what a reset would destroy
+/// (`"1 queue in /: orders"`), or [`DataState::OtherCluster`].
+///
+/// # A stopped application
+///
+/// An agent killed between `rabbit:stop/0` and `rabbit:start/0` leaves a VM that answers
+/// while its `rabbit` application is stopped. [`membership`](ClusterTarget::membership)
+/// reports such a node as not running, with the members its cluster files list;
+/// [`form`](ClusterTarget::form) starts the application; and the agent starts it before
+/// deciding anything (its data cannot be read while it is stopped): a node that had
+/// already joined is then a running member (the join is finished), a node that had not
+/// is checked for data and joined as usual. [`join`](ClusterTarget::join) called directly
+/// on a stopped node does the same.
+///
+/// # Leaving
+///
+/// [`leave`](ClusterTarget::leave) does what RabbitMQ's clustering guide does to remove a
+/// node (`rabbitmqctl stop_app`, `reset`, `start_app`): the reset tells the other members
+/// to remove it and **wipes the node's own data**, and the node is started again as a
+/// standalone, empty broker (a stopped application would look like an interrupted join to
+/// the next agent). Stop the node afterwards if it is being scaled down.
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use autocluster::formation::{ClusterTarget, RabbitMq};
+/// use autocluster::backend::MemoryBackend;
+/// use autocluster::formation::{Agent, FormationConfig, RabbitMq};
 /// use autocluster::{Cookie, Node};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -163,9 +168,15 @@ enum Family {
 ///     .start()
 ///     .await?;
 /// let rabbit = RabbitMq::new(probe, "rabbit@localhost".parse()?);
+/// let agent = Agent::new(
+///     Arc::new(MemoryBackend::new()), // etcd, Consul, ... in a real deployment
+///     Arc::new(rabbit.clone()),
+///     FormationConfig::default(),
+/// );
+/// let formed = agent.run().await?;
+/// println!("{}: {}", formed.node, formed.outcome);
 /// println!("{}", rabbit.cluster_status().await?);
 /// // [{nodes,[{disc,[rabbit@localhost]}]},{running_nodes,[rabbit@localhost]},...]
-/// let target: Arc<dyn ClusterTarget> = Arc::new(rabbit);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -458,7 +469,7 @@ impl RabbitMq {
                 self.app_timeout,
             )
             .await
-            .or_else(|e| thrown_error(e, STEP, &self.node))?;
+            .or_else(thrown_error)?;
         check_ok(STEP, &self.node, "rabbit:start()", &r)?;
         // rabbit:start() returns at once when the node is already booting.
         while !self.is_running(&self.node).await? {
@@ -489,7 +500,7 @@ impl RabbitMq {
                 self.app_timeout,
             )
             .await
-            .or_else(|e| thrown_error(e, STEP, &self.node))?;
+            .or_else(thrown_error)?;
         check_ok(STEP, &self.node, "rabbit:stop()", &r)?;
         tracing::info!(node = %self.node, "rabbit application stopped");
         Ok(())
@@ -516,7 +527,7 @@ impl RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node).map(Some))?;
+                .or_else(|e| thrown_error(e).map(Some))?;
         }
         let r = match answer {
             Some(r) => r,
@@ -530,7 +541,7 @@ impl RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node))?
+                .or_else(thrown_error)?
             }
         };
         if r.is_atom("ok") {
@@ -566,7 +577,7 @@ impl RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node).map(Some))?;
+                .or_else(|e| thrown_error(e).map(Some))?;
         }
         let r = match answer {
             Some(r) => r,
@@ -580,7 +591,7 @@ impl RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node))?
+                .or_else(thrown_error)?
             }
         };
         check_ok(STEP, &self.node, called, &r)
@@ -602,8 +613,26 @@ impl RabbitMq {
         })
     }
 
+    /// Calls a function of the managed node that returns a list, for the data check.
+    async fn read_list(
+        &self,
+        (m, f): (&str, &str),
+        args: Vec<Term>,
+    ) -> Result<Vec<Term>, FormationError> {
+        const STEP: &str = "reading the node's data";
+        let t = self
+            .call(STEP, &self.node, (m, f), args, self.timeout)
+            .await?;
+        match t {
+            Term::List(items) => Ok(items),
+            Term::ByteList(b) if b.is_empty() => Ok(Vec::new()),
+            other => Err(bad(STEP, &self.node, &format!("{m}:{f}"), &other)),
+        }
+    }
+
     /// Reads what a reset would destroy on the managed node (its application running).
     async fn read_data(&self, membership: &Membership) -> Result<DataState, FormationError> {
+        const STEP: &str = "reading the node's data";
         let node = &self.node;
         let others: Vec<NodeName> = membership
             .members
@@ -616,138 +645,97 @@ impl RabbitMq {
         }
         if !membership.running {
             return Err(FormationError::unexpected(
-                "reading the node's data",
+                STEP,
                 node,
                 "the rabbit application is stopped, so its data cannot be read",
             ));
         }
-        const STEP: &str = "reading the node's data";
-        let default_vhost = self
-            .app_env("default_vhost")
-            .await?
-            .unwrap_or_else(|| "/".into());
-        let default_user = self
-            .app_env("default_user")
-            .await?
-            .unwrap_or_else(|| "guest".into());
+        let unexpected = |called: &str, t: &Term| bad(STEP, node, called, t);
+        let default_vhost = self.app_env("default_vhost").await?;
+        let default_vhost = default_vhost.as_deref().unwrap_or("/");
+        let default_user = self.app_env("default_user").await?;
+        let default_user = default_user.as_deref().unwrap_or("guest");
         let mut found = Vec::new();
 
-        let vhosts_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_vhost", "list_names"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let vhosts = texts(&vhosts_t)
-            .ok_or_else(|| bad(STEP, node, "rabbit_vhost:list_names()", &vhosts_t))?;
+        let mut vhosts = Vec::new();
+        for v in self
+            .read_list(("rabbit_vhost", "list_names"), vec![])
+            .await?
+        {
+            let name = v
+                .as_text()
+                .ok_or_else(|| unexpected("rabbit_vhost:list_names()", &v))?;
+            vhosts.push(name.into_owned());
+        }
         let extra: Vec<String> = vhosts
             .iter()
-            .filter(|v| **v != default_vhost)
+            .filter(|v| *v != default_vhost)
             .cloned()
             .collect();
         if !extra.is_empty() {
-            found.push(listing(
-                &format!("vhost besides {default_vhost}"),
-                &format!("vhosts besides {default_vhost}"),
-                None,
-                extra,
-            ));
+            let (one, many) = (
+                format!("vhost besides {default_vhost}"),
+                format!("vhosts besides {default_vhost}"),
+            );
+            found.push(listing(&one, &many, None, extra));
         }
 
-        let users_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_auth_backend_internal", "list_users"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let users: Vec<String> = list_items(&users_t)
-            .ok_or_else(|| {
-                bad(
-                    STEP,
-                    node,
-                    "rabbit_auth_backend_internal:list_users()",
-                    &users_t,
-                )
-            })?
+        let users: Vec<String> = self
+            .read_list(("rabbit_auth_backend_internal", "list_users"), vec![])
+            .await?
             .iter()
-            .filter_map(|u| {
-                proplist_get(u, "user")
-                    .and_then(|n| n.as_text())
-                    .map(|s| s.into_owned())
-            })
-            .filter(|u| *u != default_user)
+            .map(|u| prop_text(u, "user"))
+            .filter(|u| u != default_user)
             .collect();
         if !users.is_empty() {
-            found.push(listing(
-                &format!("user besides {default_user}"),
-                &format!("users besides {default_user}"),
-                None,
-                users,
-            ));
+            let (one, many) = (
+                format!("user besides {default_user}"),
+                format!("users besides {default_user}"),
+            );
+            found.push(listing(&one, &many, None, users));
         }
 
-        let queues_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_amqqueue", "list_names"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let queues = resources(&queues_t)
-            .ok_or_else(|| bad(STEP, node, "rabbit_amqqueue:list_names()", &queues_t))?;
+        let mut queues = Vec::new();
+        for q in self
+            .read_list(("rabbit_amqqueue", "list_names"), vec![])
+            .await?
+        {
+            queues
+                .push(resource(&q).ok_or_else(|| unexpected("rabbit_amqqueue:list_names()", &q))?);
+        }
         found.extend(per_vhost("queue", "queues", queues));
 
-        let exchanges_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_exchange", "list_names"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let exchanges = resources(&exchanges_t)
-            .ok_or_else(|| bad(STEP, node, "rabbit_exchange:list_names()", &exchanges_t))?
-            .into_iter()
-            .filter(|(_, name)| !name.is_empty() && !name.starts_with("amq."))
-            .collect();
+        let mut exchanges = Vec::new();
+        for x in self
+            .read_list(("rabbit_exchange", "list_names"), vec![])
+            .await?
+        {
+            let (vhost, name) =
+                resource(&x).ok_or_else(|| unexpected("rabbit_exchange:list_names()", &x))?;
+            if !name.is_empty() && !name.starts_with("amq.") {
+                exchanges.push((vhost, name));
+            }
+        }
         found.extend(per_vhost("exchange", "exchanges", exchanges));
 
         let mut bindings = Vec::new();
         for vhost in &vhosts {
-            let t = self
-                .call(
-                    STEP,
-                    node,
-                    ("rabbit_binding", "list"),
-                    vec![Term::binary(vhost.as_bytes())],
-                    self.timeout,
-                )
-                .await?;
-            let items =
-                list_items(&t).ok_or_else(|| bad(STEP, node, "rabbit_binding:list/1", &t))?;
-            for b in items {
+            let args = vec![Term::binary(vhost.as_bytes())];
+            for b in self.read_list(("rabbit_binding", "list"), args).await? {
                 // #binding{source, key, destination, args}
-                let Some([_, source, key, destination, ..]) = b.as_tuple() else {
-                    return Err(bad(STEP, node, "rabbit_binding:list/1", b));
+                let parsed = match b.as_tuple() {
+                    Some([_, source, key, destination, ..]) => resource(source)
+                        .zip(resource(destination))
+                        .map(|((_, src), (_, dst))| (src, key, dst)),
+                    _ => None,
                 };
-                let (Some((_, src)), Some((_, dst))) = (resource(source), resource(destination))
-                else {
-                    return Err(bad(STEP, node, "rabbit_binding:list/1", b));
-                };
-                if src.is_empty() {
-                    continue; // the default exchange's implicit bindings
+                let (src, key, dst) =
+                    parsed.ok_or_else(|| unexpected("rabbit_binding:list/1", &b))?;
+                if !src.is_empty() {
+                    // (The default exchange's bindings are implicit.)
+                    let key = key.as_text().unwrap_or_default();
+                    bindings.push((vhost.clone(), format!("{src} -> {dst} ({key:?})")));
                 }
-                let key = key.as_text().unwrap_or_default().into_owned();
-                bindings.push((vhost.clone(), format!("{src} -> {dst} ({key:?})")));
             }
         }
         found.extend(per_vhost("binding", "bindings", bindings));
@@ -756,63 +744,29 @@ impl RabbitMq {
             ("list", "policy", "policies"),
             ("list_op", "operator policy", "operator policies"),
         ] {
-            let t = self
-                .call(
-                    STEP,
-                    node,
-                    ("rabbit_policy", function),
-                    vec![],
-                    self.timeout,
-                )
-                .await?;
-            let items =
-                list_items(&t).ok_or_else(|| bad(STEP, node, "rabbit_policy:list()", &t))?;
-            let named = items
+            let named = self
+                .read_list(("rabbit_policy", function), vec![])
+                .await?
                 .iter()
                 .map(|p| (prop_text(p, "vhost"), prop_text(p, "name")))
                 .collect();
             found.extend(per_vhost(one, many, named));
         }
 
-        let params_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_runtime_parameters", "list"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let params = list_items(&params_t)
-            .ok_or_else(|| bad(STEP, node, "rabbit_runtime_parameters:list()", &params_t))?
+        let params = self
+            .read_list(("rabbit_runtime_parameters", "list"), vec![])
+            .await?
             .iter()
             .map(|p| {
-                (
-                    prop_text(p, "vhost"),
-                    format!("{}/{}", prop_text(p, "component"), prop_text(p, "name")),
-                )
+                let name = format!("{}/{}", prop_text(p, "component"), prop_text(p, "name"));
+                (prop_text(p, "vhost"), name)
             })
             .collect();
         found.extend(per_vhost("runtime parameter", "runtime parameters", params));
 
-        let globals_t = self
-            .call(
-                STEP,
-                node,
-                ("rabbit_runtime_parameters", "list_global"),
-                vec![],
-                self.timeout,
-            )
-            .await?;
-        let globals: Vec<String> = list_items(&globals_t)
-            .ok_or_else(|| {
-                bad(
-                    STEP,
-                    node,
-                    "rabbit_runtime_parameters:list_global()",
-                    &globals_t,
-                )
-            })?
+        let globals: Vec<String> = self
+            .read_list(("rabbit_runtime_parameters", "list_global"), vec![])
+            .await?
             .iter()
             .map(|p| prop_text(p, "name"))
             .filter(|n| !DEFAULT_GLOBAL_PARAMETERS.contains(&n.as_str()))
@@ -976,7 +930,7 @@ impl ClusterTarget for RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node).map(Some))?;
+                .or_else(|e| thrown_error(e).map(Some))?;
         }
         let r = match answer {
             Some(r) => r,
@@ -990,7 +944,7 @@ impl ClusterTarget for RabbitMq {
                     self.app_timeout,
                 )
                 .await
-                .or_else(|e| thrown_error(e, STEP, &self.node))?
+                .or_else(thrown_error)?
             }
         };
         check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
@@ -1012,11 +966,7 @@ impl ClusterTarget for RabbitMq {
 
 /// An exception carrying `{error, Reason}` (RabbitMQ throws those) becomes the value,
 /// so that it is reported like a returned error; any other failure stays an error.
-fn thrown_error(
-    e: FormationError,
-    _step: &'static str,
-    _node: &NodeName,
-) -> Result<Term, FormationError> {
+fn thrown_error(e: FormationError) -> Result<Term, FormationError> {
     if let FormationError::Rpc { source, .. } = &e
         && let RpcError::Exception {
             class: crate::rpc::ExceptionClass::Throw,
@@ -1109,14 +1059,6 @@ fn status_members(status: &Term) -> Option<Vec<NodeName>> {
     Some(sorted(members))
 }
 
-/// Strings (binaries or char lists) of a list.
-fn texts(t: &Term) -> Option<Vec<String>> {
-    list_items(t)?
-        .iter()
-        .map(|v| v.as_text().map(|s| s.into_owned()))
-        .collect()
-}
-
 /// `#resource{virtual_host, kind, name}` as `(vhost, name)`.
 fn resource(t: &Term) -> Option<(String, String)> {
     match t.as_tuple() {
@@ -1125,10 +1067,6 @@ fn resource(t: &Term) -> Option<(String, String)> {
         }
         _ => None,
     }
-}
-
-fn resources(t: &Term) -> Option<Vec<(String, String)>> {
-    list_items(t)?.iter().map(resource).collect()
 }
 
 /// `"3 queues in /: a, b, c"`, at most [`MAX_NAMES`] names.
@@ -1201,10 +1139,15 @@ mod tests {
 
     #[test]
     fn resources_and_listings() {
-        let r = resources(&t(
-            "[{resource,<<\"/\">>,queue,<<\"a\">>},{resource,<<\"v\">>,queue,<<\"b\">>}]",
-        ))
-        .unwrap();
+        let r: Option<Vec<_>> = [
+            "{resource,<<\"/\">>,queue,<<\"a\">>}",
+            "{resource,<<\"v\">>,queue,<<\"b\">>}",
+        ]
+        .iter()
+        .map(|q| resource(&t(q)))
+        .collect();
+        let r = r.unwrap();
+        assert!(resource(&t("{resource,<<\"/\">>,queue}")).is_none());
         assert_eq!(r, vec![("/".into(), "a".into()), ("v".into(), "b".into())]);
         assert_eq!(
             per_vhost(
@@ -1240,7 +1183,7 @@ mod tests {
                 stacktrace: None,
             },
         );
-        let v = thrown_error(thrown, "joining", &node).unwrap();
+        let v = thrown_error(thrown).unwrap();
         assert_eq!(v.to_string(), "{error,{inconsistent_cluster,\"x\"}}");
     }
 }
