@@ -420,7 +420,38 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
         agent_y.target().data_state().await.unwrap(),
         DataState::Empty
     );
-    eprintln!("leave in {:?}; total {:?}", t.elapsed(), started.elapsed());
+    eprintln!("leave in {:?}", t.elapsed());
+
+    // 5. Each kind of data is named (the real 3.10 shapes of every reader).
+    y.eval(
+        "R = fun(K, N) -> rabbit_misc:r(<<\"/\">>, K, N) end, \
+         rabbit_vhost:add(<<\"prod\">>, <<\"test\">>), \
+         rabbit_auth_backend_internal:add_user(<<\"alice\">>, <<\"pw\">>, <<\"test\">>), \
+         rabbit_exchange:declare(R(exchange, <<\"logs\">>), fanout, true, false, false, [], <<\"test\">>), \
+         rabbit_amqqueue:declare(R(queue, <<\"audit\">>), true, false, [], none, <<\"test\">>), \
+         ok = rabbit_binding:add({binding, R(exchange, <<\"logs\">>), <<\"k\">>, R(queue, <<\"audit\">>), []}, <<\"test\">>), \
+         ok = rabbit_policy:set(<<\"/\">>, <<\"cap\">>, <<\"^audit$\">>, [{<<\"max-length\">>, 10}], 0, <<\"queues\">>, <<\"test\">>), \
+         ok = rabbit_vhost_limit:set(<<\"/\">>, [{<<\"max-connections\">>, 100}], <<\"test\">>), \
+         ok = rabbit_nodes:set_cluster_name(<<\"prod-cluster\">>, <<\"test\">>).",
+    )
+    .await;
+    let DataState::HasData(found) = agent_y.target().data_state().await.unwrap() else {
+        panic!("y holds data now");
+    };
+    assert_eq!(
+        found,
+        [
+            "1 vhost besides /: prod",
+            "1 user besides guest: alice",
+            "1 queue in /: audit",
+            "1 exchange in /: logs",
+            "1 binding in /: logs -> audit (\"k\")",
+            "1 policy in /: cap",
+            "1 runtime parameter in /: vhost-limits/limits",
+            "1 global parameter: cluster_name",
+        ]
+    );
+    eprintln!("total {:?}", started.elapsed());
     drop((formed_s, formed_x));
 }
 
@@ -691,7 +722,10 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
     ];
     for version in ["3.10.8", "3.11.28", "3.12.14", "3.13.7", "4.1.0"] {
         let calls = exercise(&mut node, &probe, version).await;
-        eprintln!("{version}: {calls:?}");
+        let mut distinct = calls.clone();
+        distinct.sort();
+        distinct.dedup();
+        eprintln!("{version}: {}", distinct.join(" "));
         let new = version >= "3.13";
         for f in mnesia {
             assert_eq!(called(&calls, f), !new, "{version}: {f} in {calls:?}");
@@ -736,16 +770,37 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
         );
     }
 
+    // A 3.13+ node without the rabbit_db modules (as rabbitmqctl allows for): the mnesia
+    // functions are the fallback.
+    load_standins(&mut node, "3.13.0").await;
+    node.eval("[begin code:purge(M), code:delete(M) end || M <- [rabbit_db_cluster, rabbit_db]]")
+        .await;
+    let me: NodeName = node.name().parse().unwrap();
+    let seed: NodeName = format!("seed@{host}").parse().unwrap();
+    let target = RabbitMq::new(probe.clone(), me.clone());
+    assert!(target.membership().await.unwrap().running);
+    target
+        .join(&seed, false)
+        .await
+        .expect("join through the fallback");
+    target.leave().await.expect("leave through the fallback");
+    let calls = recorded_calls(&mut node).await;
+    for f in [
+        "rabbit_mnesia:status/0",
+        "rabbit_mnesia:join_cluster/2",
+        "rabbit_mnesia:reset/0",
+    ] {
+        assert!(called(&calls, f), "fallback {f} not called: {calls:?}");
+    }
+
     // 4.3 and later have no rabbit_node_monitor:partitions/0 (Khepri has no partitions),
     // and no rabbit_mnesia: the partitions are empty and nothing falls back.
     load_standins(&mut node, "4.3.0").await;
     node.eval("code:purge(rabbit_node_monitor), code:delete(rabbit_node_monitor), code:purge(rabbit_mnesia), code:delete(rabbit_mnesia)")
         .await;
-    let me: NodeName = node.name().parse().unwrap();
     let target = RabbitMq::new(probe.clone(), me.clone());
     let m = target.membership().await.unwrap();
     assert!(m.running && m.partitions.is_empty(), "{m:?}");
-    let seed: NodeName = format!("seed@{host}").parse().unwrap();
     target.join(&seed, false).await.expect("join on 4.3");
     let calls = recorded_calls(&mut node).await;
     assert!(called(&calls, "rabbit_db_cluster:join/2"), "{calls:?}");
