@@ -253,7 +253,7 @@ impl RabbitMq {
     ) -> Result<Option<Term>, FormationError> {
         match self.call(step, on, (m, f), args, timeout).await {
             Ok(t) => Ok(Some(t)),
-            Err(FormationError::Rpc { source, .. }) if source.is_undef() => {
+            Err(FormationError::Rpc { source, .. }) if undefined(&source, m, f) => {
                 tracing::debug!(node = %on, "{m}:{f} is undefined there");
                 Ok(None)
             }
@@ -964,6 +964,28 @@ impl ClusterTarget for RabbitMq {
     }
 }
 
+/// Whether `e` says that `m:f` itself is undefined (not some function it called: the
+/// top frame of an `undef` stack trace is the missing function).
+fn undefined(e: &RpcError, m: &str, f: &str) -> bool {
+    if !e.is_undef() {
+        return false;
+    }
+    let RpcError::Exception {
+        stacktrace: Some(stack),
+        ..
+    } = e
+    else {
+        return true; // `rex` gives no stack trace
+    };
+    match list_items(stack)
+        .and_then(|frames| frames.first())
+        .and_then(Term::as_tuple)
+    {
+        Some([module, function, ..]) => module.is_atom(m) && function.is_atom(f),
+        _ => true,
+    }
+}
+
 /// An exception carrying `{error, Reason}` (RabbitMQ throws those) becomes the value,
 /// so that it is reported like a returned error; any other failure stays an error.
 fn thrown_error(e: FormationError) -> Result<Term, FormationError> {
@@ -1166,6 +1188,23 @@ mod tests {
         );
         let many: Vec<String> = (0..12).map(|i| format!("q{i:02}")).collect();
         assert!(listing("queue", "queues", Some("/"), many).ends_with("q09 and 2 more"));
+    }
+
+    #[test]
+    fn only_the_called_function_being_undefined_counts() {
+        let node: NodeName = "a@h".parse().unwrap();
+        let undef = |stack: &str| RpcError::Exception {
+            node: node.clone(),
+            module: "rabbit_db_cluster".into(),
+            function: "join".into(),
+            class: crate::rpc::ExceptionClass::Error,
+            reason: Term::atom("undef"),
+            stacktrace: Some(t(stack)),
+        };
+        let missing = undef("[{rabbit_db_cluster,join,[a@h,disc],[]}]");
+        assert!(undefined(&missing, "rabbit_db_cluster", "join"));
+        let inside = undef("[{rabbit_khepri,add_member,[a,b],[]},{rabbit_db_cluster,join,2,[]}]");
+        assert!(!undefined(&inside, "rabbit_db_cluster", "join"));
     }
 
     #[test]
