@@ -1,7 +1,7 @@
 //! Cluster formation: nodes that boot at the same time end up in exactly one cluster.
 //!
 //! An [`Agent`] per managed node runs the formation protocol against any
-//! [`Backend`](crate::backend::Backend) and any [`ClusterTarget`]:
+//! [`Backend`] and any [`ClusterTarget`]:
 //!
 //! 1. **Startup lock.** With a backend that has a lock (memory, etcd, Consul,
 //!    Kubernetes), the agent takes it (its own lease, independent of the node TTL) and
@@ -19,10 +19,11 @@
 //!    registered yet, so it never picks itself merely because its name sorts first: when
 //!    no registered node is live, it forms the cluster.
 //! 4. **Form or join** through the [`ClusterTarget`]: [`ErlangMesh`] (a plain Erlang node
-//!    told to `net_kernel:connect_node/1` the seed), RabbitMQ (stop the app, join as a
-//!    disc node, start the app, with the functions of the node's RabbitMQ version:
-//!    `RabbitMq`) or
-//!    [`LocalTarget`] (this Rust process dialling the cluster's members).
+//!    told to `net_kernel:connect_node/1` the seed), [`RabbitMq`] (stop the app, join as
+//!    a disc node, start the app, with the functions of the node's RabbitMQ version) or
+//!    [`LocalTarget`] (this Rust process dialling the cluster's members). A managed node
+//!    whose application is stopped (an agent killed in the middle of a RabbitMQ join) is
+//!    started first, then the agent decides as usual: the interrupted join is finished.
 //! 5. **Never discard data silently**: a node that holds data, or belongs to another
 //!    cluster, is not reset and joined unless [`FormationConfig::allow_reset`] says so;
 //!    otherwise [`FormationError::DataAtRisk`] names what would be lost.
@@ -31,7 +32,7 @@
 //!    (return the error) or [`FailurePolicy::Ignore`] (log it, run standalone).
 //!
 //! After formation, [`Agent::watch`] keeps going: it reconnects registered members that
-//! are disconnected, detects and reports splits, and runs the [cleanup](cleanup) of dead
+//! are disconnected, detects and reports splits, and runs the [cleanup] of dead
 //! members; [`Agent::leave`] deregisters first and then leaves the cluster.
 //!
 //! ```no_run
@@ -54,6 +55,7 @@
 pub mod cleanup;
 mod erlang;
 mod local;
+mod rabbitmq;
 pub mod seed;
 mod target;
 
@@ -68,6 +70,7 @@ use tracing::Instrument as _;
 pub use cleanup::{CleanupAction, CleanupConfig, CleanupState};
 pub use erlang::ErlangMesh;
 pub use local::LocalTarget;
+pub use rabbitmq::{RabbitMq, RabbitVersion};
 pub use seed::SeedOrder;
 pub use target::{ClusterTarget, DataState, Membership, Probe};
 
@@ -729,7 +732,23 @@ impl Agent {
 
     async fn join(&self, seed: &NodeName) -> Result<Outcome, FormationError> {
         let target = &self.inner.target;
-        let before = target.membership().await?;
+        let mut before = target.membership().await?;
+        if !before.running {
+            // The node answers but its application is stopped: an agent was killed
+            // between stopping and starting it (or an operator stopped it). Its data
+            // cannot be read while stopped, so start it first; a node that had already
+            // joined is then a running member, and the join is finished.
+            tracing::warn!(%seed, members = ?before.members, "the managed node's application is stopped (an interrupted join?): starting it before deciding");
+            target
+                .form()
+                .instrument(tracing::info_span!("resume"))
+                .await?;
+            before = target.membership().await?;
+            if before.members.contains(seed) && before.lists_running(seed) {
+                Metrics::bump(&self.inner.metrics.joins);
+                return Ok(Outcome::Joined { seed: seed.clone() });
+            }
+        }
         if before.members.contains(seed) && before.lists_running(seed) {
             return Ok(Outcome::AlreadyMember { seed: seed.clone() });
         }
@@ -907,6 +926,14 @@ impl Agent {
                 return;
             }
         };
+        if !membership.running {
+            // A stopped node lists no running member: reading that as "every member is
+            // unreachable" would reconnect and clean up against a node under maintenance.
+            tracing::warn!(
+                "the managed node's application is stopped: nothing to watch this round"
+            );
+            return;
+        }
         if let Ok(listed) = &listing {
             // Reconnect registered members the node has lost sight of.
             for r in listed.iter().filter(|r| r.node != me) {

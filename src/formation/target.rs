@@ -90,7 +90,7 @@ impl fmt::Display for DataState {
 /// What a formation agent acts on: the node being clustered.
 ///
 /// The crate provides targets for a plain Erlang node ([`super::ErlangMesh`]), a RabbitMQ
-/// node and this Rust process itself ([`super::LocalTarget`]);
+/// node ([`super::RabbitMq`]) and this Rust process itself ([`super::LocalTarget`]);
 /// implement it to cluster something else that speaks Erlang distribution.
 #[async_trait::async_trait]
 pub trait ClusterTarget: Send + Sync + fmt::Debug {
@@ -112,7 +112,9 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     async fn data_state(&self) -> Result<DataState, FormationError>;
 
     /// Makes the managed node the first member of a new cluster (e.g. make sure its
-    /// application runs).
+    /// application runs). The agent also calls it before joining when
+    /// [`membership`](Self::membership) reports the node not running, to start a
+    /// stopped application.
     async fn form(&self) -> Result<(), FormationError>;
 
     /// Joins the managed node to `seed`'s cluster. `reset_allowed` is true only when the

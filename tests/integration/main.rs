@@ -15,4 +15,5 @@ mod interop;
 mod kubernetes_backend;
 mod node;
 mod rabbitmq_etcd;
+mod rabbitmq_formation;
 mod term_text;

@@ -3,7 +3,8 @@
 //! Each node runs in its own temporary directory (owned by the `rabbitmq` user, which
 //! Debian's `rabbitmq-server` switches to when started as root), on free ports, with its
 //! own `rabbitmq.conf` and enabled-plugins file, its own EPMD (a real `epmd` on a free
-//! port, through `ERL_EPMD_PORT`), and the cookie given on the command line. It is
+//! port, through `ERL_EPMD_PORT`) or one shared by the nodes that are to cluster
+//! ([`RabbitOptions::epmd_port`]), and the cookie given on the command line. It is
 //! started in the background (Debian's `-detached` does nothing as root), waited for with
 //! `rabbitmqctl await_startup`, and killed with its whole process tree on drop (`su`
 //! starts a new session, so the process group alone would miss the Erlang VM).
@@ -38,6 +39,9 @@ pub struct RabbitOptions {
     pub plugins: Vec<String>,
     /// How long to wait for the node to boot.
     pub boot_timeout: Duration,
+    /// An EPMD shared with other nodes (nodes that cluster must find each other in one
+    /// EPMD); `None`: the node gets its own.
+    pub epmd_port: Option<u16>,
 }
 
 impl Default for RabbitOptions {
@@ -48,6 +52,7 @@ impl Default for RabbitOptions {
             config: Vec::new(),
             plugins: Vec::new(),
             boot_timeout: Duration::from_secs(120),
+            epmd_port: None,
         }
     }
 }
@@ -75,13 +80,21 @@ impl RabbitOptions {
         self.cookie = cookie.into();
         self
     }
+
+    /// Registers the node with the EPMD on `port` (shared, owned by the caller).
+    pub fn epmd_port(mut self, port: u16) -> Self {
+        self.epmd_port = Some(port);
+        self
+    }
 }
 
 /// A running RabbitMQ node, killed with its whole process tree on drop.
 pub struct RabbitNode {
     node: String,
     cookie: String,
-    epmd: Epmd,
+    /// The node's own EPMD, unless it shares one.
+    own_epmd: Option<Epmd>,
+    epmd_port: u16,
     amqp_port: u16,
     dist_port: u16,
     dir: tempfile::TempDir,
@@ -103,7 +116,15 @@ impl RabbitNode {
     pub async fn start(options: RabbitOptions) -> RabbitNode {
         require_binary("rabbitmq-server", "rabbitmq-server");
         require_binary("rabbitmqctl", "rabbitmq-server");
-        let epmd = Epmd::start().await;
+        let own_epmd = match options.epmd_port {
+            Some(_) => None,
+            None => Some(Epmd::start().await),
+        };
+        let epmd_port = match (&own_epmd, options.epmd_port) {
+            (Some(e), _) => e.port(),
+            (None, Some(p)) => p,
+            (None, None) => unreachable!("an EPMD either way"),
+        };
         let dir = tempfile::Builder::new()
             .prefix("autocluster-rabbit-")
             .tempdir()
@@ -132,7 +153,8 @@ impl RabbitNode {
         let mut rabbit = RabbitNode {
             node,
             cookie: options.cookie.clone(),
-            epmd,
+            own_epmd,
+            epmd_port,
             amqp_port,
             dist_port,
             dir,
@@ -167,7 +189,7 @@ impl RabbitNode {
                 "RABBITMQ_CTL_ERL_ARGS",
                 format!("-setcookie {}", self.cookie),
             )
-            .env("ERL_EPMD_PORT", self.epmd.port().to_string());
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string());
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("AUTOCLUSTER_") || key.starts_with("ETCD") {
@@ -215,7 +237,11 @@ impl RabbitNode {
         // up at once on a node that is not running yet), then for the boot to finish.
         let deadline = std::time::Instant::now() + timeout;
         let alive = self.node.split('@').next().unwrap_or_default().to_owned();
-        let epmd = self.epmd.client();
+        let epmd = autocluster::epmd::EpmdClient::new(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            self.epmd_port,
+        )))
+        .with_timeout(Duration::from_secs(1));
         loop {
             if let Some((child, _)) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
@@ -317,7 +343,19 @@ impl RabbitNode {
 
     /// The EPMD port the node registered with.
     pub fn epmd_port(&self) -> u16 {
-        self.epmd.port()
+        self.epmd_port
+    }
+
+    /// Starts `n` nodes at once (they boot in parallel) and waits until all have booted.
+    pub async fn start_many(n: usize, options: RabbitOptions) -> Vec<RabbitNode> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| tokio::spawn(RabbitNode::start(options.clone())))
+            .collect();
+        let mut nodes = Vec::with_capacity(n);
+        for t in tasks {
+            nodes.push(t.await.expect("a RabbitMQ node failed to start"));
+        }
+        nodes
     }
 
     /// Stops the node cleanly (`rabbitmqctl stop`), then makes sure its processes are gone.
