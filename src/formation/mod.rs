@@ -721,6 +721,16 @@ impl Agent {
     }
 
     async fn form_new(&self) -> Result<Outcome, FormationError> {
+        // No registered node is live. A node already clustered with running peers (an
+        // existing cluster whose registrations expired, or nodes given to a fresh
+        // registry) keeps its cluster: nothing to form.
+        if let Ok(m) = self.inner.target.membership().await
+            && m.running
+            && m.running_members.iter().any(|n| n != self.node())
+            && let Some(seed) = m.running_members.iter().min()
+        {
+            return Ok(Outcome::AlreadyMember { seed: seed.clone() });
+        }
         self.inner
             .target
             .form()
