@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, MemoryBackend};
 use autocluster::formation::{
-    Agent, ClusterTarget, DataState, FormationConfig, FormationError, Formed, Outcome, RabbitMq,
+    Agent, CleanupConfig, CleanupState, ClusterTarget, DataState, FormationConfig, FormationError,
+    FormationEvent, Formed, Outcome, RabbitMq,
 };
 use autocluster::{Cookie, Node, NodeName};
 
@@ -272,6 +273,77 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
         "seed scenario: booted 3 nodes in {booted:?}, formed in {forming:?}, total {:?}",
         started.elapsed()
     );
+
+    // Cleanup, enabled and not warn-only, while etcd is down: nothing is forgotten. The
+    // victim deregisters and dies, so once etcd is back a successful listing no longer
+    // lists it, and it is forgotten after the configured rounds (which shows the
+    // check could fail).
+    let mut nodes = nodes;
+    let mut formed = formed;
+    let victim_idx = 2;
+    let survivor_idx = 0;
+    let victim = name(&nodes[victim_idx]);
+    let registration = formed[victim_idx].registration.take().expect("registered");
+    registration.deregister().await.unwrap();
+    nodes[victim_idx].kill().await;
+    let survivor = RabbitMq::new(probe.clone(), name(&nodes[survivor_idx]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while survivor.membership().await.unwrap().running_members.contains(&victim) {
+        assert!(Instant::now() < deadline, "the survivor still sees {victim} running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut etcd = etcd;
+    etcd.stop().await;
+    let watcher = Agent::new(
+        agents[survivor_idx].backend().clone(),
+        Arc::new(survivor.clone()),
+        FormationConfig {
+            cleanup: CleanupConfig {
+                enabled: true,
+                warn_only: false,
+                unreachable_rounds: 2,
+                max_share: 0.5,
+                ..CleanupConfig::default()
+            },
+            ..quick()
+        },
+    );
+    let mut events = watcher.events();
+    let mut state = CleanupState::new();
+    for _ in 0..4 {
+        watcher.watch_round(&mut state, true).await;
+    }
+    let mut skipped = 0;
+    while let Ok(ev) = events.try_recv() {
+        match ev {
+            FormationEvent::CleanupSkipped(_) => skipped += 1,
+            FormationEvent::Forgot(n) => panic!("forgot {n} while etcd was down"),
+            _ => {}
+        }
+    }
+    assert_eq!(skipped, 4, "every round was skipped");
+    assert!(state.unreachable_rounds(&victim) >= 2, "the victim counted as unreachable");
+    let (disk, _, _) = cli_status(&nodes[survivor_idx]).await;
+    assert!(disk.contains(&victim.to_string()), "still a member: {disk:?}");
+
+    etcd.restart().await;
+    let mut forgot = false;
+    for _ in 0..6 {
+        watcher.watch_round(&mut state, true).await;
+        while let Ok(ev) = events.try_recv() {
+            if ev == FormationEvent::Forgot(victim.clone()) {
+                forgot = true;
+            }
+        }
+        if forgot {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(forgot, "with etcd back, the dead unregistered member is forgotten");
+    let (disk, _, _) = cli_status(&nodes[survivor_idx]).await;
+    assert!(!disk.contains(&victim.to_string()), "forgotten: {disk:?}");
+    assert_eq!(watcher.metrics().cleanup_forgotten, 1);
     drop(formed);
 }
 
