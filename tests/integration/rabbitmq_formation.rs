@@ -288,8 +288,17 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
     nodes[victim_idx].kill().await;
     let survivor = RabbitMq::new(probe.clone(), name(&nodes[survivor_idx]));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while survivor.membership().await.unwrap().running_members.contains(&victim) {
-        assert!(Instant::now() < deadline, "the survivor still sees {victim} running");
+    while survivor
+        .membership()
+        .await
+        .unwrap()
+        .running_members
+        .contains(&victim)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivor still sees {victim} running"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut etcd = etcd;
@@ -322,9 +331,15 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
         }
     }
     assert_eq!(skipped, 4, "every round was skipped");
-    assert!(state.unreachable_rounds(&victim) >= 2, "the victim counted as unreachable");
+    assert!(
+        state.unreachable_rounds(&victim) >= 2,
+        "the victim counted as unreachable"
+    );
     let (disk, _, _) = cli_status(&nodes[survivor_idx]).await;
-    assert!(disk.contains(&victim.to_string()), "still a member: {disk:?}");
+    assert!(
+        disk.contains(&victim.to_string()),
+        "still a member: {disk:?}"
+    );
 
     etcd.restart().await;
     let mut forgot = false;
@@ -340,7 +355,10 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(forgot, "with etcd back, the dead unregistered member is forgotten");
+    assert!(
+        forgot,
+        "with etcd back, the dead unregistered member is forgotten"
+    );
     let (disk, _, _) = cli_status(&nodes[survivor_idx]).await;
     assert!(!disk.contains(&victim.to_string()), "forgotten: {disk:?}");
     assert_eq!(watcher.metrics().cleanup_forgotten, 1);
