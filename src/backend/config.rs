@@ -498,7 +498,7 @@ where
             return Err(BackendError::config(
                 &name,
                 "unknown environment variable under the AUTOCLUSTER_ prefix (misspelled?); \
-                 see docs/backends.md for the known names",
+                 see the README (Discovery backends) for the known names",
             ));
         }
     }
@@ -666,10 +666,10 @@ mod tests {
 mod docs_tests {
     use super::*;
 
-    /// Every name a backend reads is documented in docs/backends.md (the README draft).
+    /// Every name a backend reads is documented in the README.
     #[test]
     fn every_setting_is_documented() {
-        let docs = include_str!("../../docs/backends.md");
+        let docs = include_str!("../../README.md");
         let tables = all_backends()
             .iter()
             .flat_map(|(_, s)| s.iter())
@@ -678,7 +678,7 @@ mod docs_tests {
         for setting in tables {
             assert!(
                 docs.contains(&format!("`{}`", setting.key)),
-                "{} missing from docs/backends.md",
+                "{} missing from README.md",
                 setting.key
             );
             for name in setting.env.iter().chain(setting.rabbitmq) {
@@ -689,7 +689,7 @@ mod docs_tests {
                 });
                 assert!(
                     covered || docs.contains(&format!("`{name}`")),
-                    "{name} missing from docs/backends.md"
+                    "{name} missing from README.md"
                 );
             }
             // The docs promise that every variable also has an AUTOCLUSTER_ spelling.
