@@ -613,6 +613,50 @@ async fn gen_call(
     }
 }
 
+/// See [`Node::gen_call`].
+pub(crate) async fn call_registered(
+    node: &Node,
+    peer: &NodeName,
+    name: &str,
+    request: Term,
+    timeout: Duration,
+) -> Result<Term, RpcError> {
+    let inner = node.inner();
+    let site = CallSite {
+        node: peer,
+        module: name,
+        function: "gen_call",
+    };
+    if peer == inner.name() {
+        // A mailbox of this very node.
+        let reference = inner.procs.make_ref();
+        let me = inner.procs.pid(crate::node::RPC_PROCESS_ID);
+        let rx = inner
+            .calls
+            .register(reference.clone(), peer.clone(), Kind::Reply);
+        let message = Term::Tuple(vec![
+            Term::atom("$gen_call"),
+            Term::Tuple(vec![Term::from(me.clone()), Term::from(reference.clone())]),
+            request,
+        ]);
+        inner.send_named_from(&me, peer, name, message).await?;
+        return match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(_) => {
+                Err(GenCallError::Lost(DisconnectReason::NodeStopped).into_rpc(&site, timeout))
+            }
+            Err(_) => {
+                inner.calls.abandon(&reference);
+                Err(site.timeout(timeout))
+            }
+        };
+    }
+    let conn = inner.connect(peer, None).await?;
+    gen_call(inner, &conn, name, request, timeout)
+        .await
+        .map_err(|e| e.into_rpc(&site, timeout))
+}
+
 /// See [`Node::ping`].
 pub(crate) async fn ping(node: &Node, peer: &NodeName, timeout: Duration) -> Result<(), RpcError> {
     let inner = node.inner();

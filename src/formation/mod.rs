@@ -21,7 +21,8 @@
 //! 4. **Form or join** through the [`ClusterTarget`]: [`ErlangMesh`] (a plain Erlang node
 //!    told to `net_kernel:connect_node/1` the seed), [`RabbitMq`] (stop the app, join as
 //!    a disc node, start the app, with the functions of the node's RabbitMQ version) or
-//!    [`LocalTarget`] (this Rust process dialling the cluster's members). A managed node
+//!    [`LocalTarget`] (this Rust process dialling the cluster's members), or
+//!    [`NativeTarget`] (a cluster of Rust processes: a star around the seed). A managed node
 //!    whose application is stopped (an agent killed in the middle of a RabbitMQ join) is
 //!    started first, then the agent decides as usual: the interrupted join is finished.
 //! 5. **Never discard data silently**: a node that holds data, or belongs to another
@@ -55,6 +56,7 @@
 pub mod cleanup;
 mod erlang;
 mod local;
+mod native;
 mod rabbitmq;
 pub mod seed;
 mod target;
@@ -70,6 +72,7 @@ use tracing::Instrument as _;
 pub use cleanup::{CleanupAction, CleanupConfig, CleanupState};
 pub use erlang::ErlangMesh;
 pub use local::LocalTarget;
+pub use native::{MEMBERSHIP_SERVICE, NativeTarget};
 pub use rabbitmq::{RabbitMq, RabbitVersion};
 pub use seed::SeedOrder;
 pub use target::{ClusterTarget, DataState, Membership, Probe};

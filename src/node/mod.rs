@@ -524,6 +524,19 @@ impl Node {
         crate::rpc::ping(self, peer, timeout).await
     }
 
+    /// `gen:call({name, peer}, request, timeout)`: sends `{'$gen_call', {From, Ref},
+    /// Request}` to the process registered as `name` on `peer` (an Erlang `gen_server`,
+    /// or a [`Mailbox`] answering with [`Mailbox::reply`]) and waits for its reply.
+    pub async fn gen_call(
+        &self,
+        peer: &NodeName,
+        name: &str,
+        request: Term,
+        timeout: Duration,
+    ) -> Result<Term, crate::rpc::RpcError> {
+        crate::rpc::call_registered(self, peer, name, request, timeout).await
+    }
+
     /// Calls `module:function(args)` on `peer` and returns its result.
     ///
     /// Many calls may be in flight on one connection. `timeout` limits the remote
@@ -1270,7 +1283,12 @@ impl NodeInner {
     ) -> Result<(), SendError> {
         if to.node == self.procs.node {
             if to.creation == self.procs.creation {
-                self.deliver_local(to.id, from.cloned(), message);
+                match to.id {
+                    process::RPC_ID | process::NET_KERNEL_ID => {
+                        self.calls.deliver_reply(message);
+                    }
+                    id => self.deliver_local(id, from.cloned(), message),
+                }
             }
             return Ok(());
         }

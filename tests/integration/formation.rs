@@ -575,3 +575,72 @@ async fn this_rust_process_joins_an_erlang_cluster_and_global_keeps_working() {
     let err = LocalTarget::new(published).unwrap_err();
     assert!(err.to_string().contains("global"), "{err}");
 }
+
+/// A cluster of Rust processes: 30 autocluster nodes, each with its own listener
+/// registered in the embedded EPMD, agents started at once: one star around the seed,
+/// identical views, and each member connected to the seed only.
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_rust_native_nodes_form_one_star() {
+    use autocluster::epmd::{EpmdServer, EpmdServerConfig};
+    use autocluster::formation::NativeTarget;
+    let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0))
+        .await
+        .unwrap();
+    let backend = Arc::new(MemoryBackend::new());
+    let mut targets = Vec::new();
+    for i in 0..30 {
+        let node = Node::builder(
+            format!("{}@localhost", unique_name(&format!("r{i:02}")))
+                .parse()
+                .unwrap(),
+            Cookie::new(COOKIE).unwrap(),
+        )
+        .epmd_port(epmd.port())
+        .listen("127.0.0.1:0".parse().unwrap())
+        .start()
+        .await
+        .unwrap();
+        targets.push(Arc::new(NativeTarget::new(node).unwrap()));
+    }
+    let agents: Vec<Agent> = targets
+        .iter()
+        .map(|t| Agent::new(backend.clone(), t.clone(), quick()))
+        .collect();
+    let formed: Vec<_> = run_all(&agents)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        formed
+            .iter()
+            .filter(|f| f.outcome == Outcome::FormedNew)
+            .count(),
+        1
+    );
+    let seed = formed
+        .iter()
+        .find(|f| f.outcome == Outcome::FormedNew)
+        .unwrap()
+        .node
+        .clone();
+    let mut all: Vec<NodeName> = targets.iter().map(|t| t.node().clone()).collect();
+    all.sort();
+    for t in &targets {
+        let m = t.membership().await.unwrap();
+        assert_eq!(m.members, all, "{}", t.node());
+        if t.node() != &seed {
+            assert_eq!(t.seed().as_ref(), Some(&seed));
+            assert_eq!(
+                t.local_node().connected_nodes(),
+                vec![seed.clone()],
+                "{} connects to the seed only",
+                t.node()
+            );
+        }
+    }
+    let seed_target = targets.iter().find(|t| t.node() == &seed).unwrap();
+    assert_eq!(seed_target.local_node().connected_nodes().len(), 29);
+    let report = health::check(targets[7].as_ref(), Some(backend.as_ref()), None).await;
+    assert!(report.healthy, "{report}");
+}
