@@ -248,6 +248,9 @@ pub enum ControlError {
 }
 
 /// Decodes a data frame payload (`112 | Control | [Message]`).
+///
+/// The two terms share one allocation budget, [`DecodeLimits::budget_for`] the whole
+/// payload, so a frame holds no more memory than one term of its size could.
 pub fn decode(payload: &[u8], limits: &DecodeLimits) -> Result<DistMessage, ControlError> {
     let Some((&tag, rest)) = payload.split_first() else {
         return Err(ControlError::NotPassThrough(0));
@@ -255,12 +258,13 @@ pub fn decode(payload: &[u8], limits: &DecodeLimits) -> Result<DistMessage, Cont
     if tag != PASS_THROUGH {
         return Err(ControlError::NotPassThrough(tag));
     }
-    let (control, used) = term::decode_prefix(rest, limits)?;
+    let mut budget = limits.budget_for(payload.len());
+    let (control, used) = term::decode::decode_prefix_within(rest, limits.max_depth, &mut budget)?;
     let rest = &rest[used..];
     let message = if rest.is_empty() {
         None
     } else {
-        let (m, used) = term::decode_prefix(rest, limits)?;
+        let (m, used) = term::decode::decode_prefix_within(rest, limits.max_depth, &mut budget)?;
         if used != rest.len() {
             return Err(ControlError::Trailing(rest.len() - used));
         }
@@ -651,4 +655,346 @@ pub fn encode(
         term::encode_into(m, out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::term::tests::{arb_atom, arb_term};
+
+    fn pid(n: u32) -> Pid {
+        Pid {
+            node: Atom::new("a@h"),
+            id: n,
+            serial: 0,
+            creation: 1,
+        }
+    }
+
+    fn reference() -> Reference {
+        Reference {
+            node: Atom::new("a@h"),
+            creation: 1,
+            id: vec![1, 2, 3],
+        }
+    }
+
+    fn frame(control: &Term, message: Option<&Term>) -> Vec<u8> {
+        let mut out = vec![PASS_THROUGH];
+        term::encode_into(control, &mut out).unwrap();
+        if let Some(m) = message {
+            term::encode_into(m, &mut out).unwrap();
+        }
+        out
+    }
+
+    fn dec(payload: &[u8]) -> Result<DistMessage, ControlError> {
+        decode(payload, &DecodeLimits::default())
+    }
+
+    #[test]
+    fn trace_token_and_payload_forms_decode_as_the_plain_ones() {
+        let (a, b) = (Term::from(pid(1)), Term::from(pid(2)));
+        let msg = Term::atom("hi");
+        let send_tt = frame(
+            &Term::tuple(vec![
+                op::SEND_TT.into(),
+                Term::atom(""),
+                b.clone(),
+                Term::atom("tok"),
+            ]),
+            Some(&msg),
+        );
+        assert_eq!(
+            dec(&send_tt).unwrap(),
+            DistMessage {
+                control: Control::Send {
+                    from: None,
+                    to: pid(2)
+                },
+                message: Some(msg.clone())
+            }
+        );
+        let payload_exit = frame(
+            &Term::tuple(vec![op::PAYLOAD_EXIT.into(), a.clone(), b.clone()]),
+            Some(&Term::atom("killed")),
+        );
+        assert_eq!(
+            dec(&payload_exit).unwrap(),
+            DistMessage {
+                control: Control::Exit {
+                    from: pid(1),
+                    to: pid(2),
+                    reason: Term::atom("killed")
+                },
+                message: None
+            }
+        );
+        let down = frame(
+            &Term::tuple(vec![
+                op::PAYLOAD_MONITOR_P_EXIT.into(),
+                Term::atom("name"),
+                b,
+                Term::from(reference()),
+            ]),
+            Some(&Term::atom("noproc")),
+        );
+        assert!(matches!(
+            dec(&down).unwrap().control,
+            Control::MonitorExit { from: ProcessRef::Name(_), reason, .. } if reason.is_atom("noproc")
+        ));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_and_unknown_operations_are_kept() {
+        let a = Term::from(pid(1));
+        assert!(matches!(dec(&[]), Err(ControlError::NotPassThrough(0))));
+        assert!(matches!(
+            dec(&[68, 1]),
+            Err(ControlError::NotPassThrough(68))
+        ));
+        // SEND needs a message term.
+        let send = frame(
+            &Term::tuple(vec![op::SEND.into(), Term::atom(""), a.clone()]),
+            None,
+        );
+        assert!(matches!(dec(&send), Err(ControlError::MissingMessage(2))));
+        // LINK with a non-pid.
+        let link = frame(
+            &Term::tuple(vec![op::LINK.into(), a.clone(), Term::atom("x")]),
+            None,
+        );
+        assert!(matches!(
+            dec(&link),
+            Err(ControlError::Malformed { op: 1, .. })
+        ));
+        // Bytes after the message term.
+        let mut trailing = frame(
+            &Term::tuple(vec![op::LINK.into(), a.clone(), a.clone()]),
+            Some(&a),
+        );
+        trailing.push(0);
+        assert!(matches!(dec(&trailing), Err(ControlError::Trailing(1))));
+        // UNLINK (pre-OTP 23, replaced by UNLINK_ID) and operations from the future.
+        for code in [op::UNLINK, 99] {
+            let f = frame(&Term::tuple(vec![code.into(), a.clone()]), None);
+            assert!(matches!(dec(&f).unwrap().control, Control::Unknown { op, .. } if op == code));
+        }
+        let f = frame(&Term::atom("what"), None);
+        assert!(matches!(
+            dec(&f).unwrap().control,
+            Control::Unknown { op: -1, .. }
+        ));
+    }
+
+    /// Regression (fuzz target `dist_frame`, memory rule): the control and message terms
+    /// each had the budget of the whole frame, so a frame could hold twice what one term
+    /// of its size may. 3,000 `[]`s in each term (6,015 bytes) held 192 KB, above
+    /// `16 × 6,015 + 64 KiB`; they now share one budget.
+    #[test]
+    fn regression_control_and_message_share_one_budget() {
+        let nils = Term::list(vec![Term::nil(); 3000]);
+        let payload = frame(&nils, Some(&nils));
+        assert_eq!(payload.len(), 6015);
+        assert!(matches!(
+            dec(&payload),
+            Err(ControlError::Term(term::DecodeError::TooLarge { .. }))
+        ));
+        // Each term alone fits.
+        assert!(term::decode(&payload[1..3008]).is_ok());
+    }
+
+    fn arb_pid() -> impl Strategy<Value = Pid> {
+        (arb_atom(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(node, id, serial, creation)| Pid {
+                node,
+                id,
+                serial,
+                creation,
+            },
+        )
+    }
+
+    fn arb_ref() -> impl Strategy<Value = Reference> {
+        (
+            arb_atom(),
+            any::<u32>(),
+            prop::collection::vec(any::<u32>(), 0..=5),
+        )
+            .prop_map(|(node, creation, id)| Reference { node, creation, id })
+    }
+
+    fn arb_process() -> impl Strategy<Value = ProcessRef> {
+        prop_oneof![
+            arb_pid().prop_map(ProcessRef::Pid),
+            arb_atom().prop_map(ProcessRef::Name)
+        ]
+    }
+
+    /// A control message and whether it needs a message term.
+    fn arb_control() -> impl Strategy<Value = (Control, bool)> {
+        prop_oneof![
+            (arb_pid(), arb_pid()).prop_map(|(from, to)| (Control::Link { from, to }, false)),
+            (proptest::option::of(arb_pid()), arb_pid())
+                .prop_map(|(from, to)| (Control::Send { from, to }, true)),
+            (arb_pid(), arb_atom()).prop_map(|(from, to)| (Control::RegSend { from, to }, true)),
+            (arb_pid(), arb_ref())
+                .prop_map(|(from, alias)| (Control::AliasSend { from, alias }, true)),
+            (arb_pid(), arb_pid(), arb_term())
+                .prop_map(|(from, to, reason)| (Control::Exit { from, to, reason }, false)),
+            (arb_pid(), arb_pid(), arb_term())
+                .prop_map(|(from, to, reason)| (Control::Exit2 { from, to, reason }, false)),
+            (arb_pid(), arb_pid())
+                .prop_map(|(from, to)| (Control::GroupLeader { from, to }, false)),
+            (arb_pid(), arb_process(), arb_ref()).prop_map(|(from, to, reference)| (
+                Control::Monitor {
+                    from,
+                    to,
+                    reference
+                },
+                false
+            )),
+            (arb_pid(), arb_process(), arb_ref()).prop_map(|(from, to, reference)| (
+                Control::Demonitor {
+                    from,
+                    to,
+                    reference
+                },
+                false
+            )),
+            (arb_process(), arb_pid(), arb_ref(), arb_term()).prop_map(
+                |(from, to, reference, reason)| (
+                    Control::MonitorExit {
+                        from,
+                        to,
+                        reference,
+                        reason
+                    },
+                    false
+                )
+            ),
+            (
+                arb_ref(),
+                arb_pid(),
+                arb_pid(),
+                arb_atom(),
+                arb_atom(),
+                any::<u32>(),
+                arb_term()
+            )
+                .prop_map(|(req_id, from, group_leader, m, f, a, options)| (
+                    Control::SpawnRequest {
+                        req_id,
+                        from,
+                        group_leader,
+                        mfa: (m, f, a),
+                        options
+                    },
+                    true
+                )),
+            (arb_ref(), arb_pid(), any::<i64>(), arb_term()).prop_map(
+                |(req_id, to, flags, result)| (
+                    Control::SpawnReply {
+                        req_id,
+                        to,
+                        flags,
+                        result
+                    },
+                    false
+                )
+            ),
+            (arb_term(), arb_pid(), arb_pid())
+                .prop_map(|(id, from, to)| (Control::UnlinkId { id, from, to }, false)),
+            (arb_term(), arb_pid(), arb_pid())
+                .prop_map(|(id, from, to)| (Control::UnlinkIdAck { id, from, to }, false)),
+            // Unknown operations: codes outside the table, or a control that is not a
+            // tuple with an integer first.
+            (
+                prop_oneof![
+                    Just(op::UNLINK),
+                    Just(op::NODE_LINK),
+                    9i64..=11,
+                    Just(14),
+                    Just(15),
+                    Just(17),
+                    37i64..1000,
+                    i64::MIN..0
+                ],
+                prop::collection::vec(arb_term(), 0..3)
+            )
+                .prop_map(|(code, rest)| {
+                    let mut fields = vec![Term::Integer(code)];
+                    fields.extend(rest);
+                    (
+                        Control::Unknown {
+                            op: code,
+                            control: Term::Tuple(fields),
+                        },
+                        false,
+                    )
+                }),
+            arb_term()
+                .prop_filter("not a tuple with an integer first", |t| !matches!(
+                    t.as_tuple(),
+                    Some([first, ..]) if first.as_integer().is_some()
+                ))
+                .prop_map(|control| (Control::Unknown { op: -1, control }, false)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// `encode` then `decode` gives back the same control message and message.
+        #[test]
+        fn control_messages_round_trip(
+            (control, needs_message) in arb_control(),
+            message in proptest::option::of(arb_term()),
+        ) {
+            let message = if needs_message {
+                Some(message.unwrap_or_else(|| Term::atom("m")))
+            } else {
+                message
+            };
+            let mut payload = Vec::new();
+            encode(&control, message.as_ref(), &mut payload).unwrap();
+            let back = dec(&payload).map_err(|e| TestCaseError::fail(format!("{e}")))?;
+            prop_assert_eq!(back, DistMessage { control, message });
+        }
+
+        /// Whole frames: what `encode` writes between `frame::start` and `frame::finish`
+        /// splits back into the same payloads, whatever the chunking.
+        #[test]
+        fn frames_round_trip(
+            messages in prop::collection::vec((arb_control(), proptest::option::of(arb_term())), 1..4),
+            ticks in prop::collection::vec(any::<bool>(), 4),
+        ) {
+            use super::super::frame::{self, Frame};
+            use crate::wire::Status;
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (((control, needs), message), tick) in messages.into_iter().zip(ticks) {
+                let message = if needs { Some(message.unwrap_or_else(Term::nil)) } else { message };
+                if tick {
+                    stream.extend_from_slice(&frame::TICK);
+                }
+                let at = frame::start(&mut stream);
+                encode(&control, message.as_ref(), &mut stream).unwrap();
+                frame::finish(&mut stream, at, frame::DEFAULT_MAX_FRAME).unwrap();
+                expected.push(DistMessage { control, message });
+            }
+            let mut rest = &stream[..];
+            let mut got = Vec::new();
+            while let Ok(Status::Complete((f, used))) = frame::decode(rest, frame::DEFAULT_MAX_FRAME) {
+                if let Frame::Data(payload) = f {
+                    got.push(dec(payload).map_err(|e| TestCaseError::fail(format!("{e}")))?);
+                }
+                rest = &rest[used..];
+            }
+            prop_assert!(rest.is_empty());
+            prop_assert_eq!(got, expected);
+        }
+    }
 }

@@ -10,6 +10,27 @@
 //! of [`DecodeLimits`], so memory stays proportional to the input. Nesting is limited
 //! by [`DecodeLimits::max_depth`].
 //!
+//! # The allocation budget
+//!
+//! Every allocation the decoder makes is charged, at the size the allocator is asked
+//! for: `size_of::<Term>()` (32 bytes) per element slot, payload bytes, atom
+//! allocations with their reference counts and padding, boxes, the merged vector when a
+//! list's tail is itself a list, and the key index a large map's duplicate check
+//! builds. The default budget is 16 bytes per input byte plus 64 KiB, the bound the fuzz
+//! targets check with a counting allocator: whatever a peer sends, one decoded term (or
+//! one distribution frame, see [`crate::dist::control::decode`]) holds at most
+//! `16 × input + 64 KiB` bytes of heap.
+//!
+//! Nearly every term OTP encodes needs less. The exceptions are terms made mostly of
+//! elements smaller than their 32-byte slot would allow at 16 bytes per input byte:
+//! `[]` (1 byte, so 32 bytes per byte) and one-character atoms not among the last 8
+//! distinct atoms decoded (3 bytes for a slot and a 24-byte atom). A list or tuple of
+//! more than about 4,000 `[]`s beyond what the other elements pay for, or of more than
+//! about 8,000 such atoms, is refused with [`DecodeError::TooLarge`]. Lists of small
+//! integers are fine: OTP sends them as `STRING_EXT` (1 byte each, stored as bytes) up
+//! to 65,535 elements and as 2-byte `SMALL_INTEGER_EXT`s beyond (exactly 16 bytes per
+//! byte). Raise [`DecodeLimits::max_alloc`] to accept more.
+//!
 //! The decoder recurses once per nesting level (two stack frames per level, a few
 //! hundred bytes each in release builds, a few KiB in debug builds). With the default
 //! depth of 256 that stays well under 1 MiB even in debug builds, so decoding is safe
@@ -67,9 +88,10 @@ pub(crate) mod tag {
     pub const LOCAL: u8 = 121;
 }
 
-/// Bytes of allocation the default budget allows per input byte. The worst case OTP
-/// can produce is a list or tuple of `[]`s: one input byte per 32-byte [`Term`].
-pub const DEFAULT_ALLOC_PER_INPUT_BYTE: usize = 32;
+/// Bytes of allocation the default budget allows per input byte (see the [module
+/// documentation](self) for what it refuses: only lists and tuples of thousands of `[]`s
+/// or one-character atoms).
+pub const DEFAULT_ALLOC_PER_INPUT_BYTE: usize = 16;
 /// Bytes of allocation the default budget allows on top of the per-byte allowance.
 pub const DEFAULT_ALLOC_SLACK: usize = 64 * 1024;
 
@@ -81,7 +103,8 @@ pub struct DecodeLimits {
     pub max_depth: usize,
     /// Bytes the decoded term may allocate, counted as `size_of::<Term>()` per element
     /// slot plus payload bytes (binaries, atom names, big integer digits, boxes).
-    /// `None` means `32 × input length + 64 KiB`, enough for any term OTP encodes.
+    /// `None` means `16 × input length + 64 KiB`, enough for any term OTP encodes but
+    /// lists or tuples of thousands of `[]`s (see the [module documentation](self)).
     pub max_alloc: Option<usize>,
 }
 
@@ -186,6 +209,17 @@ pub fn decode_prefix(
     input: &[u8],
     limits: &DecodeLimits,
 ) -> std::result::Result<(Term, usize), DecodeError> {
+    let mut budget = limits.budget_for(input.len());
+    decode_prefix_within(input, limits.max_depth, &mut budget)
+}
+
+/// [`decode_prefix`] charging a budget the caller shares between several terms (the
+/// two terms of a distribution frame): what the term takes is subtracted from `budget`.
+pub(crate) fn decode_prefix_within(
+    input: &[u8],
+    max_depth: usize,
+    budget: &mut usize,
+) -> std::result::Result<(Term, usize), DecodeError> {
     let mut r = Reader::new(input);
     let version = r.u8().ok_or(DecodeError::UnexpectedEnd)?;
     if version != VERSION {
@@ -193,18 +227,24 @@ pub fn decode_prefix(
     }
     let mut d = Decoder {
         r,
-        budget: limits.budget_for(input.len()),
-        max_depth: limits.max_depth,
+        budget: *budget,
+        max_depth,
         atoms: AtomCache::default(),
     };
-    d.charge(SLOT)?;
-    let term = d.term(0)?;
-    Ok((term, d.r.position()))
+    let result = d.charge(SLOT).and_then(|()| d.term(0));
+    *budget = d.budget;
+    Ok((result?, d.r.position()))
 }
 
 const SLOT: usize = size_of::<Term>();
 /// What an `Arc<str>` allocates besides the text: the two reference counts.
 const ARC_HEADER: usize = 2 * size_of::<usize>();
+
+/// What an atom of `len` bytes allocates: its `Arc<str>`, padded to the counts'
+/// alignment.
+fn atom_cost(len: usize) -> usize {
+    (ARC_HEADER + len).next_multiple_of(size_of::<usize>())
+}
 /// Most bytes a 255-character UTF-8 atom can take.
 const MAX_ATOM_BYTES: usize = 4 * 255;
 
@@ -417,14 +457,14 @@ impl<'a> Decoder<'a> {
         }
         let atom = if latin1 {
             let text: String = raw.iter().map(|&b| char::from(b)).collect();
-            self.charge(ARC_HEADER + text.len())?;
+            self.charge(atom_cost(text.len()))?;
             Atom::from(text)
         } else {
             let text = std::str::from_utf8(raw).map_err(|_| DecodeError::InvalidUtf8)?;
             if text.chars().count() > 255 {
                 return Err(DecodeError::InvalidAtom("longer than 255 characters"));
             }
-            self.charge(ARC_HEADER + text.len())?;
+            self.charge(atom_cost(text.len()))?;
             Atom::new(text)
         };
         self.atoms.put(latin1, raw, atom.clone());
@@ -470,17 +510,22 @@ impl<'a> Decoder<'a> {
             elements.push(self.term(d)?);
         }
         let tail = self.term(d)?;
-        if let Term::ByteList(bytes) = &tail {
-            // Appending the bytes turns each into a Term slot.
-            self.charge_each(bytes.len(), SLOT)?;
-        }
-        if !matches!(
-            tail,
-            Term::List(_) | Term::ByteList(_) | Term::ImproperList { .. }
-        ) && !elements.is_empty()
-        {
-            // The tail moves into a box of its own.
-            self.charge(SLOT)?;
+        if !elements.is_empty() {
+            let appended = match &tail {
+                Term::List(rest) => Some(rest.len()),
+                Term::ByteList(rest) => Some(rest.len()),
+                Term::ImproperList { elements: rest, .. } => Some(rest.len()),
+                _ => None,
+            };
+            match appended {
+                // `[]`, the usual tail: nothing moves.
+                Some(0) => {}
+                // A list tail is appended: the elements move into a vector of both
+                // lengths, allocated while both parts are still held.
+                Some(m) => self.charge_each(n.saturating_add(m), SLOT)?,
+                // Any other tail moves into a box of its own.
+                None => self.charge(SLOT)?,
+            }
         }
         Ok(Term::improper_list(elements, tail))
     }
@@ -531,7 +576,8 @@ impl<'a> Decoder<'a> {
             return Ok(Term::Map(Vec::new()));
         }
         self.need(n, 2)?;
-        self.charge_each(n, 2 * SLOT)?;
+        // The pairs, and the index of keys `has_duplicate_key` sorts for a large map.
+        self.charge_each(n, 2 * SLOT + size_of::<&Term>())?;
         let d = self.child_depth(depth)?;
         let mut pairs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -707,7 +753,8 @@ pub(crate) fn has_duplicate_key(pairs: &[(Term, Term)]) -> bool {
         });
     }
     let mut keys: Vec<&Term> = pairs.iter().map(|(k, _)| k).collect();
-    keys.sort_by(|a, b| compare_exact(a, b));
+    // Unstable: sorts in place, with no scratch buffer besides `keys`.
+    keys.sort_unstable_by(|a, b| compare_exact(a, b));
     keys.windows(2).any(|w| match w {
         [a, b] => compare_exact(a, b).is_eq(),
         _ => false,

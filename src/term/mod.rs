@@ -29,9 +29,10 @@
 //!   panics on any input. Every count a peer sends is checked against the bytes that
 //!   are left (each element needs at least one byte) *and* charged against an
 //!   allocation budget before anything is allocated: `size_of::<Term>()` per element
-//!   slot plus every payload byte ([`DecodeLimits::max_alloc`], by default 32 bytes per
-//!   input byte plus 64 KiB, which every term OTP can produce fits in). Nesting is
-//!   limited ([`DecodeLimits::max_depth`], 256 by default).
+//!   slot plus every payload byte ([`DecodeLimits::max_alloc`], by default 16 bytes per
+//!   input byte plus 64 KiB, which every term OTP produces fits in but lists or tuples
+//!   of thousands of `[]`s, see [`decode`](mod@decode)). Nesting is limited
+//!   ([`DecodeLimits::max_depth`], 256 by default).
 //! * **Canonical values.** The decoder normalises what has several encodings, so that
 //!   equal terms look equal: integers that fit `i64` are [`Term::Integer`] whatever
 //!   their tag, a `LIST_EXT` whose tail is itself a list is flattened, an empty
@@ -81,7 +82,7 @@ pub mod encode;
 pub mod text;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -365,12 +366,16 @@ impl Term {
         if elements.is_empty() {
             return tail;
         }
+        // `reserve_exact`: the vector grows to exactly both lengths (what the decoder's
+        // allocation budget charges), not to double its size.
         match tail {
             Term::List(rest) => {
+                elements.reserve_exact(rest.len());
                 elements.extend(rest);
                 Term::List(elements)
             }
             Term::ByteList(rest) => {
+                elements.reserve_exact(rest.len());
                 elements.extend(rest.into_iter().map(|b| Term::Integer(i64::from(b))));
                 Term::List(elements)
             }
@@ -378,6 +383,7 @@ impl Term {
                 elements: rest,
                 tail,
             } => {
+                elements.reserve_exact(rest.len());
                 elements.extend(rest.into_vec());
                 Term::ImproperList {
                     elements: elements.into_boxed_slice(),

@@ -180,25 +180,150 @@ fn allocation_budget_is_enforced() {
 
 #[test]
 fn worst_case_legitimate_terms_fit_the_default_budget() {
-    // One input byte per Term: lists, tuples and maps of `[]`.
+    // The densest terms OTP sends that the default budget (16 bytes per input byte plus
+    // 64 KiB) accepts whatever their size.
     let n = 100_000;
     for t in [
-        Term::list(vec![Term::nil(); n]),
-        Term::tuple(vec![Term::nil(); n]),
+        // Integers of 2 bytes each: exactly 16 bytes of Term per byte.
+        Term::list((0..n).map(|i| Term::Integer(i as i64 % 256)).collect()),
+        Term::tuple(vec![Term::Integer(7); n]),
+        // A string longer than STRING_EXT allows: LIST_EXT of SMALL_INTEGER_EXT.
+        Term::ByteList(vec![7; n]),
         Term::map(
             (0..n / 2)
                 .map(|i| (Term::Integer(i as i64), Term::nil()))
                 .collect(),
         ),
+        // Repeated atoms share one allocation.
         Term::list(vec![Term::atom(""); n]),
         Term::list(
             (0..n)
                 .map(|i| Term::atom(format!("a{}", i % 1000)))
                 .collect(),
         ),
+        // Up to ~4,000 `[]`s the 64 KiB allowance pays for their 32-byte slots.
+        Term::list(vec![Term::nil(); 4000]),
     ] {
         assert_eq!(decode(&enc(&t)), Ok(t));
     }
+}
+
+#[test]
+fn what_the_default_budget_refuses() {
+    // Terms of 1-byte elements: 32 bytes of Term per input byte, more than the 16 a
+    // peer may make us hold. Accepted with a larger budget.
+    let generous = DecodeLimits {
+        max_alloc: Some(64 << 20),
+        ..DecodeLimits::default()
+    };
+    for t in [
+        Term::list(vec![Term::nil(); 10_000]),
+        Term::tuple(vec![Term::nil(); 10_000]),
+        // One-character atoms, cycling past the decoder's 8-atom cache: 3 bytes for a
+        // 32-byte slot and a 24-byte atom.
+        Term::list(
+            (0..30_000)
+                .map(|i| Term::atom(((b'a' + (i % 26) as u8) as char).to_string().as_str()))
+                .collect(),
+        ),
+    ] {
+        let bytes = enc(&t);
+        assert!(
+            matches!(decode(&bytes), Err(DecodeError::TooLarge { .. })),
+            "{} bytes",
+            bytes.len()
+        );
+        assert_eq!(decode_prefix(&bytes, &generous), Ok((t, bytes.len())));
+    }
+}
+
+/// Regression (fuzz target `term_decode`, memory rule, found by libFuzzer in 44 s):
+/// nested 104-element tuples (`h` is both the tag and the arity) share the bytes left
+/// for their elements, so each level took another 3,328 bytes until the budget ran out.
+/// 179 bytes held 69,120, within the old budget (32 × 179 + 64 KiB = 71,264) but above
+/// the rule (16 × 179 + 64 KiB = 68,400), which is now the default budget.
+#[test]
+fn regression_nested_tuples_stay_within_the_rule() {
+    let bytes: [u8; 179] = [
+        131, 104, 4, 98, 131, 110, 104, 4, 98, 131, 110, 104, 4, 98, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 38,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 38, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104, 104,
+        104, 104, 94, 104, 104, 104, 104, 104, 131, 110, 195, 98, 96, 97, 110, 100, 131, 115, 10,
+        98, 120, 191, 74, 93, 106, 255, 255, 255, 98, 37, 70, 70, 70,
+    ];
+    assert_eq!(
+        DecodeLimits::default().budget_for(bytes.len()),
+        16 * 179 + 65_536
+    );
+    assert!(matches!(
+        decode(&bytes),
+        Err(DecodeError::TooLarge { budget, .. }) if budget < 3328
+    ));
+    for n in [0, 1, 1000, 1 << 20] {
+        assert_eq!(DecodeLimits::default().budget_for(n), 16 * n + 64 * 1024);
+    }
+}
+
+/// Regression (fuzz target `term_decode`, memory rule): 5,000 `[]`s in 5,007 bytes took
+/// 160,000 bytes of Terms, above `16 × 5,007 + 64 KiB`, under the old 32-per-byte budget.
+#[test]
+fn regression_list_of_nils_breaks_the_memory_rule() {
+    let mut bytes = vec![131, 108, 0, 0, 0x13, 0x88];
+    bytes.extend([106; 5001]);
+    assert!(matches!(decode(&bytes), Err(DecodeError::TooLarge { .. })));
+}
+
+/// Regression (fuzz target `term_decode`, memory rule): a list whose tail is a list was
+/// appended with `Vec::extend`, which doubled the vector: 3,000 `[]`s with the tail `[[]]`
+/// held 192 KB of Terms for 3,013 bytes, charged as 96 KB. The merged vector is now
+/// charged (and allocated exactly), which puts this input over the default budget.
+#[test]
+fn regression_list_tail_is_charged() {
+    let mut bytes = vec![131, 108, 0, 0, 0x0b, 0xb8];
+    bytes.extend([106; 3000]);
+    bytes.extend([108, 0, 0, 0, 1, 106, 106]);
+    assert!(matches!(decode(&bytes), Err(DecodeError::TooLarge { .. })));
+    let t = Term::list(vec![Term::nil(); 3001]);
+    // The merge is charged: 3,000 + 1 slots, then 3,001 more for the merged vector.
+    let just_the_elements = DecodeLimits {
+        max_alloc: Some(32 * (1 + 3000 + 1 + 1)),
+        ..DecodeLimits::default()
+    };
+    assert!(matches!(
+        decode_prefix(&bytes, &just_the_elements),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    let with_the_merge = DecodeLimits {
+        max_alloc: Some(32 * (1 + 3000 + 1 + 1 + 3001)),
+        ..DecodeLimits::default()
+    };
+    assert_eq!(decode_prefix(&bytes, &with_the_merge), Ok((t, bytes.len())));
+}
+
+/// Regression (fuzz target `term_decode`, memory rule): an atom's `Arc<str>` is padded
+/// to 8 bytes, which the budget did not charge: 9,000 one-character atoms cycling past
+/// the atom cache (27,006 bytes) held 504 KB, above `16 × 27,006 + 64 KiB`.
+#[test]
+fn regression_atoms_are_charged_with_their_padding() {
+    let mut bytes = vec![131, 108, 0, 0, 0x23, 0x28];
+    for i in 0..9000u32 {
+        bytes.extend([119, 1, b'a' + (i % 26) as u8]);
+    }
+    bytes.push(106);
+    assert!(matches!(decode(&bytes), Err(DecodeError::TooLarge { .. })));
+    // One atom: a 32-byte slot for the list element, a 24-byte Arc (16 + 1, padded).
+    let one = [131, 108, 0, 0, 0, 1, 119, 1, b'a', 106];
+    let exact = |max| DecodeLimits {
+        max_alloc: Some(max),
+        ..DecodeLimits::default()
+    };
+    assert!(decode_prefix(&one, &exact(32 + 32 + 24)).is_ok());
+    assert!(decode_prefix(&one, &exact(32 + 32 + 23)).is_err());
 }
 
 fn nested(depth: usize) -> Term {
@@ -819,7 +944,7 @@ fn parse_rejects_what_erlang_rejects() {
     );
 }
 
-fn arb_atom() -> impl Strategy<Value = Atom> {
+pub(crate) fn arb_atom() -> impl Strategy<Value = Atom> {
     prop_oneof![
         prop::sample::select(vec![
             "ok",
