@@ -14,6 +14,8 @@ pub mod cookie;
 pub mod dist;
 pub mod epmd;
 pub mod formation;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod health;
 pub mod listener;

@@ -102,7 +102,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[cfg(feature = "etcd")]
 use super::RegisteredNode;
 use super::config::{self, Setting};
 use super::{BackendError, KeepAliveOptions, Timings};
@@ -622,7 +621,6 @@ pub(crate) fn ttl_seconds(ttl: Duration) -> i64 {
 }
 
 /// The JSON value of a node key, as RabbitMQ writes it (plus optional fields).
-#[cfg(any(feature = "etcd", test))]
 pub(crate) fn registration_value(
     node: &NodeName,
     lease_id: i64,
@@ -651,7 +649,6 @@ pub(crate) fn registration_value(
 }
 
 /// A JSON string literal.
-#[cfg(any(feature = "etcd", test))]
 fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -672,7 +669,14 @@ fn json_string(s: &str) -> String {
 
 /// Parses a node key's value (RabbitMQ's or ours) into a listed node. `key` is named in
 /// every error.
-#[cfg(feature = "etcd")]
+///
+/// The value is a JSON object: `node` (a string, required), `lease_id` and `ttl` (kept
+/// as metadata, as text), `address` (a string) and `metadata` (an object whose string
+/// values are kept); other fields are ignored. The JSON is read field by field without
+/// building a document tree, so what is kept is all that is allocated: a value of `n`
+/// bytes takes a few times `n` bytes at most, whatever it holds (the fuzz target
+/// `etcd_value` checks `16 × n + 64 KiB`). A `lease_id` or `ttl` that is an array or an
+/// object is ignored.
 pub(crate) fn parse_node_value(
     key: &str,
     value: &[u8],
@@ -688,16 +692,23 @@ pub(crate) fn parse_node_value(
             value.len()
         )));
     }
-    let json: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+    let fields: value::Fields = serde_json::from_slice(value).map_err(|e| {
         invalid(format!(
             "the value is not JSON ({e}): {:?}",
             String::from_utf8_lossy(&value[..value.len().min(200)])
         ))
     })?;
-    let Some(object) = json.as_object() else {
+    let value::Fields::Object {
+        node,
+        lease_id,
+        ttl,
+        address,
+        metadata: extra,
+    } = fields
+    else {
         return Err(invalid("the value is not a JSON object".into()));
     };
-    let Some(node) = object.get("node").and_then(|n| n.as_str()) else {
+    let Some(node) = node else {
         return Err(invalid("the value has no string field \"node\"".into()));
     };
     let node: NodeName = node
@@ -709,34 +720,255 @@ pub(crate) fn parse_node_value(
         tracing::warn!(key, node = %node, "etcd node key and the node name in its value differ; using the value");
     }
     let mut metadata = BTreeMap::new();
-    for field in ["lease_id", "ttl"] {
-        if let Some(v) = object.get(field) {
-            metadata.insert(
-                field.to_owned(),
-                match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                },
-            );
+    for (field, v) in [("lease_id", lease_id), ("ttl", ttl)] {
+        if let Some(v) = v {
+            metadata.insert(field.to_owned(), v);
         }
     }
-    if let Some(extra) = object.get("metadata").and_then(|m| m.as_object()) {
-        for (k, v) in extra {
-            if let Some(v) = v.as_str() {
-                metadata.entry(k.clone()).or_insert_with(|| v.to_owned());
-            }
-        }
+    for (k, v) in extra {
+        metadata.entry(k).or_insert(v);
     }
-    let address = object
-        .get("address")
-        .and_then(|a| a.as_str())
-        .map(str::to_owned);
     Ok(RegisteredNode {
         node,
         order: u64::try_from(create_revision).unwrap_or(0),
         address,
         metadata,
     })
+}
+
+/// Reading a node value's JSON with serde visitors: only the fields kept are allocated.
+mod value {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// What a node value holds (later duplicates of a field win, as in JSON objects
+    /// read by serde_json).
+    pub(super) enum Fields {
+        /// A JSON object.
+        Object {
+            /// `node`, when it is a string.
+            node: Option<String>,
+            /// `lease_id` as text, when it is a string, number, boolean or null.
+            lease_id: Option<String>,
+            /// `ttl`, likewise.
+            ttl: Option<String>,
+            /// `address`, when it is a string.
+            address: Option<String>,
+            /// The string values of `metadata`, when it is an object.
+            metadata: BTreeMap<String, String>,
+        },
+        /// Any other JSON value.
+        NotAnObject,
+    }
+
+    impl<'de> Deserialize<'de> for Fields {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fields, D::Error> {
+            d.deserialize_any(FieldsVisitor)
+        }
+    }
+
+    /// Visits any JSON value: an object's fields are read, anything else is skipped.
+    macro_rules! skip_non_objects {
+        ($out:expr) => {
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok($out)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok($out)
+            }
+        };
+    }
+
+    struct FieldsVisitor;
+
+    impl<'de> Visitor<'de> for FieldsVisitor {
+        type Value = Fields;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        skip_non_objects!(Fields::NotAnObject);
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+            let (mut node, mut lease_id, mut ttl, mut address) = (None, None, None, None);
+            let mut metadata = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                match key.as_str() {
+                    "node" => node = map.next_value::<StringOnly>()?.0,
+                    "lease_id" => lease_id = map.next_value::<ScalarText>()?.0,
+                    "ttl" => ttl = map.next_value::<ScalarText>()?.0,
+                    "address" => address = map.next_value::<StringOnly>()?.0,
+                    "metadata" => metadata = map.next_value::<StringValues>()?.0,
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(Fields::Object {
+                node,
+                lease_id,
+                ttl,
+                address,
+                metadata,
+            })
+        }
+    }
+
+    /// A string, or `None` for any other value.
+    struct StringOnly(Option<String>);
+
+    impl<'de> Deserialize<'de> for StringOnly {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StringOnly, D::Error> {
+            d.deserialize_any(StringOnlyVisitor)
+        }
+    }
+
+    struct StringOnlyVisitor;
+
+    impl<'de> Visitor<'de> for StringOnlyVisitor {
+        type Value = StringOnly;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<StringOnly, E> {
+            Ok(StringOnly(None))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<StringOnly, E> {
+            Ok(StringOnly(None))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<StringOnly, E> {
+            Ok(StringOnly(None))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<StringOnly, E> {
+            Ok(StringOnly(None))
+        }
+        fn visit_unit<E>(self) -> Result<StringOnly, E> {
+            Ok(StringOnly(None))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<StringOnly, E> {
+            Ok(StringOnly(Some(s.to_owned())))
+        }
+        fn visit_string<E>(self, s: String) -> Result<StringOnly, E> {
+            Ok(StringOnly(Some(s)))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringOnly, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(StringOnly(None))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOnly, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(StringOnly(None))
+        }
+    }
+
+    /// A scalar as the text serde_json prints for it (a string as itself), or `None`
+    /// for an array or an object.
+    struct ScalarText(Option<String>);
+
+    impl<'de> Deserialize<'de> for ScalarText {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ScalarText, D::Error> {
+            d.deserialize_any(ScalarTextVisitor)
+        }
+    }
+
+    struct ScalarTextVisitor;
+
+    impl<'de> Visitor<'de> for ScalarTextVisitor {
+        type Value = ScalarText;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        fn visit_bool<E>(self, b: bool) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(b.to_string())))
+        }
+        fn visit_i64<E>(self, i: i64) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(i.to_string())))
+        }
+        fn visit_u64<E>(self, u: u64) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(u.to_string())))
+        }
+        fn visit_f64<E>(self, f: f64) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(
+                serde_json::Number::from_f64(f).map_or_else(|| "null".into(), |n| n.to_string()),
+            )))
+        }
+        fn visit_unit<E>(self) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some("null".into())))
+        }
+        fn visit_str<E>(self, s: &str) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(s.to_owned())))
+        }
+        fn visit_string<E>(self, s: String) -> Result<ScalarText, E> {
+            Ok(ScalarText(Some(s)))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ScalarText, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(ScalarText(None))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ScalarText, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(ScalarText(None))
+        }
+    }
+
+    /// An object's string values (later duplicates win), or nothing for any other value.
+    struct StringValues(BTreeMap<String, String>);
+
+    impl<'de> Deserialize<'de> for StringValues {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StringValues, D::Error> {
+            d.deserialize_any(StringValuesVisitor)
+        }
+    }
+
+    struct StringValuesVisitor;
+
+    impl<'de> Visitor<'de> for StringValuesVisitor {
+        type Value = StringValues;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+
+        skip_non_objects!(StringValues(BTreeMap::new()));
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringValues, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                match map.next_value::<StringOnly>()?.0 {
+                    Some(v) => {
+                        out.insert(key, v);
+                    }
+                    None => {
+                        out.remove(&key);
+                    }
+                }
+            }
+            Ok(StringValues(out))
+        }
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -927,7 +1159,6 @@ mod tests {
         );
     }
 
-    #[cfg(feature = "etcd")]
     #[test]
     fn values_parse_or_name_the_key() {
         let key = "/rabbitmq/discovery/rabbitmq/clusters/default/nodes/rabbit@h";
@@ -968,5 +1199,72 @@ mod tests {
         }
         let huge = vec![b' '; MAX_VALUE_LEN + 1];
         assert!(parse_node_value(key, &huge, 1).is_err());
+    }
+
+    #[test]
+    fn value_fields_keep_serde_json_semantics() {
+        let key = "/k/nodes/rabbit@h";
+        let parse = |v: &str| parse_node_value(key, v.as_bytes(), 3);
+        // Numbers, booleans and null as serde_json prints them; later duplicates win.
+        let n = parse(
+            r#"{"node":"x@y","node":"rabbit@h","lease_id":1.5e300,"ttl":null,"extra":[[{}]]}"#,
+        )
+        .unwrap();
+        assert_eq!(n.node.as_str(), "rabbit@h");
+        assert_eq!(
+            n.metadata["lease_id"],
+            serde_json::json!(1.5e300).to_string()
+        );
+        assert_eq!(n.metadata["ttl"], "null");
+        let n = parse(r#"{"node":"rabbit@h","lease_id":-7,"ttl":true,"address":5}"#).unwrap();
+        assert_eq!(n.metadata["lease_id"], "-7");
+        assert_eq!(n.metadata["ttl"], "true");
+        assert_eq!(n.address, None);
+        // Arrays and objects where a scalar is expected are ignored.
+        let n = parse(r#"{"node":"rabbit@h","lease_id":[1,2],"ttl":{"a":1}}"#).unwrap();
+        assert!(n.metadata.is_empty());
+        // Metadata: string values only; the last duplicate decides; lease_id and ttl
+        // are not overridden.
+        let n = parse(
+            r#"{"node":"rabbit@h","ttl":9,"metadata":{"a":"1","a":2,"b":"x","b":"y","ttl":"no","c":[]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            n.metadata,
+            [("b", "y"), ("ttl", "9")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into()
+        );
+        // A string node that is not a node name, a later non-string node, escapes.
+        assert!(parse(r#"{"node":"rabbit@h","node":1}"#).is_err());
+        let n = parse(r#"{"n\u006fde":"rabbit@\u0068"}"#).unwrap();
+        assert_eq!(n.node.as_str(), "rabbit@h");
+        // Not JSON: trailing data, bad nesting.
+        assert!(parse(r#"{"node":"rabbit@h"} x"#).is_err());
+        assert!(parse(&"[".repeat(200)).is_err());
+    }
+
+    proptest::proptest! {
+        /// What the backend writes reads back as the same node, address and metadata.
+        #[test]
+        fn registration_values_round_trip(
+            alive in "[a-z][a-z0-9_-]{0,10}",
+            host in "[a-z][a-z0-9.-]{0,20}",
+            lease_id in proptest::prelude::any::<i64>(),
+            ttl in 1i64..100_000,
+            address in proptest::option::of("\\PC{0,20}"),
+            metadata in proptest::collection::btree_map("\\PC{1,10}", "\\PC{0,10}", 0..4),
+        ) {
+            let node = NodeName::from_parts(&alive, &host).unwrap();
+            let value = registration_value(&node, lease_id, ttl, address.as_deref(), &metadata);
+            let back = parse_node_value("/p/nodes/x", value.as_bytes(), 5).unwrap();
+            proptest::prop_assert_eq!(&back.node, &node);
+            proptest::prop_assert_eq!(back.order, 5);
+            proptest::prop_assert_eq!(back.address, address);
+            let mut expected = metadata.clone();
+            expected.insert("lease_id".into(), lease_id.to_string());
+            expected.insert("ttl".into(), ttl.to_string());
+            proptest::prop_assert_eq!(back.metadata, expected);
+        }
     }
 }

@@ -6,10 +6,9 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use tokio::time::Instant;
 
-use super::http::{Answer, Http, parse_json, status_error};
+use super::http::{Answer, Http, json_body, parse_json, status_error};
 use super::wire::{
-    HealthEntry, KvEntry, ServiceRegistration, SessionCreate, SessionId, check_ttl,
-    nodes_from_health,
+    KvEntry, ServiceRegistration, SessionCreate, SessionId, check_ttl, health_answer,
 };
 use super::{ConsulConfig, NAME, go_duration, key_path, path_segment};
 use crate::backend::{
@@ -404,8 +403,7 @@ impl Backend for ConsulBackend {
             path.push_str("&passing");
         }
         let answer = self.send_ok("list_nodes", Method::GET, &path, None).await?;
-        let entries: Vec<HealthEntry> = parse_json(&path, &answer)?;
-        nodes_from_health(config, entries)
+        health_answer(config, &path, json_body(&path, &answer)?)
     }
 
     async fn register(

@@ -30,8 +30,7 @@ pub(crate) struct Answer {
 impl Answer {
     /// The body as text for error messages (at most 300 characters).
     pub fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body[..self.body.len().min(300)]);
-        text.trim().to_owned()
+        super::wire::body_text(&self.body)
     }
 }
 
@@ -323,6 +322,11 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
     path: &str,
     answer: &Answer,
 ) -> Result<T, BackendError> {
+    super::wire::from_json(path, json_body(path, answer)?)
+}
+
+/// Checks that an answer says it is JSON and returns its body.
+pub(crate) fn json_body<'a>(path: &str, answer: &'a Answer) -> Result<&'a [u8], BackendError> {
     if !answer.json {
         return Err(BackendError::InvalidResponse {
             backend: NAME,
@@ -332,8 +336,5 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(
             ),
         });
     }
-    serde_json::from_slice(&answer.body).map_err(|e| BackendError::InvalidResponse {
-        backend: NAME,
-        detail: format!("{path}: malformed JSON ({e}): {:?}", answer.text()),
-    })
+    Ok(&answer.body)
 }

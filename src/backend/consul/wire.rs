@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ConsulConfig, NAME, go_duration};
@@ -159,6 +160,29 @@ pub(crate) struct AgentService {
 pub(crate) struct HealthCheck {
     #[serde(rename = "Status")]
     pub status: String,
+}
+
+/// An answer body as text for error messages (at most 300 bytes, trimmed).
+pub(crate) fn body_text(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    text.trim().to_owned()
+}
+
+/// Reads a JSON answer body into `T`; `path` names the request in the error.
+pub(crate) fn from_json<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, BackendError> {
+    serde_json::from_slice(body).map_err(|e| BackendError::InvalidResponse {
+        backend: NAME,
+        detail: format!("{path}: malformed JSON ({e}): {:?}", body_text(body)),
+    })
+}
+
+/// The answer to `GET /v1/health/service/<service>`: the nodes it lists.
+pub(crate) fn health_answer(
+    config: &ConsulConfig,
+    path: &str,
+    body: &[u8],
+) -> Result<Vec<RegisteredNode>, BackendError> {
+    nodes_from_health(config, from_json(path, body)?)
 }
 
 /// Maps a health listing to nodes (see the module docs for the naming rules).
