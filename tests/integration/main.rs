@@ -17,3 +17,5 @@ mod node;
 mod rabbitmq_etcd;
 mod rabbitmq_formation;
 mod term_text;
+#[cfg(feature = "tls")]
+mod tls;
