@@ -480,8 +480,8 @@ async fn the_tls_listener_rejects_and_explains_bad_clients() {
     // A TLS Erlang node without a client certificate.
     let (_, client_opts) = pki.mutual_options("ca", "node");
     let client_opts = client_opts
-        .replace(&format!(r#", {{certfile, "$DIR/node.pem"}}"#), "")
-        .replace(&format!(r#", {{keyfile, "$DIR/node.key"}}"#), "");
+        .replace(r#", {certfile, "$DIR/node.pem"}"#, "")
+        .replace(r#", {keyfile, "$DIR/node.key"}"#, "");
     let optfile = pki.optfile("nocert.conf", "", &client_opts);
     let mut erl = erl_tls(&epmd, &optfile, &[]).await;
     assert_eq!(erl_pings(&mut erl, &node).await, "pang");
