@@ -23,6 +23,9 @@ use crate::common::{Epmd, ErlNode, ErlOptions, LogBuffer, capture_logs, unique_n
 
 const COOKIE: &str = "autocluster_tls_test_cookie";
 const SECS5: Duration = Duration::from_secs(5);
+/// What "fails fast" means here: well under the handshake timeout (2 s in these tests)
+/// on an idle machine (they take milliseconds), with room for a loaded CI machine.
+const FAST: Duration = Duration::from_millis(1500);
 
 /// The short host name OTP uses in `-sname` node names.
 fn short_hostname() -> String {
@@ -339,7 +342,7 @@ async fn dialling_with_a_wrong_ca_fails_fast_either_way() {
 
     // We do not trust the Erlang node's CA.
     let node = client(&epmd, erl.name(), Some(pki.config("other_ca", "node"))).await;
-    let kind = tls_failure(&node, &peer, Duration::from_secs(2)).await;
+    let kind = tls_failure(&node, &peer, FAST).await;
     assert!(
         matches!(kind, TlsError::PeerCertificateUntrusted { .. }),
         "{kind:?}"
@@ -350,7 +353,7 @@ async fn dialling_with_a_wrong_ca_fails_fast_either_way() {
     let mut tls = pki.config("ca", "rogue");
     tls.client.cacertfile = Some(pki.path("ca.pem"));
     let node = client(&epmd, erl.name(), Some(tls)).await;
-    let kind = tls_failure(&node, &peer, Duration::from_secs(2)).await;
+    let kind = tls_failure(&node, &peer, FAST).await;
     match &kind {
         TlsError::CertificateRejected { alert } => assert_eq!(alert, "unknown_ca"),
         other => panic!("{other:?}"),
@@ -360,7 +363,7 @@ async fn dialling_with_a_wrong_ca_fails_fast_either_way() {
     let mut tls = pki.config("ca", "node");
     tls.client.server_name_indication = ServerNameIndication::Name("elsewhere.example".into());
     let node = client(&epmd, erl.name(), Some(tls.clone())).await;
-    let kind = tls_failure(&node, &peer, Duration::from_secs(2)).await;
+    let kind = tls_failure(&node, &peer, FAST).await;
     assert!(
         matches!(kind, TlsError::PeerNameMismatch { .. }),
         "{kind:?}"
@@ -391,7 +394,7 @@ async fn dialling_without_a_client_certificate_says_one_is_required() {
         tls.client.keyfile = None;
         tls.client.versions = vec![version];
         let node = client(&epmd, erl.name(), Some(tls)).await;
-        let kind = tls_failure(&node, &peer, Duration::from_secs(2)).await;
+        let kind = tls_failure(&node, &peer, FAST).await;
         assert_eq!(kind, TlsError::ClientCertificateRequired, "{version:?}");
     }
     // A certificate made for clients only is enough.
@@ -412,12 +415,7 @@ async fn plain_against_tls_and_tls_against_plain_fail_fast_when_dialling() {
 
     // Plain TCP against a TLS node: its TLS alert comes back at once.
     let node = client(&epmd, tls_erl.name(), None).await;
-    let kind = tls_failure(
-        &node,
-        &tls_erl.name().parse().unwrap(),
-        Duration::from_secs(1),
-    )
-    .await;
+    let kind = tls_failure(&node, &tls_erl.name().parse().unwrap(), FAST).await;
     assert_eq!(kind, TlsError::PeerUsesTls);
     assert!(kind.to_string().contains("-proto_dist inet_tls"), "{kind}");
 
@@ -427,7 +425,7 @@ async fn plain_against_tls_and_tls_against_plain_fail_fast_when_dialling() {
     let kind = tls_failure(
         &node,
         &plain_erl.name().parse().unwrap(),
-        Duration::from_secs(4),
+        Duration::from_millis(3500),
     )
     .await;
     assert!(matches!(kind, TlsError::PeerNotTls { .. }), "{kind:?}");
@@ -445,12 +443,12 @@ async fn tls_and_plain_listeners_fail_fast_against_rust_nodes_too() {
     let plain_node = listener(&epmd, &host, None).await;
 
     let plain = client(&epmd, &host, None).await;
-    let kind = tls_failure(&plain, tls_node.name(), Duration::from_secs(1)).await;
+    let kind = tls_failure(&plain, tls_node.name(), FAST).await;
     assert_eq!(kind, TlsError::PeerUsesTls);
     warned(&logs, &["does not speak TLS", "-proto_dist inet_tcp"]).await;
 
     let tls = client(&epmd, &host, Some(pki.config("ca", "node"))).await;
-    let kind = tls_failure(&tls, plain_node.name(), Duration::from_secs(1)).await;
+    let kind = tls_failure(&tls, plain_node.name(), FAST).await;
     assert!(matches!(kind, TlsError::PeerNotTls { .. }), "{kind:?}");
     warned(&logs, &["TLS client on this plain distribution listener"]).await;
 
