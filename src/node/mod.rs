@@ -436,7 +436,11 @@ impl Node {
         if let (Some(l), Some(limiter)) = (listener, inner.limiter.clone()) {
             tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter));
         }
-        tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, "node started");
+        #[cfg(feature = "tls")]
+        let tls = inner.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, tls, "node started");
         Ok(Node { inner })
     }
 

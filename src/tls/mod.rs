@@ -1208,8 +1208,9 @@ impl TlsContext {
             ServerNameIndication::NodeHost => server_name(peer.host())?,
             ServerNameIndication::Name(n) => server_name(n)?,
             // Neither sent nor checked; rustls still wants one.
-            ServerNameIndication::Disable => server_name(peer.host())
-                .unwrap_or_else(|_| ServerName::try_from("invalid").expect("a valid DNS name")),
+            ServerNameIndication::Disable => server_name(peer.host()).unwrap_or_else(|_| {
+                ServerName::from(std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED))
+            }),
         };
         let (io, received) = Tracked::new(tcp);
         let connect = self.connector.connect(name, io).into_fallible();
