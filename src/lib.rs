@@ -21,6 +21,9 @@ pub mod node;
 pub mod node_name;
 pub mod rpc;
 pub mod term;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod wire;
 
 pub use cookie::{Cookie, CookieError};
