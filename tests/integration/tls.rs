@@ -8,153 +8,19 @@
 //! plain), checking that it fails fast, with the error that says which on the dialling
 //! side and a warning that says which on the accepting side.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::{Epmd, ErlNode, ErlOptions, LogBuffer, Pki, capture_logs, unique_name};
 use autocluster::node::{ConnectError, TlsError};
 use autocluster::tls::{ServerNameIndication, TlsConfig, TlsVersion};
 use autocluster::{Cookie, Node, NodeName};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
-
-use crate::common::{Epmd, ErlNode, ErlOptions, LogBuffer, capture_logs, unique_name};
 
 const COOKIE: &str = "autocluster_tls_test_cookie";
 const SECS5: Duration = Duration::from_secs(5);
 /// What "fails fast" means here: well under the handshake timeout (2 s in these tests)
 /// on an idle machine (they take milliseconds), with room for a loaded CI machine.
 const FAST: Duration = Duration::from_millis(1500);
-
-/// The short host name OTP uses in `-sname` node names.
-fn short_hostname() -> String {
-    let full = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| {
-            let out = std::process::Command::new("hostname")
-                .output()
-                .expect("run hostname");
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        });
-    full.split('.').next().unwrap_or(&full).to_owned()
-}
-
-/// The test PKI, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    host: String,
-}
-
-impl Pki {
-    fn generate() -> Pki {
-        let dir = tempfile::Builder::new()
-            .prefix("autocluster-tls-")
-            .tempdir()
-            .expect("temporary directory");
-        let host = short_hostname();
-        let pki = Pki { dir, host };
-        let ca = pki.ca("ca", "autocluster test CA");
-        let other = pki.ca("other_ca", "an unrelated CA");
-        let both = [
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        // OTP checks the host part of the node name it dials against the certificate.
-        let names = vec![pki.host.clone(), "localhost".into(), "127.0.0.1".into()];
-        pki.leaf("node", &ca, names.clone(), &both);
-        pki.leaf(
-            "client",
-            &ca,
-            vec![],
-            &[ExtendedKeyUsagePurpose::ClientAuth],
-        );
-        pki.leaf("rogue", &other, names, &both);
-        pki
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn ca(&self, name: &str, cn: &str) -> Issuer<'static, KeyPair> {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write CA");
-        Issuer::new(params, key)
-    }
-
-    fn leaf(
-        &self,
-        name: &str,
-        issuer: &Issuer<'static, KeyPair>,
-        names: Vec<String>,
-        usages: &[ExtendedKeyUsagePurpose],
-    ) {
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = usages.to_vec();
-        let cert = params.signed_by(&key, issuer).expect("signed");
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).expect("write cert");
-        let key_path = self.path(&format!("{name}.key"));
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        set_private(&key_path);
-    }
-
-    /// Writes an `ssl_dist_optfile` with these server and client option lists
-    /// (Erlang text, `$DIR` standing for the PKI directory).
-    fn optfile(&self, name: &str, server: &str, client: &str) -> PathBuf {
-        let dir = self.dir.path().display().to_string();
-        let text =
-            format!("[{{server, [{server}]}},\n {{client, [{client}]}}].\n").replace("$DIR", &dir);
-        let path = self.path(name);
-        std::fs::write(&path, text).expect("write optfile");
-        path
-    }
-
-    /// The options of a node that verifies and is verified, with `ca` and `cert`.
-    fn mutual_options(&self, ca: &str, cert: &str) -> (String, String) {
-        let files = format!(
-            r#"{{cacertfile, "$DIR/{ca}.pem"}}, {{certfile, "$DIR/{cert}.pem"}}, {{keyfile, "$DIR/{cert}.key"}}"#
-        );
-        (
-            format!("{files}, {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}}"),
-            format!("{files}, {{verify, verify_peer}}"),
-        )
-    }
-
-    /// An optfile for mutual TLS with `ca` and `cert`.
-    fn mutual(&self, file: &str, ca: &str, cert: &str) -> PathBuf {
-        let (server, client) = self.mutual_options(ca, cert);
-        self.optfile(file, &server, &client)
-    }
-
-    /// Our configuration for mutual TLS with `ca` and `cert`.
-    fn config(&self, ca: &str, cert: &str) -> TlsConfig {
-        TlsConfig::mutual(
-            self.path(&format!("{ca}.pem")),
-            self.path(&format!("{cert}.pem")),
-            self.path(&format!("{cert}.key")),
-        )
-    }
-}
-
-fn set_private(path: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
 
 /// An OTP node with TLS distribution configured by `optfile`.
 async fn erl_tls(epmd: &Epmd, optfile: &Path, extra: &[&str]) -> ErlNode {

@@ -30,6 +30,8 @@ mod etcd;
 mod http_fake;
 mod kube;
 mod logs;
+#[cfg(feature = "tls")]
+mod pki;
 mod process;
 mod rabbit;
 
@@ -41,6 +43,8 @@ pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
 pub use http_fake::{HttpFake, Misbehave};
 pub use kube::{KubeServer, TestEndpoint};
 pub use logs::{LogBuffer, capture_logs};
+#[cfg(feature = "tls")]
+pub use pki::{Pki, set_private, short_hostname};
 pub use process::{
     OutputLog, descendants, free_port, kill_process_group, kill_process_tree, rss_kib, unique_name,
 };
