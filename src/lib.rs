@@ -30,3 +30,8 @@ pub use cookie::{Cookie, CookieError};
 pub use node::{Mailbox, Node, NodeEvent};
 pub use node_name::{NameKind, NodeName, NodeNameError};
 pub use term::{Atom, Pid, Port, Reference, Term};
+
+/// The README's Rust examples, compiled as doc tests so that they stay true.
+#[cfg(all(doctest, feature = "etcd", feature = "tls"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
