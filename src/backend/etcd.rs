@@ -97,7 +97,6 @@
 //! # Ok::<(), autocluster::backend::BackendError>(())
 //! ```
 
-#[cfg(any(feature = "etcd", test))]
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
