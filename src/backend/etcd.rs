@@ -793,10 +793,10 @@ mod value {
             let mut metadata = BTreeMap::new();
             while let Some(key) = map.next_key::<String>()? {
                 match key.as_str() {
-                    "node" => node = map.next_value::<StringOnly>()?.0,
-                    "lease_id" => lease_id = map.next_value::<ScalarText>()?.0,
-                    "ttl" => ttl = map.next_value::<ScalarText>()?.0,
-                    "address" => address = map.next_value::<StringOnly>()?.0,
+                    "node" => node = map.next_value::<Value>()?.string(),
+                    "lease_id" => lease_id = map.next_value::<Value>()?.text(),
+                    "ttl" => ttl = map.next_value::<Value>()?.text(),
+                    "address" => address = map.next_value::<Value>()?.string(),
                     "metadata" => metadata = map.next_value::<StringValues>()?.0,
                     _ => {
                         map.next_value::<IgnoredAny>()?;
@@ -813,104 +813,77 @@ mod value {
         }
     }
 
-    /// A string, or `None` for any other value.
-    struct StringOnly(Option<String>);
+    /// One JSON value, as much of it as a field keeps: a string, another scalar as the
+    /// text serde_json prints for it, or an array or object (skipped, never allocated).
+    enum Value {
+        Str(String),
+        Scalar(String),
+        Compound,
+    }
 
-    impl<'de> Deserialize<'de> for StringOnly {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StringOnly, D::Error> {
-            d.deserialize_any(StringOnlyVisitor)
+    impl Value {
+        /// A string field: other values count as absent.
+        fn string(self) -> Option<String> {
+            match self {
+                Value::Str(s) => Some(s),
+                Value::Scalar(_) | Value::Compound => None,
+            }
+        }
+
+        /// A scalar field as text: arrays and objects count as absent.
+        fn text(self) -> Option<String> {
+            match self {
+                Value::Str(s) | Value::Scalar(s) => Some(s),
+                Value::Compound => None,
+            }
         }
     }
 
-    struct StringOnlyVisitor;
+    impl<'de> Deserialize<'de> for Value {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(ValueVisitor)
+        }
+    }
 
-    impl<'de> Visitor<'de> for StringOnlyVisitor {
-        type Value = StringOnly;
+    struct ValueVisitor;
+
+    impl<'de> Visitor<'de> for ValueVisitor {
+        type Value = Value;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON value")
         }
 
-        fn visit_bool<E>(self, _: bool) -> Result<StringOnly, E> {
-            Ok(StringOnly(None))
+        fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+            Ok(Value::Scalar(b.to_string()))
         }
-        fn visit_i64<E>(self, _: i64) -> Result<StringOnly, E> {
-            Ok(StringOnly(None))
+        fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+            Ok(Value::Scalar(i.to_string()))
         }
-        fn visit_u64<E>(self, _: u64) -> Result<StringOnly, E> {
-            Ok(StringOnly(None))
+        fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+            Ok(Value::Scalar(u.to_string()))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<StringOnly, E> {
-            Ok(StringOnly(None))
-        }
-        fn visit_unit<E>(self) -> Result<StringOnly, E> {
-            Ok(StringOnly(None))
-        }
-        fn visit_str<E>(self, s: &str) -> Result<StringOnly, E> {
-            Ok(StringOnly(Some(s.to_owned())))
-        }
-        fn visit_string<E>(self, s: String) -> Result<StringOnly, E> {
-            Ok(StringOnly(Some(s)))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringOnly, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(StringOnly(None))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringOnly, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(StringOnly(None))
-        }
-    }
-
-    /// A scalar as the text serde_json prints for it (a string as itself), or `None`
-    /// for an array or an object.
-    struct ScalarText(Option<String>);
-
-    impl<'de> Deserialize<'de> for ScalarText {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ScalarText, D::Error> {
-            d.deserialize_any(ScalarTextVisitor)
-        }
-    }
-
-    struct ScalarTextVisitor;
-
-    impl<'de> Visitor<'de> for ScalarTextVisitor {
-        type Value = ScalarText;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a JSON value")
-        }
-
-        fn visit_bool<E>(self, b: bool) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(b.to_string())))
-        }
-        fn visit_i64<E>(self, i: i64) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(i.to_string())))
-        }
-        fn visit_u64<E>(self, u: u64) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(u.to_string())))
-        }
-        fn visit_f64<E>(self, f: f64) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(
+        fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+            Ok(Value::Scalar(
                 serde_json::Number::from_f64(f).map_or_else(|| "null".into(), |n| n.to_string()),
-            )))
+            ))
         }
-        fn visit_unit<E>(self) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some("null".into())))
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Scalar("null".into()))
         }
-        fn visit_str<E>(self, s: &str) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(s.to_owned())))
+        fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+            Ok(Value::Str(s.to_owned()))
         }
-        fn visit_string<E>(self, s: String) -> Result<ScalarText, E> {
-            Ok(ScalarText(Some(s)))
+        fn visit_string<E>(self, s: String) -> Result<Value, E> {
+            Ok(Value::Str(s))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ScalarText, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(ScalarText(None))
+            Ok(Value::Compound)
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ScalarText, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(ScalarText(None))
+            Ok(Value::Compound)
         }
     }
 
@@ -937,7 +910,7 @@ mod value {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StringValues, A::Error> {
             let mut out = BTreeMap::new();
             while let Some(key) = map.next_key::<String>()? {
-                match map.next_value::<StringOnly>()?.0 {
+                match map.next_value::<Value>()?.string() {
                     Some(v) => {
                         out.insert(key, v);
                     }
