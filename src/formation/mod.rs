@@ -1000,7 +1000,9 @@ impl Agent {
             return;
         }
         let listing = listing.as_deref().map_err(|e| e.to_string());
-        match cleanup.round(&me, &membership, listing, &self.inner.config.cleanup) {
+        let mut cfg = self.inner.config.cleanup.clone();
+        cfg.unlisted_for.get_or_insert(self.node_ttl());
+        match cleanup.round(&me, &membership, listing, &cfg, std::time::Instant::now()) {
             Err(cleanup::CleanupSkip::BackendError(e)) => {
                 tracing::warn!(error = %e, "cleanup skipped: the backend failed, so nothing is forgotten");
                 self.emit(FormationEvent::CleanupSkipped(e));
