@@ -989,9 +989,28 @@ impl Agent {
             return;
         }
         if let Ok(listed) = &listing {
-            // Reconnect registered members the node has lost sight of.
+            let mut my_group: Vec<NodeName> = membership.running_members.clone();
+            if !my_group.contains(&me) {
+                my_group.push(me.clone());
+            }
+            my_group.sort();
+            let mut groups: Vec<Vec<NodeName>> = vec![my_group.clone()];
             for r in listed.iter().filter(|r| r.node != me) {
-                if membership.members.contains(&r.node) && !membership.lists_running(&r.node) {
+                if my_group.contains(&r.node) {
+                    continue;
+                }
+                // A registered node outside our running members: a member we lost (the
+                // node still lists it, as RabbitMQ does, or it still runs with some of
+                // our members: an Erlang mesh forgets a lost node), or another cluster.
+                let probe = self.probe(&r.node).await.ok().filter(|p| p.live);
+                let ours = membership.members.contains(&r.node)
+                    || probe.as_ref().is_some_and(|p| {
+                        p.membership
+                            .running_members
+                            .iter()
+                            .any(|m| *m != r.node && my_group.contains(m))
+                    });
+                if ours {
                     match target.reconnect(&r.node).await {
                         Ok(true) => {
                             tracing::info!(member = %r.node, "reconnected a registered member");
@@ -1003,22 +1022,11 @@ impl Agent {
                         }
                         Err(e) => tracing::warn!(member = %r.node, error = %e, "reconnect failed"),
                     }
-                }
-            }
-            // Splits: registered live nodes whose clusters do not overlap.
-            let mut groups: Vec<Vec<NodeName>> = Vec::new();
-            let mut my_group: Vec<NodeName> = membership.running_members.clone();
-            if !my_group.contains(&me) {
-                my_group.push(me.clone());
-            }
-            my_group.sort();
-            groups.push(my_group);
-            for r in listed.iter().filter(|r| r.node != me) {
-                if groups.iter().any(|g| g.contains(&r.node)) {
                     continue;
                 }
-                if let Ok(p) = self.probe(&r.node).await
-                    && p.live
+                // Splits: registered live nodes whose clusters do not overlap ours.
+                if let Some(p) = probe
+                    && !groups.iter().any(|g| g.contains(&r.node))
                 {
                     let mut g = p.membership.running_members.clone();
                     if !g.contains(&r.node) {

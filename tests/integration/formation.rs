@@ -875,3 +875,123 @@ async fn the_watch_reconnects_a_cut_off_erlang_member_and_cleanup_forgets_a_dead
     assert_eq!(m.members, names[..2].to_vec());
     drop(formed);
 }
+
+/// After formation the watch reconnects a registered member the node lost, and
+/// reports two registered clusters that do not list each other.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_reconnects_lost_members_and_reports_splits() {
+    let epmd = Epmd::start().await;
+    let mut nodes = erl_nodes(&epmd, 4).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let backend = Arc::new(MemoryBackend::new());
+    let targets: Vec<Arc<ErlangMesh>> = nodes
+        .iter()
+        .map(|n| Arc::new(ErlangMesh::new(probe.clone(), n.name().parse().unwrap())))
+        .collect();
+    let agents: Vec<Agent> = targets[..3]
+        .iter()
+        .map(|t| Agent::new(backend.clone(), t.clone(), quick()))
+        .collect();
+    let _formed: Vec<_> = run_all(&agents)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    // Node 1 loses node 2 (`-connect_all false`: nothing reconnects them on its own).
+    let (n1, n2) = (targets[1].node().clone(), targets[2].node().clone());
+    nodes[1]
+        .eval(&format!("erlang:disconnect_node('{n2}')"))
+        .await;
+    assert!(!nodes[1].eval("nodes()").await.contains(n2.as_str()));
+    let mut events = agents[1].events();
+    let mut state = autocluster::formation::CleanupState::new();
+    // The ErlangMesh remembers the members it has seen, and the watch reconnects them
+    // (and registered members it does not list).
+    agents[1].watch_round(&mut state, false).await;
+    let view = nodes[1].eval("lists:sort(nodes())").await;
+    let mut reconnected = view.contains(n2.as_str());
+    while let Ok(ev) = events.try_recv() {
+        if ev == FormationEvent::Reconnected(n2.clone()) {
+            reconnected = true;
+        }
+    }
+    assert!(reconnected, "{n1} reconnected {n2}: {view}");
+
+    // A fourth node registered on its own, standalone: a split.
+    let _lone = backend
+        .register(Registration::new(
+            targets[3].node().clone(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let mut events = agents[0].events();
+    agents[0].watch_round(&mut state, false).await;
+    let mut split = None;
+    while let Ok(ev) = events.try_recv() {
+        if let FormationEvent::SplitDetected(groups) = ev {
+            split = Some(groups);
+        }
+    }
+    let groups = split.expect("the split is reported");
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert!(
+        groups.iter().any(|g| g == &vec![targets[3].node().clone()]),
+        "{groups:?}"
+    );
+    assert_eq!(agents[0].metrics().splits, 1);
+}
+
+/// The failure policy: `Stop` returns the error after the retries, `Ignore` runs
+/// standalone and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_failure_policy_is_followed() {
+    use autocluster::formation::FailurePolicy;
+    let epmd = Epmd::start().await;
+    let nodes = erl_nodes(&epmd, 1).await;
+    // The probe node holds another cookie: every call to the managed node fails.
+    let probe = Node::builder(
+        format!("{}@{}", unique_name("agent"), host_of(nodes[0].name()))
+            .parse()
+            .unwrap(),
+        Cookie::new("wrong").unwrap(),
+    )
+    .epmd_port(epmd.port())
+    .start()
+    .await
+    .unwrap();
+    let target = Arc::new(ErlangMesh::new(probe, nodes[0].name().parse().unwrap()));
+    let backend = Arc::new(MemoryBackend::new());
+    let cfg = FormationConfig {
+        max_attempts: 2,
+        ..quick()
+    };
+    let started = Instant::now();
+    let err = Agent::new(backend.clone(), target.clone(), cfg.clone())
+        .run()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cookie"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let formed = Agent::new(
+        backend.clone(),
+        target,
+        FormationConfig {
+            failure: FailurePolicy::Ignore,
+            ..cfg
+        },
+    )
+    .run()
+    .await
+    .unwrap();
+    match formed.outcome {
+        Outcome::Standalone { error } => assert!(error.contains("cookie"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(formed.attempts, 2);
+    assert!(
+        backend.lock_holder().is_none(),
+        "the lock was released on the failing path"
+    );
+}

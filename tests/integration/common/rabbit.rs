@@ -42,6 +42,9 @@ pub struct RabbitOptions {
     /// An EPMD shared with other nodes (nodes that cluster must find each other in one
     /// EPMD); `None`: the node gets its own.
     pub epmd_port: Option<u16>,
+    /// More arguments for the node's VM and for `rabbitmqctl`'s (e.g. TLS distribution:
+    /// `-proto_dist inet_tls -ssl_dist_optfile FILE`).
+    pub erl_args: Vec<String>,
 }
 
 impl Default for RabbitOptions {
@@ -53,6 +56,7 @@ impl Default for RabbitOptions {
             plugins: Vec::new(),
             boot_timeout: Duration::from_secs(120),
             epmd_port: None,
+            erl_args: Vec::new(),
         }
     }
 }
@@ -81,6 +85,12 @@ impl RabbitOptions {
         self
     }
 
+    /// Adds VM arguments, for the node and for `rabbitmqctl`.
+    pub fn erl_args(mut self, args: &[&str]) -> Self {
+        self.erl_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// Registers the node with the EPMD on `port` (shared, owned by the caller).
     pub fn epmd_port(mut self, port: u16) -> Self {
         self.epmd_port = Some(port);
@@ -92,6 +102,7 @@ impl RabbitOptions {
 pub struct RabbitNode {
     node: String,
     cookie: String,
+    erl_args: Vec<String>,
     /// The node's own EPMD, unless it shares one.
     own_epmd: Option<Epmd>,
     epmd_port: u16,
@@ -153,6 +164,7 @@ impl RabbitNode {
         let mut rabbit = RabbitNode {
             node,
             cookie: options.cookie.clone(),
+            erl_args: options.erl_args.clone(),
             own_epmd,
             epmd_port,
             amqp_port,
@@ -163,6 +175,15 @@ impl RabbitNode {
         rabbit.spawn().await;
         rabbit.await_startup(options.boot_timeout).await;
         rabbit
+    }
+
+    fn vm_args(&self) -> String {
+        let mut args = format!("-setcookie {}", self.cookie);
+        for a in &self.erl_args {
+            args.push(' ');
+            args.push_str(a);
+        }
+        args
     }
 
     fn env(&self, command: &mut Command) {
@@ -181,14 +202,8 @@ impl RabbitNode {
             )
             .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf"))
             .env("RABBITMQ_PID_FILE", base.join("rabbit.pid"))
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                format!("-setcookie {}", self.cookie),
-            )
-            .env(
-                "RABBITMQ_CTL_ERL_ARGS",
-                format!("-setcookie {}", self.cookie),
-            )
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", self.vm_args())
+            .env("RABBITMQ_CTL_ERL_ARGS", self.vm_args())
             .env("ERL_EPMD_PORT", self.epmd_port.to_string());
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
