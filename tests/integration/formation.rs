@@ -753,8 +753,16 @@ async fn an_agent_never_forms_a_cluster_beside_a_registered_node_it_could_not_pr
     );
 
     // With retries, the next attempt reaches the node and joins it.
-    let formed = Agent::new(backend.clone(), cut(1), quick()).run().await.unwrap();
-    assert_eq!(formed.outcome, Outcome::Joined { seed: names[0].clone() });
+    let formed = Agent::new(backend.clone(), cut(1), quick())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        formed.outcome,
+        Outcome::Joined {
+            seed: names[0].clone()
+        }
+    );
     assert_eq!(formed.attempts, 2);
 
     // A registered node whose EPMD no longer knows it is gone: no reason to wait for it.
@@ -833,7 +841,14 @@ async fn the_watch_reconnects_a_cut_off_erlang_member_and_cleanup_forgets_a_dead
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let all = format!("[{}]", names.iter().map(NodeName::as_str).collect::<Vec<_>>().join(","));
+    let all = format!(
+        "[{}]",
+        names
+            .iter()
+            .map(NodeName::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     assert!(views(&mut nodes).await.iter().all(|v| *v == all));
 
     // Node 2 is cut off from the others (as by a partition that has healed since).
@@ -842,11 +857,17 @@ async fn the_watch_reconnects_a_cut_off_erlang_member_and_cleanup_forgets_a_dead
         .await;
     assert_eq!(nodes[2].eval("nodes()").await, "[]");
     let m = agents[0].target().membership().await.unwrap();
-    assert!(m.members.contains(&names[2]) && !m.lists_running(&names[2]), "{m:?}");
+    assert!(
+        m.members.contains(&names[2]) && !m.lists_running(&names[2]),
+        "{m:?}"
+    );
     let mut events = agents[0].events();
     let mut state = CleanupState::new();
     agents[0].watch_round(&mut state, false).await;
-    assert!(views(&mut nodes).await.iter().all(|v| *v == all), "reconnected");
+    assert!(
+        views(&mut nodes).await.iter().all(|v| *v == all),
+        "reconnected"
+    );
     let mut reconnected = false;
     while let Ok(ev) = events.try_recv() {
         reconnected |= ev == FormationEvent::Reconnected(names[2].clone());
@@ -961,7 +982,8 @@ async fn the_failure_policy_is_followed() {
     .start()
     .await
     .unwrap();
-    let target = Arc::new(ErlangMesh::new(probe, nodes[0].name().parse().unwrap()));
+    let name: NodeName = nodes[0].name().parse().unwrap();
+    let target = Arc::new(ErlangMesh::new(probe, name.clone()));
     let backend = Arc::new(MemoryBackend::new());
     let cfg = FormationConfig {
         max_attempts: 2,
@@ -973,6 +995,10 @@ async fn the_failure_policy_is_followed() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cookie"), "{err}");
+    assert!(
+        err.to_string().contains(name.as_str()),
+        "names the node: {err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let formed = Agent::new(
         backend.clone(),
@@ -990,6 +1016,11 @@ async fn the_failure_policy_is_followed() {
         other => panic!("{other:?}"),
     }
     assert_eq!(formed.attempts, 2);
+    assert!(formed.registration.is_none());
+    assert!(
+        backend.list_nodes().await.unwrap().is_empty(),
+        "nothing registered"
+    );
     assert!(
         backend.lock_holder().is_none(),
         "the lock was released on the failing path"

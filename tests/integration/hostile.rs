@@ -113,7 +113,7 @@ fn opening(abuse: Abuse, epmd: bool, i: usize) -> Vec<u8> {
             v
         }
         Abuse::Truncated if epmd => vec![0, 20, 122, b'r', b'a'], // PORT_PLEASE2 "ra..."
-        Abuse::Truncated => vec![0, 40, b'N', 0, 0],             // half a send_name
+        Abuse::Truncated => vec![0, 40, b'N', 0, 0],              // half a send_name
         Abuse::Giant => {
             let mut v = vec![0xff, 0xff];
             v.extend(&junk);
@@ -125,7 +125,13 @@ fn opening(abuse: Abuse, epmd: bool, i: usize) -> Vec<u8> {
 
 /// One abusive client: returns how long the server took to close the connection, or
 /// why it is a failure.
-async fn abuse(addr: SocketAddr, kind: Abuse, epmd: bool, i: usize, bound: Duration) -> Result<Duration, String> {
+async fn abuse(
+    addr: SocketAddr,
+    kind: Abuse,
+    epmd: bool,
+    i: usize,
+    bound: Duration,
+) -> Result<Duration, String> {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr)
         .await
@@ -233,7 +239,10 @@ fn check_flood(
     latencies: &[Duration],
     good_bound: Duration,
 ) {
-    let failures: Vec<&String> = results.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let failures: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
     assert!(
         failures.is_empty(),
         "{what}: {} of {} abusive connections misbehaved, e.g. {:?}",
@@ -248,9 +257,16 @@ fn check_flood(
             .filter_map(|(_, r)| r.as_ref().ok().copied())
             .collect();
         let worst = times.iter().max().copied().unwrap_or_default();
-        eprintln!("{what}: {kind:?}: {} closed, the slowest after {worst:?}", times.len());
+        eprintln!(
+            "{what}: {kind:?}: {} closed, the slowest after {worst:?}",
+            times.len()
+        );
     }
-    assert!(latencies.len() >= 5, "{what}: only {} good requests", latencies.len());
+    assert!(
+        latencies.len() >= 5,
+        "{what}: only {} good requests",
+        latencies.len()
+    );
     let worst = latencies.iter().max().copied().unwrap_or_default();
     assert!(worst < good_bound, "{what}: worst good latency {worst:?}");
     eprintln!("{what}: {} good requests, worst {worst:?}", latencies.len());
@@ -278,24 +294,34 @@ async fn embedded_epmd_outlasts_a_mixed_flood_of_abusive_clients() {
     let name = unique_name("good");
     let _registration = good.register(NodeEntry::new(&name, 45600)).await.unwrap();
     let rss_before = rss_kib();
-    let (results, latencies) = flood(addr, true, 3_000, 200, idle + Duration::from_secs(3), || {
-        let good = good.clone();
-        let name = name.clone();
-        async move {
-            let found = good.port_please(&name).await.map_err(|e| e.to_string())?;
-            if found.map(|e| e.port) != Some(45600) {
-                return Err("the registration is gone".into());
+    let (results, latencies) = flood(
+        addr,
+        true,
+        3_000,
+        200,
+        idle + Duration::from_secs(3),
+        || {
+            let good = good.clone();
+            let name = name.clone();
+            async move {
+                let found = good.port_please(&name).await.map_err(|e| e.to_string())?;
+                if found.map(|e| e.port) != Some(45600) {
+                    return Err("the registration is gone".into());
+                }
+                good.names().await.map_err(|e| e.to_string())?;
+                Ok(())
             }
-            good.names().await.map_err(|e| e.to_string())?;
-            Ok(())
-        }
-    })
+        },
+    )
     .await;
     check_flood("epmd", &results, &latencies, Duration::from_secs(1));
     for (kind, r) in &results {
         if matches!(kind, Abuse::Garbage | Abuse::Giant) {
             let after = r.as_ref().unwrap();
-            assert!(*after < Duration::from_secs(1) + idle, "{kind:?} closed after {after:?}");
+            assert!(
+                *after < Duration::from_secs(1) + idle,
+                "{kind:?} closed after {after:?}"
+            );
         }
     }
     let growth = rss_kib().saturating_sub(rss_before) / 1024;
@@ -303,7 +329,10 @@ async fn embedded_epmd_outlasts_a_mixed_flood_of_abusive_clients() {
     let stats = server.stats();
     assert_eq!(stats.pending, 0, "{stats:?}");
     assert_eq!(stats.established, 1, "{stats:?}");
-    assert_eq!(good.port_please(&name).await.unwrap().map(|e| e.port), Some(45600));
+    assert_eq!(
+        good.port_please(&name).await.unwrap().map(|e| e.port),
+        Some(45600)
+    );
     eprintln!("epmd: {stats:?}; rss +{growth} MiB");
 }
 
@@ -332,28 +361,41 @@ async fn the_acceptor_outlasts_a_mixed_flood_of_abusive_clients() {
     assert_eq!(erl.eval(&ping).await, "pong");
     let rss_before = rss_kib();
     let target = server.name().clone();
-    let (results, latencies) = flood(addr, false, 3_000, 200, idle + Duration::from_secs(3), || {
-        let target = target.clone();
-        async move {
-            let client = Node::builder(
-                format!("{}@localhost", unique_name("good")).parse().unwrap(),
-                Cookie::new(COOKIE).unwrap(),
-            )
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
-            let r = client.connect_to(&target, addr).await.map_err(|e| e.to_string());
-            client.shutdown().await;
-            r
-        }
-    })
+    let (results, latencies) = flood(
+        addr,
+        false,
+        3_000,
+        200,
+        idle + Duration::from_secs(3),
+        || {
+            let target = target.clone();
+            async move {
+                let client = Node::builder(
+                    format!("{}@localhost", unique_name("good"))
+                        .parse()
+                        .unwrap(),
+                    Cookie::new(COOKIE).unwrap(),
+                )
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
+                let r = client
+                    .connect_to(&target, addr)
+                    .await
+                    .map_err(|e| e.to_string());
+                client.shutdown().await;
+                r
+            }
+        },
+    )
     .await;
     check_flood("acceptor", &results, &latencies, Duration::from_secs(2));
     let growth = rss_kib().saturating_sub(rss_before) / 1024;
     assert!(growth < 200, "memory grew by {growth} MiB");
     let stats = server.listener_stats().unwrap();
     assert_eq!(stats.pending, 0, "{stats:?}");
-    erl.eval(&format!("erlang:disconnect_node('{}')", server.name())).await;
+    erl.eval(&format!("erlang:disconnect_node('{}')", server.name()))
+        .await;
     assert_eq!(erl.eval(&ping).await, "pong");
     eprintln!("acceptor: {stats:?}; rss +{growth} MiB");
 }
@@ -364,7 +406,9 @@ async fn the_acceptor_outlasts_a_mixed_flood_of_abusive_clients() {
 /// A raw connection that completed the handshake with `server`: we write frames by hand.
 async fn handshaked_peer(server: &Node) -> (TcpStream, NodeName) {
     let me: NodeName = format!("{}@localhost", unique_name("raw")).parse().unwrap();
-    let mut stream = TcpStream::connect(server.local_addr().unwrap()).await.unwrap();
+    let mut stream = TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
     let cfg = InitiatorConfig {
         local: LocalName::Static(me.clone()),
         creation: 7,
@@ -373,9 +417,15 @@ async fn handshaked_peer(server: &Node) -> (TcpStream, NodeName) {
         cookie: Cookie::new(COOKIE).unwrap(),
         peer: server.name().clone(),
     };
-    autocluster::handshake::initiate(&mut stream, LengthPrefix::U16, cfg, Duration::from_secs(5), || true)
-        .await
-        .expect("handshake");
+    autocluster::handshake::initiate(
+        &mut stream,
+        LengthPrefix::U16,
+        cfg,
+        Duration::from_secs(5),
+        || true,
+    )
+    .await
+    .expect("handshake");
     (stream, me)
 }
 
@@ -424,17 +474,38 @@ async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a
     let (mut peer, me) = handshaked_peer(&server).await;
     let mut survivable: Vec<(&str, Vec<u8>)> = vec![
         ("a tick", vec![0, 0, 0, 0]),
-        ("garbage instead of the pass-through tag", frame(&[0xde, 0xad, 0xbe, 0xef])),
+        (
+            "garbage instead of the pass-through tag",
+            frame(&[0xde, 0xad, 0xbe, 0xef]),
+        ),
         ("an empty pass-through frame", frame(&[112])),
-        ("an undecodable control term", frame(&[112, 131, 255, 1, 2, 3])),
-        ("a control term cut short", frame(&[112, 131, 104, 4, 97, 6])),
-        ("a list claiming 2^31 elements", frame(&[112, 131, 108, 0x7f, 0xff, 0xff, 0xff, 106])),
-        ("a binary claiming 1 GiB", frame(&[112, 131, 109, 0x40, 0, 0, 0, 1, 2])),
+        (
+            "an undecodable control term",
+            frame(&[112, 131, 255, 1, 2, 3]),
+        ),
+        (
+            "a control term cut short",
+            frame(&[112, 131, 104, 4, 97, 6]),
+        ),
+        (
+            "a list claiming 2^31 elements",
+            frame(&[112, 131, 108, 0x7f, 0xff, 0xff, 0xff, 106]),
+        ),
+        (
+            "a binary claiming 1 GiB",
+            frame(&[112, 131, 109, 0x40, 0, 0, 0, 1, 2]),
+        ),
         (
             "an unknown control message",
-            data_frame(&Term::Tuple(vec![Term::Integer(99), Term::atom("surprise")]), None),
+            data_frame(
+                &Term::Tuple(vec![Term::Integer(99), Term::atom("surprise")]),
+                None,
+            ),
         ),
-        ("a control that is not a tuple", data_frame(&Term::atom("hello"), None)),
+        (
+            "a control that is not a tuple",
+            data_frame(&Term::atom("hello"), None),
+        ),
         (
             "a SEND to a pid that does not exist",
             data_frame(
@@ -460,8 +531,13 @@ async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a
     for (what, bytes) in &survivable {
         peer.write_all(bytes).await.unwrap();
         // Still delivering: a message to a registered mailbox arrives.
-        let marker = Term::Tuple(vec![Term::atom("after"), Term::atom(what.replace(' ', "_").as_str())]);
-        peer.write_all(&reg_send(&me, "inbox", &marker)).await.unwrap();
+        let marker = Term::Tuple(vec![
+            Term::atom("after"),
+            Term::atom(what.replace(' ', "_").as_str()),
+        ]);
+        peer.write_all(&reg_send(&me, "inbox", &marker))
+            .await
+            .unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
             .await
             .unwrap_or_else(|_| panic!("nothing delivered after {what}"))
@@ -470,7 +546,9 @@ async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a
         assert!(server.is_connected(&me), "disconnected by {what}");
     }
     // A frame longer than the limit: closed at once, with the reason.
-    peer.write_all(&[0x7f, 0xff, 0xff, 0xff, 112]).await.unwrap();
+    peer.write_all(&[0x7f, 0xff, 0xff, 0xff, 112])
+        .await
+        .unwrap();
     let down = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match events.recv().await {
@@ -504,37 +582,7 @@ async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a
 }
 
 // ---------------------------------------------------------------------------------------
-// Wrong cookie, wrong names, vanishing nodes, a seed that refuses.
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_wrong_cookie_is_named_and_the_agent_follows_its_failure_policy() {
-    let epmd = Epmd::start().await;
-    let erl = ErlNode::start(ErlOptions::new(epmd.port()).cookie("the_right_cookie")).await;
-    let name: NodeName = erl.name().parse().unwrap();
-    let probe = agent_node(epmd.port(), host_of(erl.name()), "a_wrong_cookie").await;
-    let backend = Arc::new(MemoryBackend::new());
-    let target = Arc::new(ErlangMesh::new(probe, name.clone()));
-    let started = Instant::now();
-    let err = Agent::new(backend.clone(), target.clone(), quick())
-        .run()
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(text.contains(name.as_str()), "{text}");
-    assert!(text.to_lowercase().contains("cookie"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
-    let formed = Agent::new(backend.clone(), target, ignore(quick()))
-        .run()
-        .await
-        .unwrap();
-    match &formed.outcome {
-        Outcome::Standalone { error } => assert!(error.to_lowercase().contains("cookie"), "{error}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(formed.registration.is_none());
-    assert!(backend.list_nodes().await.unwrap().is_empty(), "nothing registered");
-    assert!(backend.lock_holder().is_none(), "the lock is released");
-}
+// Wrong names, vanishing nodes, a seed that refuses (a wrong cookie: formation.rs).
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
@@ -546,21 +594,34 @@ async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
 
     // A name nobody runs under.
     let nosuch: NodeName = format!("{}@{host}", unique_name("nosuch")).parse().unwrap();
-    let err = Agent::new(backend.clone(), Arc::new(ErlangMesh::new(probe.clone(), nosuch.clone())), quick())
-        .run()
-        .await
-        .unwrap_err();
+    let err = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), nosuch.clone())),
+        quick(),
+    )
+    .run()
+    .await
+    .unwrap_err();
     let text = err.to_string();
     assert!(text.contains(nosuch.as_str()), "{text}");
     assert!(text.contains("not registered"), "{text}");
-    assert!(text.contains(erl.name().split('@').next().unwrap()), "lists who is there: {text}");
+    assert!(
+        text.contains(erl.name().split('@').next().unwrap()),
+        "lists who is there: {text}"
+    );
 
     // A long name given to a short-name agent.
-    let long: NodeName = format!("{}@127.0.0.1", unique_name("long")).parse().unwrap();
-    let formed = Agent::new(backend.clone(), Arc::new(ErlangMesh::new(probe.clone(), long.clone())), ignore(quick()))
-        .run()
-        .await
+    let long: NodeName = format!("{}@127.0.0.1", unique_name("long"))
+        .parse()
         .unwrap();
+    let formed = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), long.clone())),
+        ignore(quick()),
+    )
+    .run()
+    .await
+    .unwrap();
     match &formed.outcome {
         Outcome::Standalone { error } => {
             assert!(error.contains(long.as_str()), "{error}");
@@ -571,20 +632,31 @@ async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
 
     // A registered node under a name with the wrong case: EPMD does not know it, the
     // node is proven gone, the agent forms (and says which node it could not find).
-    let upper: NodeName = format!("{}@{host}", erl.name().split('@').next().unwrap().to_uppercase())
-        .parse()
-        .unwrap();
+    let upper: NodeName = format!(
+        "{}@{host}",
+        erl.name().split('@').next().unwrap().to_uppercase()
+    )
+    .parse()
+    .unwrap();
     let _r = backend
         .register(Registration::new(upper.clone(), Duration::from_secs(30)))
         .await
         .unwrap();
-    let agent = Agent::new(backend.clone(), Arc::new(ErlangMesh::new(probe.clone(), erl.name().parse().unwrap())), quick());
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), erl.name().parse().unwrap())),
+        quick(),
+    );
     let mut events = agent.events();
     let formed = agent.run().await.unwrap();
     assert_eq!(formed.outcome, Outcome::FormedNew);
     let mut probed_down = false;
     while let Ok(ev) = events.try_recv() {
-        probed_down |= ev == FormationEvent::Probed { node: upper.clone(), live: false };
+        probed_down |= ev
+            == FormationEvent::Probed {
+                node: upper.clone(),
+                live: false,
+            };
     }
     assert!(probed_down);
 }
@@ -598,7 +670,9 @@ struct SeedVanishes {
 
 impl std::fmt::Debug for SeedVanishes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedVanishes").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("SeedVanishes")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -645,13 +719,26 @@ impl ClusterTarget for SeedVanishes {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skipped() {
     let epmd = Epmd::start().await;
-    let seed = ErlNode::start(ErlOptions::new(epmd.port()).name_prefix("a_seed").args(["-connect_all", "false"])).await;
-    let me = ErlNode::start(ErlOptions::new(epmd.port()).name_prefix("b_me").args(["-connect_all", "false"])).await;
+    let seed = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("a_seed")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let me = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("b_me")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
     let seed_name: NodeName = seed.name().parse().unwrap();
     let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
     let backend = Arc::new(MemoryBackend::new());
     let _r = backend
-        .register(Registration::new(seed_name.clone(), Duration::from_secs(30)))
+        .register(Registration::new(
+            seed_name.clone(),
+            Duration::from_secs(30),
+        ))
         .await
         .unwrap();
     let agent = Agent::new(
@@ -667,7 +754,11 @@ async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skippe
     );
     let mut events = agent.events();
     let formed = agent.run().await.unwrap();
-    assert_eq!(formed.outcome, Outcome::FormedNew, "the dead seed is skipped once proven gone");
+    assert_eq!(
+        formed.outcome,
+        Outcome::FormedNew,
+        "the dead seed is skipped once proven gone"
+    );
     let mut retried = Vec::new();
     while let Ok(ev) = events.try_recv() {
         if let FormationEvent::Retrying { error, .. } = ev {
@@ -681,27 +772,53 @@ async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skippe
 #[tokio::test(flavor = "multi_thread")]
 async fn an_erlang_seed_that_refuses_the_join_is_named() {
     let epmd = Epmd::start().await;
-    let seed = ErlNode::start(ErlOptions::new(epmd.port()).name_prefix("a_seed").args(["-connect_all", "false"])).await;
-    let me = ErlNode::start(ErlOptions::new(epmd.port()).name_prefix("b_me").args(["-connect_all", "false"])).await;
+    let seed = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("a_seed")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let me = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("b_me")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
     let seed_name: NodeName = seed.name().parse().unwrap();
     let me_name: NodeName = me.name().parse().unwrap();
     let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
     // The seed lets only the agent in (net_kernel:allow/1): `me` is refused.
     let mut seed = seed;
-    assert_eq!(seed.eval(&format!("net_kernel:allow(['{}'])", probe.name())).await, "ok");
+    assert_eq!(
+        seed.eval(&format!("net_kernel:allow(['{}'])", probe.name()))
+            .await,
+        "ok"
+    );
     let backend = Arc::new(MemoryBackend::new());
     let _r = backend
-        .register(Registration::new(seed_name.clone(), Duration::from_secs(30)))
+        .register(Registration::new(
+            seed_name.clone(),
+            Duration::from_secs(30),
+        ))
         .await
         .unwrap();
     let target = Arc::new(ErlangMesh::new(probe, me_name.clone()));
     let started = Instant::now();
-    let err = Agent::new(backend.clone(), target.clone(), quick()).run().await.unwrap_err();
+    let err = Agent::new(backend.clone(), target.clone(), quick())
+        .run()
+        .await
+        .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains(seed_name.as_str()) && text.contains(me_name.as_str()), "{text}");
+    assert!(
+        text.contains(seed_name.as_str()) && text.contains(me_name.as_str()),
+        "{text}"
+    );
     assert!(text.contains("connect_node"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(60));
-    let formed = Agent::new(backend.clone(), target, ignore(quick())).run().await.unwrap();
+    let formed = Agent::new(backend.clone(), target, ignore(quick()))
+        .run()
+        .await
+        .unwrap();
     assert!(
         matches!(&formed.outcome, Outcome::Standalone { error } if error.contains(seed_name.as_str())),
         "{:?}",
@@ -714,24 +831,35 @@ async fn an_erlang_seed_that_refuses_the_join_is_named() {
 /// A native "seed" that answers the membership question but refuses every join.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_native_seed_that_refuses_the_join_is_named() {
-    let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0)).await.unwrap();
+    let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0))
+        .await
+        .unwrap();
     let node = |prefix: &str| {
-        let name: NodeName = format!("{}@localhost", unique_name(prefix)).parse().unwrap();
+        let name: NodeName = format!("{}@localhost", unique_name(prefix))
+            .parse()
+            .unwrap();
         Node::builder(name, Cookie::new(COOKIE).unwrap())
             .epmd_port(epmd.port())
             .listen("127.0.0.1:0".parse().unwrap())
             .start()
     };
     let refuser = node("a_refuser").await.unwrap();
-    let mut service = refuser.register(autocluster::formation::MEMBERSHIP_SERVICE).unwrap();
+    let mut service = refuser
+        .register(autocluster::formation::MEMBERSHIP_SERVICE)
+        .unwrap();
     let refuser_name = refuser.name().clone();
     let answered = Arc::new(AtomicUsize::new(0));
     let counter = answered.clone();
     tokio::spawn(async move {
         while let Some(env) = service.recv().await {
-            let Some(call) = autocluster::node::GenCall::parse(&env.message) else { continue };
+            let Some(call) = autocluster::node::GenCall::parse(&env.message) else {
+                continue;
+            };
             let reply = if call.request.is_atom("members") {
-                Term::Tuple(vec![Term::atom("seed"), Term::List(vec![Term::atom(refuser_name.as_str())])])
+                Term::Tuple(vec![
+                    Term::atom("seed"),
+                    Term::List(vec![Term::atom(refuser_name.as_str())]),
+                ])
             } else {
                 counter.fetch_add(1, Ordering::SeqCst);
                 Term::Tuple(vec![Term::atom("error"), Term::atom("cluster_full")])
@@ -741,17 +869,30 @@ async fn a_native_seed_that_refuses_the_join_is_named() {
     });
     let backend = Arc::new(MemoryBackend::new());
     let _r = backend
-        .register(Registration::new(refuser.name().clone(), Duration::from_secs(30)))
+        .register(Registration::new(
+            refuser.name().clone(),
+            Duration::from_secs(30),
+        ))
         .await
         .unwrap();
     let me = NativeTarget::new(node("b_me").await.unwrap()).unwrap();
-    let err = Agent::new(backend.clone(), Arc::new(me.clone()), quick()).run().await.unwrap_err();
+    let err = Agent::new(backend.clone(), Arc::new(me.clone()), quick())
+        .run()
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains(refuser.name().as_str()), "{text}");
     assert!(text.contains("cluster_full"), "{text}");
     assert_eq!(answered.load(Ordering::SeqCst), 3, "one join per attempt");
-    let formed = Agent::new(backend, Arc::new(me), ignore(quick())).run().await.unwrap();
-    assert!(matches!(formed.outcome, Outcome::Standalone { .. }), "{:?}", formed.outcome);
+    let formed = Agent::new(backend, Arc::new(me), ignore(quick()))
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        matches!(formed.outcome, Outcome::Standalone { .. }),
+        "{:?}",
+        formed.outcome
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -825,7 +966,9 @@ mod backend_mid_formation {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if *m.lock().unwrap() == Mode::Garbage {
                         // Junk where an HTTP/2 server preface should be, then close.
-                        let _ = client.write_all(b"\x00\x00\x12\x04\x00garbage garbage garbage").await;
+                        let _ = client
+                            .write_all(b"\x00\x00\x12\x04\x00garbage garbage garbage")
+                            .await;
                         continue;
                     }
                     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -893,10 +1036,17 @@ mod backend_mid_formation {
     /// the lock and listed the registry: every call fails with a typed error within its
     /// timeout, the agent retries, then follows its failure policy, in bounded time.
     #[tokio::test(flavor = "multi_thread")]
-    async fn a_backend_that_hangs_or_answers_garbage_mid_formation_fails_the_agent_in_bounded_time() {
+    async fn a_backend_that_hangs_or_answers_garbage_mid_formation_fails_the_agent_in_bounded_time()
+    {
         let etcd = EtcdServer::start().await;
-        let upstream: SocketAddr = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
-        let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0)).await.unwrap();
+        let upstream: SocketAddr = etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
         for mode in [Mode::Hang, Mode::Garbage] {
             for policy in [FailurePolicy::Stop, FailurePolicy::Ignore] {
                 let proxy = Proxy::start(upstream).await;
@@ -954,7 +1104,10 @@ mod backend_mid_formation {
                     retries += usize::from(matches!(ev, FormationEvent::Retrying { .. }));
                 }
                 assert_eq!(retries, 2, "{mode:?}: three attempts");
-                assert!(took < Duration::from_secs(40), "{mode:?}/{policy:?}: {took:?}");
+                assert!(
+                    took < Duration::from_secs(40),
+                    "{mode:?}/{policy:?}: {took:?}"
+                );
                 eprintln!("{mode:?}/{policy:?}: failed after {took:?}: {error}");
                 proxy.set(Mode::Pass);
             }
