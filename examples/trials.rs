@@ -121,7 +121,8 @@ struct ChildArgs {
 }
 
 fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag} takes a number, not {v:?}"))
+    v.parse()
+        .map_err(|_| format!("{flag} takes a number, not {v:?}"))
 }
 
 fn parse_args(argv: Vec<String>) -> Result<Args, String> {
@@ -147,7 +148,10 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
     };
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--nodes" => a.nodes = number(&flag, &value()?)?,
             "--trials" => a.trials = number(&flag, &value()?)?,
@@ -210,8 +214,13 @@ fn parse_child(argv: Vec<String>) -> Result<ChildArgs, String> {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         get.insert(flag, v);
     }
-    let take = |k: &str| get.get(k).cloned().ok_or_else(|| format!("child: {k} missing"));
-    let ms = |k: &str| -> Result<Duration, String> { Ok(Duration::from_millis(number(k, &take(k)?)?)) };
+    let take = |k: &str| {
+        get.get(k)
+            .cloned()
+            .ok_or_else(|| format!("child: {k} missing"))
+    };
+    let ms =
+        |k: &str| -> Result<Duration, String> { Ok(Duration::from_millis(number(k, &take(k)?)?)) };
     Ok(ChildArgs {
         node: take("--node")?.parse().map_err(|e| format!("{e}"))?,
         host: take("--host")?,
@@ -326,9 +335,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<bool, String> {
-    let kind = args
-        .kind
-        .unwrap_or(if args.nodes <= 5 { Kind::Erl } else { Kind::Native });
+    let kind = args.kind.unwrap_or(if args.nodes <= 5 {
+        Kind::Erl
+    } else {
+        Kind::Native
+    });
     let scenarios: Vec<Scenario> = if args.scenario == "all" {
         scenarios::ALL.to_vec()
     } else {
@@ -356,7 +367,11 @@ async fn run(args: Args) -> Result<bool, String> {
         }
         (None, false) => None,
     };
-    let backend_name = if etcd_endpoint.is_some() { "etcd" } else { "memory" };
+    let backend_name = if etcd_endpoint.is_some() {
+        "etcd"
+    } else {
+        "memory"
+    };
     let default_deadline = Duration::from_secs(60 + args.nodes as u64 / 2);
     let settings = Settings {
         nodes: args.nodes,
@@ -371,8 +386,15 @@ async fn run(args: Args) -> Result<bool, String> {
     println!(
         "trials: {} {kind} nodes, {backend_name} backend{}, {per_scenario} trial(s) per scenario: {}",
         args.nodes,
-        etcd_endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_default(),
-        scenarios.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        etcd_endpoint
+            .as_deref()
+            .map(|e| format!(" at {e}"))
+            .unwrap_or_default(),
+        scenarios
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", "),
         kind = kind.as_str(),
     );
     println!(
@@ -389,9 +411,15 @@ async fn run(args: Args) -> Result<bool, String> {
         if args.resume {
             results = report::read_records(path)
                 .into_iter()
-                .filter(|r| r.kind == kind.as_str() && r.backend == backend_name && r.nodes == args.nodes)
+                .filter(|r| {
+                    r.kind == kind.as_str() && r.backend == backend_name && r.nodes == args.nodes
+                })
                 .collect();
-            println!("resuming: {} trial(s) already recorded in {}", results.len(), path.display());
+            println!(
+                "resuming: {} trial(s) already recorded in {}",
+                results.len(),
+                path.display()
+            );
         }
         recorder = Some(report::Recorder::open(path)?);
     }
@@ -421,7 +449,9 @@ async fn run(args: Args) -> Result<bool, String> {
             .await
             .map_err(|e| format!("{}: {e}", scenario.name()))?;
         for index in todo {
-            let seed = args.replay.unwrap_or_else(|| trial_seed(base_seed, scenario, index));
+            let seed = args
+                .replay
+                .unwrap_or_else(|| trial_seed(base_seed, scenario, index));
             let result = TrialResult {
                 scenario: scenario.name().into(),
                 index,
@@ -449,7 +479,11 @@ async fn run(args: Args) -> Result<bool, String> {
                 elapsed / 60,
                 elapsed % 60,
                 r.line(),
-                if r.passed() { String::new() } else { format!(" (replay: --scenario {} --replay {})", r.scenario, r.seed) }
+                if r.passed() {
+                    String::new()
+                } else {
+                    format!(" (replay: --scenario {} --replay {})", r.scenario, r.seed)
+                }
             );
             if let Some(rec) = recorder.as_mut() {
                 rec.write(&r);

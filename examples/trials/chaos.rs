@@ -36,8 +36,10 @@ pub struct ChaosState {
 impl ChaosState {
     /// Turns chaos on (cutting `probability` of the connections) or off.
     pub fn set(&self, on: bool, probability: f64, seed: u64) {
-        self.per_mille
-            .store((probability.clamp(0.0, 1.0) * 1000.0) as u64, Ordering::SeqCst);
+        self.per_mille.store(
+            (probability.clamp(0.0, 1.0) * 1000.0) as u64,
+            Ordering::SeqCst,
+        );
         self.seed.store(seed, Ordering::SeqCst);
         self.on.store(on, Ordering::SeqCst);
     }

@@ -188,7 +188,8 @@ impl ErlPool {
 
     async fn await_up(&mut self, i: usize) -> Result<(), String> {
         let name = self.nodes[i].name.clone();
-        let epmd = EpmdClient::new(self.placement(i).epmd_addr).with_timeout(Duration::from_secs(2));
+        let epmd =
+            EpmdClient::new(self.placement(i).epmd_addr).with_timeout(Duration::from_secs(2));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.nodes[i].is_dead() {

@@ -202,7 +202,12 @@ pub enum TrialBackend {
 
 impl TrialBackend {
     /// A fresh backend for one trial.
-    pub fn new(etcd: Option<&str>, cluster: &str, node_ttl: Duration, lock_ttl: Duration) -> TrialBackend {
+    pub fn new(
+        etcd: Option<&str>,
+        cluster: &str,
+        node_ttl: Duration,
+        lock_ttl: Duration,
+    ) -> TrialBackend {
         match etcd {
             None => TrialBackend::Memory(MemoryBackend::new()),
             Some(endpoint) => TrialBackend::Etcd(EtcdConfig {
@@ -217,12 +222,13 @@ impl TrialBackend {
         }
     }
 
-
     /// A backend for one agent (call inside the runtime the agent runs in).
     pub fn for_agent(&self) -> Result<Arc<dyn Backend>, String> {
         Ok(match self {
             TrialBackend::Memory(m) => Arc::new(m.clone()),
-            TrialBackend::Etcd(c) => Arc::new(EtcdBackend::new(c.clone()).map_err(|e| e.to_string())?),
+            TrialBackend::Etcd(c) => {
+                Arc::new(EtcdBackend::new(c.clone()).map_err(|e| e.to_string())?)
+            }
         })
     }
 
@@ -230,9 +236,9 @@ impl TrialBackend {
     pub async fn lock_free(&self) -> Option<bool> {
         match self {
             TrialBackend::Memory(m) => Some(m.lock_holder().is_none()),
-            TrialBackend::Etcd(c) => {
-                etcd_keys(&c.endpoints[0], &format!("{}/", c.lock_name())).await.map(|k| k.is_empty())
-            }
+            TrialBackend::Etcd(c) => etcd_keys(&c.endpoints[0], &format!("{}/", c.lock_name()))
+                .await
+                .map(|k| k.is_empty()),
         }
     }
 
@@ -271,7 +277,10 @@ impl TrialBackend {
                     e.stop().await;
                     Ok(())
                 }
-                None => Err("this scenario stops etcd: let the runner start its own (no --etcd-endpoint)".into()),
+                None => Err(
+                    "this scenario stops etcd: let the runner start its own (no --etcd-endpoint)"
+                        .into(),
+                ),
             },
         }
     }

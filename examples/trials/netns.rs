@@ -80,7 +80,11 @@ async fn remove_leftovers() {
     }
     if let Ok(links) = ip(&["-o", "link", "show"]).await {
         for l in links.lines() {
-            if let Some(name) = l.split(':').nth(1).map(|s| s.trim().split('@').next().unwrap_or("")) {
+            if let Some(name) = l
+                .split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or(""))
+            {
                 if stale(name) {
                     ip_sync(&["link", "del", name]);
                 }
@@ -134,10 +138,27 @@ impl Netns {
         ip(&["-n", &sw, "link", "set", "br0", "up"]).await?;
         // The runner's leg.
         let root_peer = format!("{}p", self.root_if);
-        ip(&["link", "add", &self.root_if, "type", "veth", "peer", "name", &root_peer]).await?;
+        ip(&[
+            "link",
+            "add",
+            &self.root_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &root_peer,
+        ])
+        .await?;
         ip(&["link", "set", &root_peer, "netns", &sw]).await?;
         ip(&["-n", &sw, "link", "set", &root_peer, "master", "br0", "up"]).await?;
-        ip(&["addr", "add", &format!("{}/24", self.root_addr()), "dev", &self.root_if]).await?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.root_addr()),
+            "dev",
+            &self.root_if,
+        ])
+        .await?;
         ip(&["link", "set", &self.root_if, "up"]).await?;
         // The members' legs.
         let epmd = find_binary("epmd", "erlang-base")?;
@@ -146,12 +167,24 @@ impl Netns {
             ip(&["-n", ns, "link", "set", "lo", "up"]).await?;
             let inner = format!("{}{g}i", self.id);
             let outer = format!("{}{g}o", self.id);
-            ip(&["link", "add", &inner, "type", "veth", "peer", "name", &outer]).await?;
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ])
+            .await?;
             ip(&["link", "set", &inner, "netns", ns]).await?;
             ip(&["link", "set", &outer, "netns", &sw]).await?;
             ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"]).await?;
             ip(&["-n", ns, "link", "set", &inner, "name", "eth0"]).await?;
-            ip(&["-n", ns, "addr", "add", &format!("{}/24", self.addr(g)), "dev", "eth0"]).await?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(g)),
+                "dev",
+                "eth0",
+            ])
+            .await?;
             ip(&["-n", ns, "link", "set", "eth0", "up"]).await?;
             let child = Command::new("ip")
                 .args(["netns", "exec", ns])
@@ -172,11 +205,14 @@ impl Netns {
         for g in 0..self.members.len() {
             let addr = SocketAddr::from((self.addr(g), epmd_port));
             let deadline = Instant::now() + Duration::from_secs(20);
-            let client = autocluster::epmd::EpmdClient::new(addr)
-                .with_timeout(Duration::from_millis(500));
+            let client =
+                autocluster::epmd::EpmdClient::new(addr).with_timeout(Duration::from_millis(500));
             while client.names().await.is_err() {
                 if Instant::now() > deadline {
-                    return Err(format!("epmd in {} does not answer at {addr}", self.members[g]));
+                    return Err(format!(
+                        "epmd in {} does not answer at {addr}",
+                        self.members[g]
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

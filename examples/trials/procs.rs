@@ -46,7 +46,9 @@ pub fn find_binary(binary: &str, package: &str) -> Result<PathBuf, String> {
     dirs.into_iter()
         .map(|d| d.join(binary))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("`{binary}` is not installed (Debian: apt-get install -y {package})"))
+        .ok_or_else(|| {
+            format!("`{binary}` is not installed (Debian: apt-get install -y {package})")
+        })
 }
 
 /// A single-member etcd on free loopback ports with a temporary data directory, killed
@@ -218,7 +220,11 @@ pub async fn etcd_keys(endpoint: &str, prefix: &str) -> Option<Vec<String>> {
         Duration::from_secs(2),
         client.get(
             prefix,
-            Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
         ),
     )
     .await

@@ -248,7 +248,7 @@ impl Row {
     fn render(&mut self, label: &str) -> String {
         self.times.sort_unstable();
         format!(
-            "{label:<36} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}",
+            "{label:<46} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}",
             self.trials,
             self.formed,
             self.splits,
@@ -290,22 +290,29 @@ pub fn summary(results: &[TrialResult]) -> Totals {
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for r in results {
-        rows.entry((r.scenario.clone(), r.kind.clone(), r.backend.clone(), r.nodes))
-            .or_default()
-            .add(r);
+        rows.entry((
+            r.scenario.clone(),
+            r.kind.clone(),
+            r.backend.clone(),
+            r.nodes,
+        ))
+        .or_default()
+        .add(r);
         total.add(r);
         for (k, n) in &r.errors {
             *errors.entry(format!("{}: {k}", r.scenario)).or_default() += n;
         }
         for f in &r.failures {
             let kind = f.split(':').next().unwrap_or(f).to_owned();
-            *failures.entry(format!("{}: {kind}", r.scenario)).or_default() += 1;
+            *failures
+                .entry(format!("{}: {kind}", r.scenario))
+                .or_default() += 1;
         }
     }
     println!();
     println!("summary");
     println!(
-        "{:<36} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}",
+        "{:<46} {:>6} {:>6} {:>6} {:>6} {:>9} {:>6} {:>5} {:>6} {:>6} {:>7} {:>7} {:>7}",
         "scenario (nodes, backend, N)",
         "trials",
         "formed",
@@ -321,7 +328,10 @@ pub fn summary(results: &[TrialResult]) -> Totals {
         "max_ms"
     );
     for ((scenario, kind, backend, n), row) in rows.iter_mut() {
-        println!("{}", row.render(&format!("{scenario} ({kind}, {backend}, {n})")));
+        println!(
+            "{}",
+            row.render(&format!("{scenario} ({kind}, {backend}, {n})"))
+        );
     }
     println!("{}", total.render("total"));
     println!(

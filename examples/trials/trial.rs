@@ -158,6 +158,7 @@ pub fn error_kind(e: &FormationError) -> String {
         FormationError::SeedUnavailable { .. } => "seed-unavailable".into(),
         FormationError::NoSeed { .. } => "no-seed".into(),
         FormationError::Config(_) => "config".into(),
+        FormationError::MaybeAlive { .. } => "maybe-alive".into(),
         _ => "other".into(),
     }
 }
@@ -172,10 +173,20 @@ impl<'a> Trial<'a> {
     ) -> Trial<'a> {
         let tag = format!(
             "{}{}",
-            result.scenario.chars().filter(char::is_ascii_alphanumeric).take(6).collect::<String>(),
+            result
+                .scenario
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(6)
+                .collect::<String>(),
             result.index
         );
-        let cluster = format!("trial_{}_{}_{}", std::process::id(), result.scenario, result.index);
+        let cluster = format!(
+            "trial_{}_{}_{}",
+            std::process::id(),
+            result.scenario,
+            result.index
+        );
         let backend = TrialBackend::new(
             settings.etcd_endpoint.as_deref(),
             &cluster,
@@ -210,9 +221,14 @@ impl<'a> Trial<'a> {
             }
             Kind::Native => {
                 for i in 0..n {
-                    let name: NodeName = format!("r{i:03}_{}_{}@{}", std::process::id(), self.tag, self.lab.host)
-                        .parse()
-                        .map_err(|e| format!("{e}"))?;
+                    let name: NodeName = format!(
+                        "r{i:03}_{}_{}@{}",
+                        std::process::id(),
+                        self.tag,
+                        self.lab.host
+                    )
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
                     self.members.push(Member::new(name, None));
                 }
             }
@@ -223,7 +239,9 @@ impl<'a> Trial<'a> {
     /// The names of members whose node is alive and whose agent formed.
     pub fn live(&self) -> Vec<usize> {
         (0..self.members.len())
-            .filter(|&i| self.members[i].node_alive && matches!(self.members[i].state, RunState::Formed))
+            .filter(|&i| {
+                self.members[i].node_alive && matches!(self.members[i].state, RunState::Formed)
+            })
             .collect()
     }
 
@@ -252,7 +270,10 @@ impl<'a> Trial<'a> {
         tokio::spawn(async move {
             loop {
                 match rx.recv().await {
-                    Ok(ev) => events.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), ev)),
+                    Ok(ev) => events
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name.clone(), ev)),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 }
@@ -276,7 +297,9 @@ impl<'a> Trial<'a> {
             let delay = Duration::from_millis(self.rng.random_range(0..=jitter_ms));
             handles.push(tokio::spawn(async move {
                 tokio::time::sleep_until(start + delay).await;
-                let result = tokio::time::timeout(deadline, agent.run()).await.map_err(|_| ());
+                let result = tokio::time::timeout(deadline, agent.run())
+                    .await
+                    .map_err(|_| ());
                 (i, result, start.elapsed())
             }));
         }
@@ -338,7 +361,9 @@ impl<'a> Trial<'a> {
             && self.lab.kind == Kind::Erl
             && matches!(self.backend, TrialBackend::Etcd(_));
         let victim = if use_process {
-            let TrialBackend::Etcd(c) = &self.backend else { unreachable!() };
+            let TrialBackend::Etcd(c) = &self.backend else {
+                unreachable!()
+            };
             let args = vec![
                 "--child-agent".to_owned(),
                 "--node".into(),
@@ -455,7 +480,11 @@ impl<'a> Trial<'a> {
     }
 
     /// Member `i`'s view of its cluster, restricted to `among`.
-    async fn view(&mut self, i: usize, among: &BTreeSet<NodeName>) -> Result<Vec<NodeName>, String> {
+    async fn view(
+        &mut self,
+        i: usize,
+        among: &BTreeSet<NodeName>,
+    ) -> Result<Vec<NodeName>, String> {
         let name = self.members[i].name.clone();
         let full = match self.lab.kind {
             Kind::Erl => {
@@ -480,7 +509,8 @@ impl<'a> Trial<'a> {
     /// complete cluster.
     pub async fn check_cluster(&mut self) -> (bool, usize, Vec<String>) {
         let live = self.live();
-        let names: BTreeSet<NodeName> = live.iter().map(|&i| self.members[i].name.clone()).collect();
+        let names: BTreeSet<NodeName> =
+            live.iter().map(|&i| self.members[i].name.clone()).collect();
         let mut views: Vec<Vec<NodeName>> = Vec::new();
         let mut problems = Vec::new();
         for &i in &live {
@@ -496,10 +526,19 @@ impl<'a> Trial<'a> {
         let complete = views.len() == 1 && views[0].len() == names.len();
         let shown: Vec<String> = views
             .iter()
-            .map(|v| v.iter().map(|n| n.alive().split('_').next().unwrap_or("?")).collect::<Vec<_>>().join("+"))
+            .map(|v| {
+                v.iter()
+                    .map(|n| n.alive().split('_').next().unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join("+")
+            })
             .collect();
         problems.extend(shown.into_iter().map(|v| format!("view {v}")));
-        (complete && live.len() == names.len(), views.len().max(usize::from(!live.is_empty())), problems)
+        (
+            complete && live.len() == names.len(),
+            views.len().max(usize::from(!live.is_empty())),
+            problems,
+        )
     }
 
     /// The every-trial cluster check: records clusters, split and formed. The live
@@ -511,18 +550,24 @@ impl<'a> Trial<'a> {
         let (mut one, mut clusters, mut problems) = self.check_cluster().await;
         if !one && !self.live().is_empty() {
             self.r.incomplete_at_return = true;
-            self.note(format!("not one cluster as the agents returned ({})", problems.join(" | ")));
+            self.note(format!(
+                "not one cluster as the agents returned ({})",
+                problems.join(" | ")
+            ));
             self.watch_round().await;
             (one, clusters, problems) = self.check_cluster().await;
         }
         self.r.clusters = clusters;
         self.r.split = !one && !self.live().is_empty();
-        let all_ran = self.members.iter().all(|m| {
-            matches!(m.state, RunState::Formed | RunState::Victim) || !m.node_alive
-        });
+        let all_ran = self
+            .members
+            .iter()
+            .all(|m| matches!(m.state, RunState::Formed | RunState::Victim) || !m.node_alive);
         self.r.formed = one && all_ran;
         if self.r.split {
-            self.r.notes.push(format!("views: {}", problems.join(" | ")));
+            self.r
+                .notes
+                .push(format!("views: {}", problems.join(" | ")));
         }
     }
 
@@ -539,7 +584,9 @@ impl<'a> Trial<'a> {
     pub async fn watch_round(&mut self) {
         let mut tasks = Vec::new();
         for i in self.live() {
-            let Some(agent) = self.members[i].agent.clone() else { continue };
+            let Some(agent) = self.members[i].agent.clone() else {
+                continue;
+            };
             let mut state = std::mem::take(&mut self.members[i].cleanup);
             tasks.push(tokio::spawn(async move {
                 agent.watch_round(&mut state, true).await;
@@ -570,7 +617,10 @@ impl<'a> Trial<'a> {
 
     /// Events seen so far.
     pub fn events(&self) -> Vec<(NodeName, FormationEvent)> {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether `node` is alive (a member's, or an erl node whose agent died).
@@ -598,7 +648,9 @@ impl<'a> Trial<'a> {
             && !e.is_running()
             && let Err(err) = e.restart().await
         {
-            self.r.failures.push(format!("harness: cannot restart etcd: {err}"));
+            self.r
+                .failures
+                .push(format!("harness: cannot restart etcd: {err}"));
         }
         for (by, ev) in self.events() {
             if let FormationEvent::Forgot(n) = ev

@@ -289,7 +289,11 @@ impl Victim {
 
     /// Waits for the next hook report whose text starts with one of `prefixes`, up to
     /// `within`. Returns it, or an error naming what came instead.
-    pub async fn wait_hook(&mut self, prefixes: &[&str], within: Duration) -> Result<String, String> {
+    pub async fn wait_hook(
+        &mut self,
+        prefixes: &[&str],
+        within: Duration,
+    ) -> Result<String, String> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let next = match self {
@@ -298,7 +302,9 @@ impl Victim {
                     .map_err(|_| "timed out".to_owned())?,
                 Victim::Process { lines, .. } => loop {
                     match tokio::time::timeout_at(deadline, lines.next_line()).await {
-                        Err(_) => return Err(format!("no {prefixes:?} from the child within {within:?}")),
+                        Err(_) => {
+                            return Err(format!("no {prefixes:?} from the child within {within:?}"));
+                        }
                         Ok(Ok(Some(l))) => {
                             if let Some(h) = l.strip_prefix("@@HOOK ") {
                                 break Some(h.to_owned());
