@@ -226,7 +226,10 @@ mod tests {
         );
         // Still registered (its TTL has not run out): never forgotten.
         let reg_with_c = listed(&["r@a", "r@b", "r@c"]);
-        assert_eq!(st.round(&me, &m, Ok(&reg_with_c), &active(), now()), Ok(vec![]));
+        assert_eq!(
+            st.round(&me, &m, Ok(&reg_with_c), &active(), now()),
+            Ok(vec![])
+        );
     }
 
     #[test]
@@ -309,7 +312,10 @@ mod tests {
         let m = membership(&["r@a", "r@b"], &["r@a"]);
         let mut st = CleanupState::new();
         let t0 = Instant::now();
-        assert_eq!(st.round(&me, &m, Ok(&listed(&["r@a", "r@b"])), &cfg, t0), Ok(vec![]));
+        assert_eq!(
+            st.round(&me, &m, Ok(&listed(&["r@a", "r@b"])), &cfg, t0),
+            Ok(vec![])
+        );
         for i in 1..=5 {
             let r = st.round(&me, &m, Err("down".into()), &cfg, t0 + ttl * i);
             assert!(r.is_err());
