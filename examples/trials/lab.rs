@@ -197,7 +197,7 @@ pub enum TrialBackend {
     /// In-memory, shared by every in-process agent (and thread victims).
     Memory(MemoryBackend),
     /// etcd: each agent gets a client of its own.
-    Etcd(EtcdConfig),
+    Etcd(Box<EtcdConfig>),
 }
 
 impl TrialBackend {
@@ -210,7 +210,7 @@ impl TrialBackend {
     ) -> TrialBackend {
         match etcd {
             None => TrialBackend::Memory(MemoryBackend::new()),
-            Some(endpoint) => TrialBackend::Etcd(EtcdConfig {
+            Some(endpoint) => TrialBackend::Etcd(Box::new(EtcdConfig {
                 endpoints: vec![endpoint.to_owned()],
                 cluster_name: cluster.to_owned(),
                 node_ttl,
@@ -218,7 +218,7 @@ impl TrialBackend {
                 lock_wait: Duration::from_secs(60),
                 timeout: Duration::from_secs(2),
                 ..EtcdConfig::default()
-            }),
+            })),
         }
     }
 
@@ -227,7 +227,7 @@ impl TrialBackend {
         Ok(match self {
             TrialBackend::Memory(m) => Arc::new(m.clone()),
             TrialBackend::Etcd(c) => {
-                Arc::new(EtcdBackend::new(c.clone()).map_err(|e| e.to_string())?)
+                Arc::new(EtcdBackend::new((**c).clone()).map_err(|e| e.to_string())?)
             }
         })
     }

@@ -84,10 +84,9 @@ async fn remove_leftovers() {
                 .split(':')
                 .nth(1)
                 .map(|s| s.trim().split('@').next().unwrap_or(""))
+                && stale(name)
             {
-                if stale(name) {
-                    ip_sync(&["link", "del", name]);
-                }
+                ip_sync(&["link", "del", name]);
             }
         }
     }

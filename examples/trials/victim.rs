@@ -241,7 +241,7 @@ pub enum Victim {
     /// In a child process.
     Process {
         /// The child.
-        child: tokio::process::Child,
+        child: Box<tokio::process::Child>,
         /// Its stdout, line by line.
         lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     },
@@ -282,7 +282,7 @@ impl Victim {
             .map_err(|e| format!("cannot start the child agent: {e}"))?;
         let stdout = child.stdout.take().ok_or("no child stdout")?;
         Ok(Victim::Process {
-            child,
+            child: Box::new(child),
             lines: BufReader::new(stdout).lines(),
         })
     }
@@ -303,7 +303,9 @@ impl Victim {
                 Victim::Process { lines, .. } => loop {
                     match tokio::time::timeout_at(deadline, lines.next_line()).await {
                         Err(_) => {
-                            return Err(format!("no {prefixes:?} from the child within {within:?}"));
+                            return Err(format!(
+                                "no {prefixes:?} from the child within {within:?}"
+                            ));
                         }
                         Ok(Ok(Some(l))) => {
                             if let Some(h) = l.strip_prefix("@@HOOK ") {
