@@ -101,7 +101,11 @@ impl Netns {
         let pid = std::process::id();
         let id = format!("{PREFIX}{pid}");
         // A /24 in 198.18.0.0/15 that no interface here uses.
-        let used = ip(&["-4", "-o", "addr", "show"]).await?;
+        let used = ip(&["-4", "-o", "addr", "show"]).await.map_err(|e| {
+            format!(
+                "cannot create the network namespaces for the partition scenario (run as root with iproute2, veth and bridge support): {e}"
+            )
+        })?;
         let mut subnet = (pid % 250) as u8 + 1;
         for _ in 0..250 {
             if !used.contains(&format!("198.18.{subnet}.")) {
