@@ -6,6 +6,11 @@
 //!   [`CleanupConfig::unreachable_rounds`] consecutive rounds;
 //! * the backend's listing **succeeded** this round and does not list it (a backend error
 //!   is never read as "nobody is registered": during an outage nothing is forgotten);
+//! * it has been missing from every successful listing for at least
+//!   [`CleanupConfig::unlisted_for`] (by default the node TTL), with no failed listing in
+//!   between: a live member whose registration lapsed while the backend was unreachable
+//!   registers again within its TTL once the backend is back, and must not be forgotten
+//!   in the first round after the outage;
 //! * it is not the local node;
 //! * at most [`CleanupConfig::max_share`] of the cluster is forgotten in one round.
 //!
@@ -13,7 +18,7 @@
 //! what it would forget.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::NodeName;
 use crate::backend::RegisteredNode;
@@ -34,6 +39,11 @@ pub struct CleanupConfig {
     /// The largest share of the cluster forgotten in one round (default 0.34: one node
     /// of three); at least one node when any qualifies.
     pub max_share: f64,
+    /// How long a member must have been missing from every successful listing, with no
+    /// failed listing in between, before it may be forgotten. `None` (default): the
+    /// agent uses the node TTL, within which every live member registers again after an
+    /// outage; [`CleanupState::round`] reads `None` as zero.
+    pub unlisted_for: Option<Duration>,
 }
 
 impl Default for CleanupConfig {
@@ -44,6 +54,7 @@ impl Default for CleanupConfig {
             interval: Duration::from_secs(60),
             unreachable_rounds: 3,
             max_share: 0.34,
+            unlisted_for: None,
         }
     }
 }
@@ -70,6 +81,8 @@ pub enum CleanupSkip {
 #[derive(Debug, Default, Clone)]
 pub struct CleanupState {
     unreachable: BTreeMap<NodeName, u32>,
+    /// Since when each member has been missing from the successful listings.
+    unlisted_since: BTreeMap<NodeName, Instant>,
 }
 
 impl CleanupState {
@@ -83,14 +96,15 @@ impl CleanupState {
         self.unreachable.get(node).copied().unwrap_or(0)
     }
 
-    /// One round: `membership` is the local node's view, `listing` the backend's answer
-    /// this round.
+    /// One round at `now`: `membership` is the local node's view, `listing` the
+    /// backend's answer this round.
     pub fn round(
         &mut self,
         local: &NodeName,
         membership: &Membership,
         listing: Result<&[RegisteredNode], String>,
         cfg: &CleanupConfig,
+        now: Instant,
     ) -> Result<Vec<CleanupAction>, CleanupSkip> {
         // Count unreachability whatever the backend says.
         self.unreachable
@@ -102,7 +116,24 @@ impl CleanupState {
                 *self.unreachable.entry(member.clone()).or_insert(0) += 1;
             }
         }
-        let listed = listing.map_err(CleanupSkip::BackendError)?;
+        let listed = match listing {
+            Ok(listed) => listed,
+            Err(e) => {
+                // After an outage, absence from the registry is measured afresh.
+                self.unlisted_since.clear();
+                return Err(CleanupSkip::BackendError(e));
+            }
+        };
+        self.unlisted_since
+            .retain(|n, _| membership.members.contains(n));
+        for member in &membership.members {
+            if listed.iter().any(|r| &r.node == member) {
+                self.unlisted_since.remove(member);
+            } else {
+                self.unlisted_since.entry(member.clone()).or_insert(now);
+            }
+        }
+        let grace = cfg.unlisted_for.unwrap_or(Duration::ZERO);
         let mut candidates: Vec<NodeName> = self
             .unreachable
             .iter()
@@ -110,6 +141,10 @@ impl CleanupState {
                 *n != local
                     && **rounds >= cfg.unreachable_rounds.max(1)
                     && !listed.iter().any(|r| &r.node == *n)
+                    && self
+                        .unlisted_since
+                        .get(*n)
+                        .is_some_and(|since| now.saturating_duration_since(*since) >= grace)
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -135,6 +170,7 @@ impl CleanupState {
     /// Forgets the count of a node that was removed.
     pub fn forgotten(&mut self, node: &NodeName) {
         self.unreachable.remove(node);
+        self.unlisted_since.remove(node);
     }
 }
 
@@ -163,6 +199,10 @@ mod tests {
             .collect()
     }
 
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     fn active() -> CleanupConfig {
         CleanupConfig {
             enabled: true,
@@ -178,15 +218,18 @@ mod tests {
         let mut st = CleanupState::new();
         let reg = listed(&["r@a", "r@b"]);
         for _ in 0..2 {
-            assert_eq!(st.round(&me, &m, Ok(&reg), &active()), Ok(vec![]));
+            assert_eq!(st.round(&me, &m, Ok(&reg), &active(), now()), Ok(vec![]));
         }
         assert_eq!(
-            st.round(&me, &m, Ok(&reg), &active()),
+            st.round(&me, &m, Ok(&reg), &active(), now()),
             Ok(vec![CleanupAction::Forget(n("r@c"))])
         );
         // Still registered (its TTL has not run out): never forgotten.
         let reg_with_c = listed(&["r@a", "r@b", "r@c"]);
-        assert_eq!(st.round(&me, &m, Ok(&reg_with_c), &active()), Ok(vec![]));
+        assert_eq!(
+            st.round(&me, &m, Ok(&reg_with_c), &active(), now()),
+            Ok(vec![])
+        );
     }
 
     #[test]
@@ -195,7 +238,7 @@ mod tests {
         let m = membership(&["r@a", "r@b", "r@c"], &["r@a"]);
         let mut st = CleanupState::new();
         for _ in 0..10 {
-            let r = st.round(&me, &m, Err("etcd unavailable".into()), &active());
+            let r = st.round(&me, &m, Err("etcd unavailable".into()), &active(), now());
             assert_eq!(r, Err(CleanupSkip::BackendError("etcd unavailable".into())));
         }
         assert_eq!(st.unreachable_rounds(&n("r@b")), 10);
@@ -208,11 +251,11 @@ mod tests {
         let reg = listed(&["r@a"]);
         let down = membership(&["r@a", "r@b"], &["r@a"]);
         let up = membership(&["r@a", "r@b"], &["r@a", "r@b"]);
-        st.round(&me, &down, Ok(&reg), &active()).unwrap();
-        st.round(&me, &down, Ok(&reg), &active()).unwrap();
-        st.round(&me, &up, Ok(&reg), &active()).unwrap();
+        st.round(&me, &down, Ok(&reg), &active(), now()).unwrap();
+        st.round(&me, &down, Ok(&reg), &active(), now()).unwrap();
+        st.round(&me, &up, Ok(&reg), &active(), now()).unwrap();
         assert_eq!(st.unreachable_rounds(&n("r@b")), 0);
-        assert_eq!(st.round(&me, &down, Ok(&reg), &active()), Ok(vec![]));
+        assert_eq!(st.round(&me, &down, Ok(&reg), &active(), now()), Ok(vec![]));
     }
 
     #[test]
@@ -222,9 +265,9 @@ mod tests {
         let mut st = CleanupState::new();
         let reg = listed(&[]);
         for _ in 0..2 {
-            st.round(&me, &m, Ok(&reg), &active()).unwrap();
+            st.round(&me, &m, Ok(&reg), &active(), now()).unwrap();
         }
-        let actions = st.round(&me, &m, Ok(&reg), &active()).unwrap();
+        let actions = st.round(&me, &m, Ok(&reg), &active(), now()).unwrap();
         assert_eq!(
             actions,
             vec![
@@ -248,8 +291,54 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            st.round(&me, &m, Ok(&listed(&["r@a"])), &cfg),
+            st.round(&me, &m, Ok(&listed(&["r@a"])), &cfg, now()),
             Ok(vec![CleanupAction::WouldForget(n("r@b"))])
+        );
+    }
+
+    #[test]
+    fn a_member_whose_registration_lapsed_during_an_outage_gets_a_ttl_to_register_again() {
+        // Regression (found by the etcd-down-cleanup trials): r@b is alive but cut off
+        // from r@a while the backend is down for longer than the node TTL, so its
+        // registration lapses. The rounds during the outage count it unreachable; the
+        // first successful listing after the outage does not list it yet. It must not be
+        // forgotten before it has had a node TTL to register again.
+        let me = n("r@a");
+        let ttl = Duration::from_secs(3);
+        let cfg = CleanupConfig {
+            unlisted_for: Some(ttl),
+            ..active()
+        };
+        let m = membership(&["r@a", "r@b"], &["r@a"]);
+        let mut st = CleanupState::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            st.round(&me, &m, Ok(&listed(&["r@a", "r@b"])), &cfg, t0),
+            Ok(vec![])
+        );
+        for i in 1..=5 {
+            let r = st.round(&me, &m, Err("down".into()), &cfg, t0 + ttl * i);
+            assert!(r.is_err());
+        }
+        // Back: r@b not listed yet, unreachable for 6 rounds, missing for a long time, but
+        // the absence counts only from the first successful listing.
+        let back = t0 + ttl * 6;
+        let only_a = listed(&["r@a"]);
+        assert_eq!(st.round(&me, &m, Ok(&only_a), &cfg, back), Ok(vec![]));
+        assert_eq!(
+            st.round(&me, &m, Ok(&only_a), &cfg, back + ttl / 2),
+            Ok(vec![])
+        );
+        // It registered again: never forgotten.
+        let both = listed(&["r@a", "r@b"]);
+        assert_eq!(st.round(&me, &m, Ok(&both), &cfg, back + ttl), Ok(vec![]));
+        // A member that stays unlisted for the whole grace is forgotten.
+        let mut st = CleanupState::new();
+        st.round(&me, &m, Ok(&only_a), &cfg, t0).unwrap();
+        st.round(&me, &m, Ok(&only_a), &cfg, t0 + ttl / 2).unwrap();
+        assert_eq!(
+            st.round(&me, &m, Ok(&only_a), &cfg, t0 + ttl),
+            Ok(vec![CleanupAction::Forget(n("r@b"))])
         );
     }
 }

@@ -1,33 +1,43 @@
 //! A plain Erlang node as a cluster target: an Erlang "cluster" is a mesh of connected
 //! nodes, joined with `net_kernel:connect_node/1` and listed by `nodes()`.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::rpc::RpcError;
 use crate::term::Term;
 use crate::{Node, NodeName};
 
 use super::FormationError;
-use super::target::{ClusterTarget, DataState, Membership, Probe};
+use super::target::{ClusterTarget, DataState, Membership, Probe, worth_one_retry};
 
 /// The default limit of each call an agent makes.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A plain Erlang node, managed from this process's (hidden) [`Node`].
 ///
-/// * membership: the node itself and `nodes()` (visible nodes);
+/// * membership: running members are the node itself and `nodes()` (visible nodes);
+///   members are those and every node this target has seen in the mesh since it was
+///   made (the seed and the seed's members at the join, any node later seen in
+///   `nodes()`), until it is forgotten. Erlang keeps no membership list, so without this
+///   memory a member cut off by a partition would simply vanish from the cluster: the
+///   watch could neither reconnect it once the network heals, nor cleanup forget it
+///   once it is dead and deregistered;
 /// * join: `net_kernel:connect_node/1` on the managed node, to the seed and then to each
 ///   of the seed's other members (which `global` would otherwise do in the background),
 ///   so the mesh is complete when the join returns;
 /// * data: an Erlang node holds no cluster data, but a node already connected to other
 ///   nodes belongs to another mesh, and merging two meshes is refused unless allowed
 ///   (their `global` names may clash);
-/// * forget: `erlang:disconnect_node/1`; leave: disconnect from every node.
+/// * forget: `erlang:disconnect_node/1`, and the member is no longer remembered; leave:
+///   disconnect from every node and remember none.
 #[derive(Debug, Clone)]
 pub struct ErlangMesh {
     probe: Node,
     node: NodeName,
     timeout: Duration,
+    /// Members seen (shared by clones).
+    known: Arc<Mutex<BTreeSet<NodeName>>>,
 }
 
 impl ErlangMesh {
@@ -37,7 +47,17 @@ impl ErlangMesh {
             probe,
             node,
             timeout: CALL_TIMEOUT,
+            known: Arc::default(),
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeSet<NodeName>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, nodes: impl IntoIterator<Item = NodeName>) {
+        let mut known = self.known();
+        known.extend(nodes.into_iter().filter(|n| *n != self.node));
     }
 
     /// Sets the limit of each call (default 10 s).
@@ -81,9 +101,18 @@ pub(crate) async fn probe_erlang(
         Connections::Visible => vec![],
         Connections::All => vec![Term::atom("connected")],
     };
-    let nodes = match probe.call(node, "erlang", "nodes", args, timeout).await {
+    let nodes = match probe
+        .call(node, "erlang", "nodes", args.clone(), timeout)
+        .await
+    {
         Ok(t) => t,
-        Err(e) => return Probe::down(node.clone(), describe(&e)),
+        Err(e) if worth_one_retry(&e) => {
+            match probe.call(node, "erlang", "nodes", args, timeout).await {
+                Ok(t) => t,
+                Err(e) => return Probe::failed(node.clone(), &e),
+            }
+        }
+        Err(e) => return Probe::failed(node.clone(), &e),
     };
     let Some(members) = node_list(&nodes) else {
         return Probe::down(node.clone(), format!("erlang:nodes() answered {nodes}"));
@@ -124,11 +153,8 @@ pub(crate) async fn probe_erlang(
         },
         started_at_ms,
         reason: None,
+        gone: false,
     }
-}
-
-pub(crate) fn describe(e: &RpcError) -> String {
-    e.to_string()
 }
 
 /// A list of node-name atoms.
@@ -163,7 +189,12 @@ impl ClusterTarget for ErlangMesh {
                 p.reason.unwrap_or_else(|| "unreachable".into()),
             ));
         }
-        Ok(p.membership)
+        let mut membership = p.membership;
+        self.remember(membership.running_members.iter().cloned());
+        let mut members: BTreeSet<NodeName> = self.known().clone();
+        members.insert(self.node.clone());
+        membership.members = members.into_iter().collect();
+        Ok(membership)
     }
 
     async fn data_state(&self) -> Result<DataState, FormationError> {
@@ -220,7 +251,10 @@ impl ClusterTarget for ErlangMesh {
                 vec![],
             )
             .await?;
-        for member in node_list(&members).unwrap_or_default() {
+        let members = node_list(&members).unwrap_or_default();
+        // Members from now on, even those not reached yet: the watch reconnects them.
+        self.remember(std::iter::once(seed.clone()).chain(members.iter().cloned()));
+        for member in members {
             if member != self.node {
                 let r = self
                     .call(
@@ -261,10 +295,12 @@ impl ClusterTarget for ErlangMesh {
             vec![Term::atom(member.as_str())],
         )
         .await?;
+        self.known().remove(member);
         Ok(())
     }
 
     async fn leave(&self) -> Result<(), FormationError> {
+        self.known().clear();
         let nodes = self
             .call("leaving", &self.node, "erlang", "nodes", vec![])
             .await?;

@@ -228,6 +228,27 @@ pub enum FormationError {
     /// The target cannot be used as configured.
     #[error("{0}")]
     Config(String),
+    /// No registered node answered as live, but some could not be reached for a reason
+    /// that does not prove them down (a timeout, a connection cut during the handshake, a
+    /// refused handshake): forming a new cluster could split the cluster they run.
+    /// Retried; it clears once they answer, or once their registrations expire.
+    #[error(
+        "no registered node answered as live, and {} may still be alive: not forming a new cluster beside {}",
+        describe_nodes(nodes),
+        if nodes.len() == 1 { "it" } else { "them" }
+    )]
+    MaybeAlive {
+        /// The nodes, each with why its probe failed.
+        nodes: Vec<(NodeName, String)>,
+    },
+}
+
+fn describe_nodes(nodes: &[(NodeName, String)]) -> String {
+    nodes
+        .iter()
+        .map(|(n, why)| format!("{n} ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl FormationError {
@@ -239,7 +260,9 @@ impl FormationError {
             }
             // Nodes starting up refuse calls for a moment; the number of attempts bounds it.
             FormationError::Rpc { .. } => true,
-            FormationError::Unexpected { .. } | FormationError::JoinNotVerified { .. } => true,
+            FormationError::Unexpected { .. }
+            | FormationError::JoinNotVerified { .. }
+            | FormationError::MaybeAlive { .. } => true,
             FormationError::DataAtRisk { .. }
             | FormationError::NoSeed { .. }
             | FormationError::SeedUnavailable { .. }
@@ -693,13 +716,19 @@ impl Agent {
         let me = self.node().clone();
         let listed = self.list().await?;
         let candidates = seed::probe_order(&listed, &me);
+        // Registered nodes that did not answer, with nothing proving them down.
+        let mut unknown: Vec<(NodeName, String)> = Vec::new();
         let seed = match self.inner.config.seed_order {
             SeedOrder::Alphabetical => {
                 let mut found = None;
                 for node in &candidates {
-                    if self.probe(node).await?.live {
+                    let p = self.probe(node).await?;
+                    if p.live {
                         found = Some(node.clone());
                         break;
+                    }
+                    if !p.gone {
+                        unknown.push((node.clone(), p.reason.unwrap_or_default()));
                     }
                 }
                 found
@@ -709,9 +738,21 @@ impl Agent {
                 for node in &candidates {
                     probes.push(self.probe(node).await?);
                 }
+                unknown.extend(
+                    probes
+                        .iter()
+                        .filter(|p| !p.live && !p.gone)
+                        .map(|p| (p.node.clone(), p.reason.clone().unwrap_or_default())),
+                );
                 seed::choose(&probes, SeedOrder::LargestCluster)
             }
         };
+        if seed.is_none() && !unknown.is_empty() {
+            // Forming now could start a second cluster beside a live one that a timeout
+            // or a connection cut hid from us: retry instead (the lock is released in
+            // between). A dead node stops being registered within its TTL.
+            return Err(FormationError::MaybeAlive { nodes: unknown });
+        }
         Metrics::bump(&self.inner.metrics.seed_choices);
         tracing::info!(seed = ?seed.as_ref().map(NodeName::as_str), registered = listed.len(), "seed chosen");
         self.emit(FormationEvent::SeedChosen(seed.clone()));
@@ -1008,7 +1049,9 @@ impl Agent {
             return;
         }
         let listing = listing.as_deref().map_err(|e| e.to_string());
-        match cleanup.round(&me, &membership, listing, &self.inner.config.cleanup) {
+        let mut cfg = self.inner.config.cleanup.clone();
+        cfg.unlisted_for.get_or_insert(self.node_ttl());
+        match cleanup.round(&me, &membership, listing, &cfg, std::time::Instant::now()) {
             Err(cleanup::CleanupSkip::BackendError(e)) => {
                 tracing::warn!(error = %e, "cleanup skipped: the backend failed, so nothing is forgotten");
                 self.emit(FormationEvent::CleanupSkipped(e));

@@ -10,7 +10,7 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, node_list};
-use super::target::{ClusterTarget, DataState, Membership, Probe};
+use super::target::{ClusterTarget, DataState, Membership, Probe, worth_one_retry};
 
 /// The registered name of the membership service every [`NativeTarget`] runs.
 pub const MEMBERSHIP_SERVICE: &str = "autocluster_membership";
@@ -219,7 +219,11 @@ impl ClusterTarget for NativeTarget {
         lock(&self.inner.state).probed.insert(node.clone());
         let reply = match self.call(node, Term::atom("members")).await {
             Ok(r) => r,
-            Err(e) => return Ok(Probe::down(node.clone(), e.to_string())),
+            Err(e) if worth_one_retry(&e) => match self.call(node, Term::atom("members")).await {
+                Ok(r) => r,
+                Err(e) => return Ok(Probe::failed(node.clone(), &e)),
+            },
+            Err(e) => return Ok(Probe::failed(node.clone(), &e)),
         };
         let Some((_, members)) = read_view(node, &reply) else {
             return Ok(Probe::down(
@@ -238,6 +242,7 @@ impl ClusterTarget for NativeTarget {
             },
             started_at_ms: None,
             reason: None,
+            gone: false,
         })
     }
 

@@ -798,6 +798,9 @@ impl ClusterTarget for RabbitMq {
                     "not a RabbitMQ node (rabbit:is_running/0 is undefined)",
                 ));
             }
+            Err(FormationError::Rpc { source, .. }) => {
+                return Ok(Probe::failed(node.clone(), &source));
+            }
             Err(e) => return Ok(Probe::down(node.clone(), e.to_string())),
         }
         let membership = match self.read_membership(node).await {
@@ -838,6 +841,7 @@ impl ClusterTarget for RabbitMq {
             membership,
             started_at_ms,
             reason: None,
+            gone: false,
         })
     }
 

@@ -72,6 +72,7 @@ mod tests {
             },
             started_at_ms: Some(started),
             reason: None,
+            gone: false,
         }
     }
 

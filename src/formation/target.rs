@@ -3,8 +3,37 @@
 use std::fmt;
 
 use crate::NodeName;
+use crate::node::ConnectError;
+use crate::rpc::RpcError;
 
 use super::FormationError;
+
+/// Whether a failed call proves that the node called is not running: EPMD on its host
+/// answered and does not know it, or its distribution port refused the TCP connection
+/// (after a fresh EPMD lookup: the caller retries a refused cached port once). Timeouts,
+/// connections cut during the handshake, refused handshakes, unreachable or unresolvable
+/// hosts prove nothing.
+pub(crate) fn proves_not_running(error: &RpcError) -> bool {
+    matches!(
+        error,
+        RpcError::Connect(ConnectError::NotRegistered { .. } | ConnectError::Refused { .. })
+    )
+}
+
+/// Whether a failed call is worth one immediate retry before reading anything into it: a
+/// connection that failed fast (cut during its handshake, or refused at a port remembered
+/// from an earlier EPMD lookup, which the retry looks up afresh). Slow failures
+/// (timeouts) are not retried.
+pub(crate) fn worth_one_retry(error: &RpcError) -> bool {
+    match error {
+        RpcError::Connect(ConnectError::ConnectTimeout { .. }) => false,
+        RpcError::Connect(ConnectError::Handshake(h)) => {
+            !matches!(h, crate::handshake::HandshakeError::Timeout { .. })
+        }
+        RpcError::Connect(_) => true,
+        _ => false,
+    }
+}
 
 /// What a probe of a node found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,10 +50,17 @@ pub struct Probe {
     pub started_at_ms: Option<u64>,
     /// Why the node is not live, when it is not.
     pub reason: Option<String>,
+    /// For a node that is not live: whether the probe **proves** it is not running (EPMD
+    /// on its host answered that it does not know the node, or nothing listens on its
+    /// distribution port), as opposed to a failure that leaves it unknown (a timeout, a
+    /// connection cut during the handshake, a refused handshake, an application
+    /// stopped). The agent never forms a new cluster beside a registered node that may
+    /// be alive: that is how a transient failure becomes a split.
+    pub gone: bool,
 }
 
 impl Probe {
-    /// A node found down or unreachable.
+    /// A node that is not live, or could not be reached: it may still be alive.
     pub fn down(node: NodeName, reason: impl Into<String>) -> Probe {
         Probe {
             node,
@@ -32,6 +68,25 @@ impl Probe {
             membership: Membership::default(),
             started_at_ms: None,
             reason: Some(reason.into()),
+            gone: false,
+        }
+    }
+
+    /// A node proven not to run (see [`gone`](Self::gone)).
+    pub fn gone(node: NodeName, reason: impl Into<String>) -> Probe {
+        Probe {
+            gone: true,
+            ..Probe::down(node, reason)
+        }
+    }
+
+    /// A node a call to which failed with `error`: [`gone`](Self::gone) when the error
+    /// proves the node is not running, [`down`](Self::down) otherwise.
+    pub fn failed(node: NodeName, error: &RpcError) -> Probe {
+        if proves_not_running(error) {
+            Probe::gone(node, error.to_string())
+        } else {
+            Probe::down(node, error.to_string())
         }
     }
 

@@ -645,6 +645,268 @@ async fn thirty_rust_native_nodes_form_one_star() {
     assert!(report.healthy, "{report}");
 }
 
+/// A target whose probes of other nodes fail as if the connection had been cut during
+/// the handshake, the first `failures` times.
+#[derive(Debug)]
+struct CutProbes {
+    inner: ErlangMesh,
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for CutProbes {
+    fn node(&self) -> &NodeName {
+        self.inner.node()
+    }
+    fn kind(&self) -> &'static str {
+        "cut-probes"
+    }
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Ok(Probe::down(
+                node.clone(),
+                "the connection was closed during the handshake",
+            ));
+        }
+        self.inner.probe(node).await
+    }
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        self.inner.membership().await
+    }
+    async fn data_state(&self) -> Result<DataState, FormationError> {
+        self.inner.data_state().await
+    }
+    async fn form(&self) -> Result<(), FormationError> {
+        self.inner.form().await
+    }
+    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
+        self.inner.join(seed, reset).await
+    }
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        self.inner.reconnect(member).await
+    }
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.inner.forget(member).await
+    }
+    async fn leave(&self) -> Result<(), FormationError> {
+        self.inner.leave().await
+    }
+}
+
+/// Regression (found by the dropped-handshakes trials): an agent whose probe of the only
+/// registered node failed for a reason that proves nothing (a connection cut during the
+/// handshake) formed a second cluster beside it. Now it retries, names the node and the
+/// cause, and follows its failure policy; a node proven gone (EPMD no longer knows it)
+/// does not hold anyone back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_never_forms_a_cluster_beside_a_registered_node_it_could_not_probe() {
+    let epmd = Epmd::start().await;
+    let mut nodes = erl_nodes(&epmd, 3).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let names: Vec<NodeName> = nodes.iter().map(|n| n.name().parse().unwrap()).collect();
+    let backend = Arc::new(MemoryBackend::new());
+    let _r0 = backend
+        .register(Registration::new(names[0].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let cut = |failures: usize| {
+        Arc::new(CutProbes {
+            inner: ErlangMesh::new(probe.clone(), names[1].clone()),
+            failures: std::sync::atomic::AtomicUsize::new(failures),
+        })
+    };
+    let once = FormationConfig {
+        max_attempts: 1,
+        ..quick()
+    };
+
+    // Stop: the error, naming the node and the cause.
+    let err = Agent::new(backend.clone(), cut(1), once.clone())
+        .run()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FormationError::MaybeAlive { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(names[0].as_str()), "{text}");
+    assert!(text.contains("closed during the handshake"), "{text}");
+    assert!(err.is_retryable());
+    assert_eq!(views(&mut nodes[..2]).await[1], format!("[{}]", names[1]));
+
+    // Ignore: standalone, with the same error.
+    let formed = Agent::new(
+        backend.clone(),
+        cut(1),
+        FormationConfig {
+            failure: autocluster::formation::FailurePolicy::Ignore,
+            ..once
+        },
+    )
+    .run()
+    .await
+    .unwrap();
+    assert!(
+        matches!(&formed.outcome, Outcome::Standalone { error } if error.contains(names[0].as_str())),
+        "{:?}",
+        formed.outcome
+    );
+
+    // With retries, the next attempt reaches the node and joins it.
+    let formed = Agent::new(backend.clone(), cut(1), quick())
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(
+        formed.outcome,
+        Outcome::Joined {
+            seed: names[0].clone()
+        }
+    );
+    assert_eq!(formed.attempts, 2);
+
+    // A registered node whose EPMD no longer knows it is gone: no reason to wait for it.
+    let _r2 = backend
+        .register(Registration::new(names[2].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    drop(nodes.pop()); // kills node 2
+    let lone = Arc::new(MemoryBackend::new());
+    let _r2 = lone
+        .register(Registration::new(names[2].clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let p = ErlangMesh::new(probe.clone(), names[0].clone())
+            .probe(&names[2])
+            .await
+            .unwrap();
+        if p.gone {
+            events.push(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!events.is_empty(), "a killed node is proven gone");
+    nodes[0]
+        .eval("[erlang:disconnect_node(N) || N <- nodes()], ok")
+        .await;
+    let formed = Agent::new(
+        lone,
+        Arc::new(ErlangMesh::new(probe.clone(), names[0].clone())),
+        quick(),
+    )
+    .run()
+    .await
+    .unwrap();
+    assert_eq!(formed.outcome, Outcome::FormedNew);
+}
+
+/// Regression (found by the partition and etcd-down-cleanup trials): an Erlang mesh kept
+/// no membership of its own, so a member cut off by a partition vanished from it: the
+/// watch never reconnected it after the network healed, and cleanup never saw a dead
+/// member to forget. Now the target remembers its members.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watch_reconnects_a_cut_off_erlang_member_and_cleanup_forgets_a_dead_one() {
+    use autocluster::formation::{CleanupConfig, CleanupState};
+    let epmd = Epmd::start().await;
+    let mut nodes = erl_nodes(&epmd, 3).await;
+    let probe = probe_node(&epmd, host_of(nodes[0].name())).await;
+    let names: Vec<NodeName> = nodes.iter().map(|n| n.name().parse().unwrap()).collect();
+    let backend = Arc::new(MemoryBackend::new());
+    let config = FormationConfig {
+        cleanup: CleanupConfig {
+            enabled: true,
+            warn_only: false,
+            unreachable_rounds: 2,
+            max_share: 0.5,
+            unlisted_for: Some(Duration::from_millis(200)),
+            ..CleanupConfig::default()
+        },
+        ..quick()
+    };
+    let agents: Vec<Agent> = names
+        .iter()
+        .map(|n| {
+            Agent::new(
+                backend.clone(),
+                Arc::new(ErlangMesh::new(probe.clone(), n.clone())),
+                config.clone(),
+            )
+        })
+        .collect();
+    let mut formed: Vec<_> = run_all(&agents)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let all = format!(
+        "[{}]",
+        names
+            .iter()
+            .map(NodeName::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert!(views(&mut nodes).await.iter().all(|v| *v == all));
+    // A mesh learns its members by watching it: the seed formed before the others joined
+    // and has seen none of them yet. `Agent::watch` runs a round at once and then every
+    // interval; one round each here.
+    let mut state = CleanupState::new();
+    for agent in &agents {
+        agent.watch_round(&mut state, false).await;
+    }
+
+    // Node 2 is cut off from the others (as by a partition that has healed since).
+    nodes[2]
+        .eval("[erlang:disconnect_node(N) || N <- nodes()], ok")
+        .await;
+    assert_eq!(nodes[2].eval("nodes()").await, "[]");
+    let m = agents[0].target().membership().await.unwrap();
+    assert!(
+        m.members.contains(&names[2]) && !m.lists_running(&names[2]),
+        "{m:?}"
+    );
+    let mut events = agents[0].events();
+    let mut state = CleanupState::new();
+    agents[0].watch_round(&mut state, false).await;
+    // Erlang does not mesh on its own here (`-connect_all false`): each member's watch
+    // reconnects it.
+    agents[1].watch_round(&mut state, false).await;
+    assert!(
+        views(&mut nodes).await.iter().all(|v| *v == all),
+        "reconnected"
+    );
+    let mut reconnected = false;
+    while let Ok(ev) = events.try_recv() {
+        reconnected |= ev == FormationEvent::Reconnected(names[2].clone());
+    }
+    assert!(reconnected);
+
+    // Node 2 dies and is deregistered: cleanup forgets it, and only it.
+    let dead = formed.pop().unwrap();
+    dead.registration.unwrap().deregister().await.unwrap();
+    drop(nodes.pop());
+    let mut forgot = Vec::new();
+    for _ in 0..20 {
+        agents[0].watch_round(&mut state, true).await;
+        while let Ok(ev) = events.try_recv() {
+            if let FormationEvent::Forgot(n) = ev {
+                forgot.push(n);
+            }
+        }
+        if !forgot.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(forgot, vec![names[2].clone()]);
+    let m = agents[0].target().membership().await.unwrap();
+    assert_eq!(m.members, names[..2].to_vec());
+    drop(formed);
+}
+
 /// After formation the watch reconnects a registered member the node lost, and
 /// reports two registered clusters that do not list each other.
 #[tokio::test(flavor = "multi_thread")]
@@ -675,8 +937,8 @@ async fn the_watch_reconnects_lost_members_and_reports_splits() {
     assert!(!nodes[1].eval("nodes()").await.contains(n2.as_str()));
     let mut events = agents[1].events();
     let mut state = autocluster::formation::CleanupState::new();
-    // The ErlangMesh membership is `nodes()`: a lost node is no longer a member, so it
-    // is the registry that names it; the watch reconnects registered members.
+    // The ErlangMesh remembers the members it has seen, and the watch reconnects them
+    // (and registered members it does not list).
     agents[1].watch_round(&mut state, false).await;
     let view = nodes[1].eval("lists:sort(nodes())").await;
     let mut reconnected = view.contains(n2.as_str());
@@ -730,7 +992,8 @@ async fn the_failure_policy_is_followed() {
     .start()
     .await
     .unwrap();
-    let target = Arc::new(ErlangMesh::new(probe, nodes[0].name().parse().unwrap()));
+    let name: NodeName = nodes[0].name().parse().unwrap();
+    let target = Arc::new(ErlangMesh::new(probe, name.clone()));
     let backend = Arc::new(MemoryBackend::new());
     let cfg = FormationConfig {
         max_attempts: 2,
@@ -742,6 +1005,10 @@ async fn the_failure_policy_is_followed() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cookie"), "{err}");
+    assert!(
+        err.to_string().contains(name.as_str()),
+        "names the node: {err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let formed = Agent::new(
         backend.clone(),
@@ -759,6 +1026,11 @@ async fn the_failure_policy_is_followed() {
         other => panic!("{other:?}"),
     }
     assert_eq!(formed.attempts, 2);
+    assert!(formed.registration.is_none());
+    assert!(
+        backend.list_nodes().await.unwrap().is_empty(),
+        "nothing registered"
+    );
     assert!(
         backend.lock_holder().is_none(),
         "the lock was released on the failing path"

@@ -11,6 +11,7 @@ mod dns_backend;
 mod epmd;
 mod etcd_backend;
 mod formation;
+mod hostile;
 mod interop;
 mod kubernetes_backend;
 mod node;

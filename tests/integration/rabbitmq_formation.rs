@@ -312,6 +312,9 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
                 warn_only: false,
                 unreachable_rounds: 2,
                 max_share: 0.5,
+                // The victim deregistered: missing from the listings for 1 s is enough
+                // here (the default waits a node TTL, 61 s on etcd).
+                unlisted_for: Some(Duration::from_secs(1)),
                 ..CleanupConfig::default()
             },
             ..quick()

@@ -362,6 +362,17 @@ fn map_error(endpoints: &str, error: etcd_client::Error) -> BackendError {
                     detail,
                 };
             }
+            // A status tonic made from a local failure of the connection (reset, broken
+            // pipe, a stream closed as etcd stops) carries that failure as its source and
+            // the code Unknown; a status etcd sent carries no source. Such a failure is an
+            // outage (retried), not an invalid answer.
+            if status.code() == Code::Unknown && std::error::Error::source(&status).is_some() {
+                return BackendError::Unavailable {
+                    backend: NAME,
+                    endpoint: endpoints.to_owned(),
+                    detail,
+                };
+            }
             match status.code() {
                 Code::Unavailable | Code::Aborted | Code::ResourceExhausted | Code::Cancelled => {
                     BackendError::Unavailable {
@@ -767,5 +778,30 @@ impl Backend for EtcdBackend {
 
     fn timings(&self) -> Timings {
         self.inner.config.timings()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_cut_mid_call_is_unavailable_not_an_invalid_response() {
+        // Regression (found by the etcd-restart trials with 50 and 200 agents): a call in
+        // flight as etcd stopped failed with a status of code Unknown made from the
+        // connection error ("transport error: connection reset"), which was read as an
+        // invalid response and not retried, so every agent gave up.
+        let cut = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(cut.code(), tonic::Code::Unknown);
+        let e = map_error("http://etcd:2379", etcd_client::Error::GRpcStatus(cut));
+        assert!(matches!(e, BackendError::Unavailable { .. }), "{e:?}");
+        assert!(e.to_string().contains("connection reset"), "{e}");
+        // An Unknown status etcd itself sent is still an invalid response.
+        let sent = tonic::Status::unknown("something odd");
+        let e = map_error("http://etcd:2379", etcd_client::Error::GRpcStatus(sent));
+        assert!(matches!(e, BackendError::InvalidResponse { .. }), "{e:?}");
     }
 }

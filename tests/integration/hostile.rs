@@ -1,0 +1,1116 @@
+//! Hostile peers and bad input.
+//!
+//! * Floods of abusive clients against the embedded EPMD and the distribution acceptor,
+//!   mixing garbage, truncated requests, giant lengths, silence and trickling, thousands
+//!   of connections at once: well-behaved clients keep being served, memory stays
+//!   bounded, every abusive connection is closed (by an error at once, or by the pending
+//!   timeout). (Pure slowloris floods are in `epmd.rs` and `node.rs`.)
+//! * A peer that completes the handshake and then misbehaves: garbage frames, undecodable
+//!   terms, unknown control messages (the connection survives them and keeps delivering),
+//!   a giant frame length (the connection is closed with
+//!   [`DisconnectReason::FrameTooLarge`]).
+//! * A backend that hangs or answers garbage in the middle of formation: the agent follows
+//!   its failure policy, in bounded time, with a typed error.
+//! * A wrong cookie, a wrong node name, mixed short and long names, a seed that vanishes
+//!   between listing and joining, a seed that refuses the join: a clear error naming the
+//!   node and the cause, and the agent follows its failure policy (`Stop` returns the
+//!   error, `Ignore` runs standalone with it).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autocluster::backend::{Backend, MemoryBackend, Registration};
+use autocluster::epmd::{EpmdClient, EpmdServer, EpmdServerConfig, NodeEntry};
+use autocluster::formation::{
+    Agent, ClusterTarget, DataState, ErlangMesh, FailurePolicy, FormationConfig, FormationError,
+    FormationEvent, Membership, NativeTarget, Outcome, Probe,
+};
+use autocluster::handshake::{DistFlags, InitiatorConfig, LengthPrefix, LocalName};
+use autocluster::listener::ListenerLimits;
+use autocluster::node::DisconnectReason;
+use autocluster::term::{Atom, Pid, Term};
+use autocluster::{Cookie, Node, NodeEvent, NodeName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{Epmd, ErlNode, ErlOptions, rss_kib, unique_name};
+
+const COOKIE: &str = "autocluster_test_cookie";
+
+fn quick() -> FormationConfig {
+    FormationConfig {
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(300),
+        max_attempts: 3,
+        node_ttl: Duration::from_secs(5),
+        lock_ttl: Duration::from_secs(5),
+        lock_wait: Duration::from_secs(20),
+        ..FormationConfig::default()
+    }
+}
+
+fn ignore(cfg: FormationConfig) -> FormationConfig {
+    FormationConfig {
+        failure: FailurePolicy::Ignore,
+        ..cfg
+    }
+}
+
+fn host_of(node: &str) -> &str {
+    node.split_once('@').map(|(_, h)| h).expect("a node name")
+}
+
+async fn agent_node(epmd_port: u16, host: &str, cookie: &str) -> Node {
+    Node::builder(
+        format!("{}@{host}", unique_name("agent")).parse().unwrap(),
+        Cookie::new(cookie).unwrap(),
+    )
+    .epmd_port(epmd_port)
+    .start()
+    .await
+    .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Floods of abusive clients.
+
+/// What an abusive client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abuse {
+    /// A plausible length, then bytes that are no request at all.
+    Garbage,
+    /// The start of a real request, then nothing.
+    Truncated,
+    /// A length far beyond any limit, then a stream of junk.
+    Giant,
+    /// Connects and sends nothing (slowloris).
+    Silent,
+    /// One byte every 300 ms, forever.
+    Trickle,
+}
+
+const ABUSES: [Abuse; 5] = [
+    Abuse::Garbage,
+    Abuse::Truncated,
+    Abuse::Giant,
+    Abuse::Silent,
+    Abuse::Trickle,
+];
+
+/// The bytes each abuse starts with, for EPMD (`Len:16 | Request`) and for the
+/// handshake (`Len:16 | Message`).
+fn opening(abuse: Abuse, epmd: bool, i: usize) -> Vec<u8> {
+    let junk: Vec<u8> = (0..(8 + i % 40))
+        .map(|k| (k as u8).wrapping_mul(151).wrapping_add(i as u8))
+        .collect();
+    match abuse {
+        Abuse::Garbage => {
+            // A tag that is no request (EPMD) and no handshake message ('Z').
+            let mut v = vec![0, junk.len() as u8 + 1, if epmd { 0xee } else { b'Z' }];
+            v.extend(&junk);
+            v
+        }
+        Abuse::Truncated if epmd => vec![0, 20, 122, b'r', b'a'], // PORT_PLEASE2 "ra..."
+        Abuse::Truncated => vec![0, 40, b'N', 0, 0],              // half a send_name
+        Abuse::Giant => {
+            let mut v = vec![0xff, 0xff];
+            v.extend(&junk);
+            v
+        }
+        Abuse::Silent | Abuse::Trickle => Vec::new(),
+    }
+}
+
+/// One abusive client: returns how long the server took to close the connection, or
+/// why it is a failure.
+async fn abuse(
+    addr: SocketAddr,
+    kind: Abuse,
+    epmd: bool,
+    i: usize,
+    bound: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let first = opening(kind, epmd, i);
+    if !first.is_empty() {
+        // The server may close before all of it is written.
+        let _ = s.write_all(&first).await;
+    }
+    let (mut r, mut w) = s.into_split();
+    let trickle = async move {
+        if kind == Abuse::Trickle {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if w.write_all(&[0]).await.is_err() {
+                    break;
+                }
+            }
+        } else if kind == Abuse::Giant {
+            // Keep pushing junk: the server must not buffer it.
+            let junk = vec![b'x'; 64 * 1024];
+            for _ in 0..16 {
+                if w.write_all(&junk).await.is_err() {
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let closed = async {
+        let mut buf = [0u8; 256];
+        let mut got = 0usize;
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+        }
+    };
+    tokio::select! {
+        got = tokio::time::timeout(bound, closed) => match got {
+            Ok(0) => Ok(started.elapsed()),
+            Ok(n) => Err(format!("{kind:?}: the server answered {n} bytes")),
+            Err(_) => Err(format!("{kind:?}: still open after {bound:?}")),
+        },
+        () = trickle => Err("unreachable".into()),
+    }
+}
+
+/// Runs `total` abusive clients in waves of `wave` (all held open together), while
+/// `good` runs; returns every client's result and the good client's latencies.
+async fn flood<G, Fut>(
+    addr: SocketAddr,
+    epmd: bool,
+    total: usize,
+    wave: usize,
+    bound: Duration,
+    mut good: G,
+) -> (Vec<(Abuse, Result<Duration, String>)>, Vec<Duration>)
+where
+    G: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    // The abusers run on a runtime of their own, as another process would.
+    let abusers = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::with_capacity(total);
+            for i in 0..total {
+                let kind = ABUSES[i % ABUSES.len()];
+                tasks.push(tokio::spawn(async move {
+                    (kind, abuse(addr, kind, epmd, i, bound).await)
+                }));
+                if i % wave == wave - 1 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let mut out = Vec::with_capacity(total);
+            for t in tasks {
+                out.push(t.await.expect("abuser task"));
+            }
+            out
+        })
+    });
+    let mut latencies = Vec::new();
+    while !abusers.is_finished() {
+        let started = Instant::now();
+        if let Err(e) = good().await {
+            panic!("a well-behaved client failed during the flood: {e}");
+        }
+        latencies.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (abusers.join().expect("abusers"), latencies)
+}
+
+fn check_flood(
+    what: &str,
+    results: &[(Abuse, Result<Duration, String>)],
+    latencies: &[Duration],
+    good_bound: Duration,
+) {
+    let failures: Vec<&String> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} abusive connections misbehaved, e.g. {:?}",
+        failures.len(),
+        results.len(),
+        &failures[..failures.len().min(5)]
+    );
+    for kind in ABUSES {
+        let times: Vec<Duration> = results
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, r)| r.as_ref().ok().copied())
+            .collect();
+        let worst = times.iter().max().copied().unwrap_or_default();
+        eprintln!(
+            "{what}: {kind:?}: {} closed, the slowest after {worst:?}",
+            times.len()
+        );
+    }
+    assert!(
+        latencies.len() >= 5,
+        "{what}: only {} good requests",
+        latencies.len()
+    );
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    assert!(worst < good_bound, "{what}: worst good latency {worst:?}");
+    eprintln!("{what}: {} good requests, worst {worst:?}", latencies.len());
+}
+
+/// 3,000 abusive clients against the embedded EPMD, at most about 3,000 open at once:
+/// garbage, truncated requests, giant lengths, silence and trickling. Good clients are
+/// answered within a second all along, memory stays bounded, and every abusive
+/// connection is closed, garbage and giant lengths at once, the rest by the pending
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_epmd_outlasts_a_mixed_flood_of_abusive_clients() {
+    let idle = Duration::from_secs(2);
+    let server = EpmdServer::bind(EpmdServerConfig {
+        limits: ListenerLimits {
+            idle_timeout: idle,
+            ..ListenerLimits::default()
+        },
+        ..EpmdServerConfig::localhost(0)
+    })
+    .await
+    .unwrap();
+    let addr = server.local_addrs()[0];
+    let good = EpmdClient::new(addr).with_timeout(Duration::from_secs(2));
+    let name = unique_name("good");
+    let _registration = good.register(NodeEntry::new(&name, 45600)).await.unwrap();
+    let rss_before = rss_kib();
+    let (results, latencies) = flood(
+        addr,
+        true,
+        3_000,
+        200,
+        idle + Duration::from_secs(3),
+        || {
+            let good = good.clone();
+            let name = name.clone();
+            async move {
+                let found = good.port_please(&name).await.map_err(|e| e.to_string())?;
+                if found.map(|e| e.port) != Some(45600) {
+                    return Err("the registration is gone".into());
+                }
+                good.names().await.map_err(|e| e.to_string())?;
+                Ok(())
+            }
+        },
+    )
+    .await;
+    check_flood("epmd", &results, &latencies, Duration::from_secs(1));
+    for (kind, r) in &results {
+        if matches!(kind, Abuse::Garbage | Abuse::Giant) {
+            let after = r.as_ref().unwrap();
+            assert!(
+                *after < Duration::from_secs(1) + idle,
+                "{kind:?} closed after {after:?}"
+            );
+        }
+    }
+    let growth = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(growth < 200, "memory grew by {growth} MiB");
+    let stats = server.stats();
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    assert_eq!(stats.established, 1, "{stats:?}");
+    assert_eq!(
+        good.port_please(&name).await.unwrap().map(|e| e.port),
+        Some(45600)
+    );
+    eprintln!("epmd: {stats:?}; rss +{growth} MiB");
+}
+
+/// The same mix against the distribution acceptor while fresh nodes keep handshaking
+/// with it (and a real `erl` node pings it before and after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptor_outlasts_a_mixed_flood_of_abusive_clients() {
+    let idle = Duration::from_secs(2);
+    let epmd = Epmd::start().await;
+    let server = Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(epmd.port())
+    .listen("127.0.0.1:0".parse().unwrap())
+    .limits(ListenerLimits {
+        idle_timeout: idle,
+        ..ListenerLimits::default()
+    })
+    .start()
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let ping = format!("net_adm:ping('{}')", server.name());
+    assert_eq!(erl.eval(&ping).await, "pong");
+    let rss_before = rss_kib();
+    let target = server.name().clone();
+    let (results, latencies) = flood(
+        addr,
+        false,
+        3_000,
+        200,
+        idle + Duration::from_secs(3),
+        || {
+            let target = target.clone();
+            async move {
+                let client = Node::builder(
+                    format!("{}@localhost", unique_name("good"))
+                        .parse()
+                        .unwrap(),
+                    Cookie::new(COOKIE).unwrap(),
+                )
+                .start()
+                .await
+                .map_err(|e| e.to_string())?;
+                let r = client
+                    .connect_to(&target, addr)
+                    .await
+                    .map_err(|e| e.to_string());
+                client.shutdown().await;
+                r
+            }
+        },
+    )
+    .await;
+    check_flood("acceptor", &results, &latencies, Duration::from_secs(2));
+    let growth = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(growth < 200, "memory grew by {growth} MiB");
+    let stats = server.listener_stats().unwrap();
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    erl.eval(&format!("erlang:disconnect_node('{}')", server.name()))
+        .await;
+    assert_eq!(erl.eval(&ping).await, "pong");
+    eprintln!("acceptor: {stats:?}; rss +{growth} MiB");
+}
+
+// ---------------------------------------------------------------------------------------
+// A peer that misbehaves after the handshake.
+
+/// A raw connection that completed the handshake with `server`: we write frames by hand.
+async fn handshaked_peer(server: &Node) -> (TcpStream, NodeName) {
+    let me: NodeName = format!("{}@localhost", unique_name("raw")).parse().unwrap();
+    let mut stream = TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let cfg = InitiatorConfig {
+        local: LocalName::Static(me.clone()),
+        creation: 7,
+        flags: DistFlags::OURS,
+        required: DistFlags::REQUIRED,
+        cookie: Cookie::new(COOKIE).unwrap(),
+        peer: server.name().clone(),
+    };
+    autocluster::handshake::initiate(
+        &mut stream,
+        LengthPrefix::U16,
+        cfg,
+        Duration::from_secs(5),
+        || true,
+    )
+    .await
+    .expect("handshake");
+    (stream, me)
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+fn data_frame(control: &Term, message: Option<&Term>) -> Vec<u8> {
+    let mut payload = vec![112];
+    payload.extend(autocluster::term::encode(control).unwrap());
+    if let Some(m) = message {
+        payload.extend(autocluster::term::encode(m).unwrap());
+    }
+    frame(&payload)
+}
+
+fn reg_send(from: &NodeName, to: &str, message: &Term) -> Vec<u8> {
+    let pid = Term::Pid(Box::new(Pid {
+        node: Atom::from(from.as_str()),
+        id: 1,
+        serial: 0,
+        creation: 7,
+    }));
+    data_frame(
+        &Term::Tuple(vec![Term::Integer(6), pid, Term::atom(""), Term::atom(to)]),
+        Some(message),
+    )
+}
+
+#[tokio::test]
+async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a_giant_frame() {
+    let server = Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .listen("127.0.0.1:0".parse().unwrap())
+    .register_in_epmd(false)
+    .max_frame(1024 * 1024)
+    .start()
+    .await
+    .unwrap();
+    let mut inbox = server.register("inbox").unwrap();
+    let mut events = server.monitor_nodes();
+    let (mut peer, me) = handshaked_peer(&server).await;
+    let mut survivable: Vec<(&str, Vec<u8>)> = vec![
+        ("a tick", vec![0, 0, 0, 0]),
+        (
+            "garbage instead of the pass-through tag",
+            frame(&[0xde, 0xad, 0xbe, 0xef]),
+        ),
+        ("an empty pass-through frame", frame(&[112])),
+        (
+            "an undecodable control term",
+            frame(&[112, 131, 255, 1, 2, 3]),
+        ),
+        (
+            "a control term cut short",
+            frame(&[112, 131, 104, 4, 97, 6]),
+        ),
+        (
+            "a list claiming 2^31 elements",
+            frame(&[112, 131, 108, 0x7f, 0xff, 0xff, 0xff, 106]),
+        ),
+        (
+            "a binary claiming 1 GiB",
+            frame(&[112, 131, 109, 0x40, 0, 0, 0, 1, 2]),
+        ),
+        (
+            "an unknown control message",
+            data_frame(
+                &Term::Tuple(vec![Term::Integer(99), Term::atom("surprise")]),
+                None,
+            ),
+        ),
+        (
+            "a control that is not a tuple",
+            data_frame(&Term::atom("hello"), None),
+        ),
+        (
+            "a SEND to a pid that does not exist",
+            data_frame(
+                &Term::Tuple(vec![
+                    Term::Integer(2),
+                    Term::atom(""),
+                    Term::Pid(Box::new(Pid {
+                        node: Atom::from(server.name().as_str()),
+                        id: 999_999,
+                        serial: 0,
+                        creation: 1,
+                    })),
+                ]),
+                Some(&Term::atom("lost")),
+            ),
+        ),
+    ];
+    // Deep nesting: 10,000 nested one-tuples.
+    let mut deep = vec![112, 131];
+    deep.extend(std::iter::repeat_n([104u8, 1], 10_000).flatten());
+    deep.push(106);
+    survivable.push(("a term nested 10,000 deep", frame(&deep)));
+    for (what, bytes) in &survivable {
+        peer.write_all(bytes).await.unwrap();
+        // Still delivering: a message to a registered mailbox arrives.
+        let marker = Term::Tuple(vec![
+            Term::atom("after"),
+            Term::atom(what.replace(' ', "_").as_str()),
+        ]);
+        peer.write_all(&reg_send(&me, "inbox", &marker))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nothing delivered after {what}"))
+            .unwrap();
+        assert_eq!(got.message, marker, "after {what}");
+        assert!(server.is_connected(&me), "disconnected by {what}");
+    }
+    // A frame longer than the limit: closed at once, with the reason.
+    peer.write_all(&[0x7f, 0xff, 0xff, 0xff, 112])
+        .await
+        .unwrap();
+    let down = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Down { node, reason }) if node == me => return reason,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the connection is closed");
+    assert_eq!(
+        down,
+        DisconnectReason::FrameTooLarge {
+            len: 0x7fff_ffff,
+            max: 1024 * 1024
+        }
+    );
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match peer.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the socket is closed");
+    assert!(!server.is_connected(&me));
+}
+
+// ---------------------------------------------------------------------------------------
+// Wrong names, vanishing nodes, a seed that refuses (a wrong cookie: formation.rs).
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
+    let epmd = Epmd::start().await;
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let host = host_of(erl.name()).to_owned();
+    let probe = agent_node(epmd.port(), &host, COOKIE).await;
+    let backend = Arc::new(MemoryBackend::new());
+
+    // A name nobody runs under.
+    let nosuch: NodeName = format!("{}@{host}", unique_name("nosuch")).parse().unwrap();
+    let err = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), nosuch.clone())),
+        quick(),
+    )
+    .run()
+    .await
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(nosuch.as_str()), "{text}");
+    assert!(text.contains("not registered"), "{text}");
+    assert!(
+        text.contains(erl.name().split('@').next().unwrap()),
+        "lists who is there: {text}"
+    );
+
+    // A long name given to a short-name agent.
+    let long: NodeName = format!("{}@127.0.0.1", unique_name("long"))
+        .parse()
+        .unwrap();
+    let formed = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), long.clone())),
+        ignore(quick()),
+    )
+    .run()
+    .await
+    .unwrap();
+    match &formed.outcome {
+        Outcome::Standalone { error } => {
+            assert!(error.contains(long.as_str()), "{error}");
+            assert!(error.contains("long") && error.contains("short"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A registered node under a name with the wrong case: EPMD does not know it, the
+    // node is proven gone, the agent forms (and says which node it could not find).
+    let upper: NodeName = format!(
+        "{}@{host}",
+        erl.name().split('@').next().unwrap().to_uppercase()
+    )
+    .parse()
+    .unwrap();
+    let _r = backend
+        .register(Registration::new(upper.clone(), Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(ErlangMesh::new(probe.clone(), erl.name().parse().unwrap())),
+        quick(),
+    );
+    let mut events = agent.events();
+    let formed = agent.run().await.unwrap();
+    assert_eq!(formed.outcome, Outcome::FormedNew);
+    let mut probed_down = false;
+    while let Ok(ev) = events.try_recv() {
+        probed_down |= ev
+            == FormationEvent::Probed {
+                node: upper.clone(),
+                live: false,
+            };
+    }
+    assert!(probed_down);
+}
+
+/// A target whose node dies right after the agent found the seed live (the seed
+/// vanishes between listing and joining).
+struct SeedVanishes {
+    inner: ErlangMesh,
+    seed: Mutex<Option<ErlNode>>,
+}
+
+impl std::fmt::Debug for SeedVanishes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedVanishes")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for SeedVanishes {
+    fn node(&self) -> &NodeName {
+        self.inner.node()
+    }
+    fn kind(&self) -> &'static str {
+        "seed-vanishes"
+    }
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        let p = self.inner.probe(node).await?;
+        if p.live {
+            // Found live; now it dies before the join.
+            let dead = self.seed.lock().unwrap().take();
+            drop(dead);
+        }
+        Ok(p)
+    }
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        self.inner.membership().await
+    }
+    async fn data_state(&self) -> Result<DataState, FormationError> {
+        self.inner.data_state().await
+    }
+    async fn form(&self) -> Result<(), FormationError> {
+        self.inner.form().await
+    }
+    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
+        self.inner.join(seed, reset).await
+    }
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        self.inner.reconnect(member).await
+    }
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.inner.forget(member).await
+    }
+    async fn leave(&self) -> Result<(), FormationError> {
+        self.inner.leave().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skipped() {
+    let epmd = Epmd::start().await;
+    let seed = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("a_seed")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let me = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("b_me")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let seed_name: NodeName = seed.name().parse().unwrap();
+    let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
+    let backend = Arc::new(MemoryBackend::new());
+    let _r = backend
+        .register(Registration::new(
+            seed_name.clone(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(SeedVanishes {
+            inner: ErlangMesh::new(probe, me.name().parse().unwrap()),
+            seed: Mutex::new(Some(seed)),
+        }),
+        FormationConfig {
+            max_attempts: 10,
+            ..quick()
+        },
+    );
+    let mut events = agent.events();
+    let formed = agent.run().await.unwrap();
+    assert_eq!(
+        formed.outcome,
+        Outcome::FormedNew,
+        "the dead seed is skipped once proven gone"
+    );
+    let mut retried = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        if let FormationEvent::Retrying { error, .. } = ev {
+            retried.push(error);
+        }
+    }
+    assert!(!retried.is_empty(), "the failed join was retried");
+    assert!(retried[0].contains(seed_name.as_str()), "{retried:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erlang_seed_that_refuses_the_join_is_named() {
+    let epmd = Epmd::start().await;
+    let seed = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("a_seed")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let me = ErlNode::start(
+        ErlOptions::new(epmd.port())
+            .name_prefix("b_me")
+            .args(["-connect_all", "false"]),
+    )
+    .await;
+    let seed_name: NodeName = seed.name().parse().unwrap();
+    let me_name: NodeName = me.name().parse().unwrap();
+    let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
+    // The seed lets only the agent in (net_kernel:allow/1): `me` is refused.
+    let mut seed = seed;
+    assert_eq!(
+        seed.eval(&format!("net_kernel:allow(['{}'])", probe.name()))
+            .await,
+        "ok"
+    );
+    let backend = Arc::new(MemoryBackend::new());
+    let _r = backend
+        .register(Registration::new(
+            seed_name.clone(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let target = Arc::new(ErlangMesh::new(probe, me_name.clone()));
+    let started = Instant::now();
+    let err = Agent::new(backend.clone(), target.clone(), quick())
+        .run()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(seed_name.as_str()) && text.contains(me_name.as_str()),
+        "{text}"
+    );
+    assert!(text.contains("connect_node"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let formed = Agent::new(backend.clone(), target, ignore(quick()))
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&formed.outcome, Outcome::Standalone { error } if error.contains(seed_name.as_str())),
+        "{:?}",
+        formed.outcome
+    );
+    assert!(backend.lock_holder().is_none());
+    drop(me);
+}
+
+/// A native "seed" that answers the membership question but refuses every join.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_native_seed_that_refuses_the_join_is_named() {
+    let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0))
+        .await
+        .unwrap();
+    let node = |prefix: &str| {
+        let name: NodeName = format!("{}@localhost", unique_name(prefix))
+            .parse()
+            .unwrap();
+        Node::builder(name, Cookie::new(COOKIE).unwrap())
+            .epmd_port(epmd.port())
+            .listen("127.0.0.1:0".parse().unwrap())
+            .start()
+    };
+    let refuser = node("a_refuser").await.unwrap();
+    let mut service = refuser
+        .register(autocluster::formation::MEMBERSHIP_SERVICE)
+        .unwrap();
+    let refuser_name = refuser.name().clone();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        while let Some(env) = service.recv().await {
+            let Some(call) = autocluster::node::GenCall::parse(&env.message) else {
+                continue;
+            };
+            let reply = if call.request.is_atom("members") {
+                Term::Tuple(vec![
+                    Term::atom("seed"),
+                    Term::List(vec![Term::atom(refuser_name.as_str())]),
+                ])
+            } else {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Term::Tuple(vec![Term::atom("error"), Term::atom("cluster_full")])
+            };
+            let _ = service.reply(&call, reply).await;
+        }
+    });
+    let backend = Arc::new(MemoryBackend::new());
+    let _r = backend
+        .register(Registration::new(
+            refuser.name().clone(),
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    let me = NativeTarget::new(node("b_me").await.unwrap()).unwrap();
+    let err = Agent::new(backend.clone(), Arc::new(me.clone()), quick())
+        .run()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(refuser.name().as_str()), "{text}");
+    assert!(text.contains("cluster_full"), "{text}");
+    assert_eq!(answered.load(Ordering::SeqCst), 3, "one join per attempt");
+    let formed = Agent::new(backend, Arc::new(me), ignore(quick()))
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        matches!(formed.outcome, Outcome::Standalone { .. }),
+        "{:?}",
+        formed.outcome
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A backend that misbehaves in the middle of formation.
+
+#[cfg(feature = "etcd")]
+mod backend_mid_formation {
+    use super::*;
+    use crate::common::EtcdServer;
+    use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
+    use tokio::net::TcpListener;
+
+    /// What the proxy in front of etcd does.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Pass,
+        /// Stop forwarding, keep every connection open.
+        Hang,
+        /// Answer junk and close.
+        Garbage,
+    }
+
+    /// A TCP proxy whose behaviour can change while connections are open.
+    struct Proxy {
+        addr: SocketAddr,
+        mode: Arc<Mutex<Mode>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Proxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mode: Arc<Mutex<Mode>>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let now = *mode.lock().unwrap();
+            match now {
+                Mode::Pass => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Mode::Hang => {
+                    // Forward nothing, hold both ends open.
+                    let _keep = (&from, &to);
+                    std::future::pending::<()>().await;
+                }
+                Mode::Garbage => return,
+            }
+        }
+    }
+
+    impl Proxy {
+        async fn start(upstream: SocketAddr) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mode = Arc::new(Mutex::new(Mode::Pass));
+            let m = mode.clone();
+            let task = tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if *m.lock().unwrap() == Mode::Garbage {
+                        // Junk where an HTTP/2 server preface should be, then close.
+                        let _ = client
+                            .write_all(b"\x00\x00\x12\x04\x00garbage garbage garbage")
+                            .await;
+                        continue;
+                    }
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(pump(cr, sw, m.clone()));
+                    tokio::spawn(pump(sr, cw, m.clone()));
+                }
+            });
+            Proxy { addr, mode, task }
+        }
+
+        fn set(&self, mode: Mode) {
+            *self.mode.lock().unwrap() = mode;
+        }
+    }
+
+    /// A native target that switches the proxy to `mode` once formation is under way:
+    /// the lock is held and the registry listed, the registration is next.
+    #[derive(Debug)]
+    struct SwitchOnForm {
+        inner: NativeTarget,
+        proxy: Arc<Mutex<Mode>>,
+        mode: Mode,
+    }
+
+    #[async_trait::async_trait]
+    impl ClusterTarget for SwitchOnForm {
+        fn node(&self) -> &NodeName {
+            self.inner.node()
+        }
+        fn kind(&self) -> &'static str {
+            "switch-on-form"
+        }
+        async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+            self.inner.probe(node).await
+        }
+        async fn membership(&self) -> Result<Membership, FormationError> {
+            self.inner.membership().await
+        }
+        async fn data_state(&self) -> Result<DataState, FormationError> {
+            self.inner.data_state().await
+        }
+        async fn form(&self) -> Result<(), FormationError> {
+            *self.proxy.lock().unwrap() = self.mode;
+            self.inner.form().await
+        }
+        async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
+            self.inner.join(seed, reset).await
+        }
+        async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+            self.inner.reconnect(member).await
+        }
+        async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+            self.inner.forget(member).await
+        }
+        async fn leave(&self) -> Result<(), FormationError> {
+            self.inner.leave().await
+        }
+    }
+
+    /// etcd hangs (accepts, never answers) or answers garbage right after the agent took
+    /// the lock and listed the registry: every call fails with a typed error within its
+    /// timeout, the agent retries, then follows its failure policy, in bounded time.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_backend_that_hangs_or_answers_garbage_mid_formation_fails_the_agent_in_bounded_time()
+    {
+        let etcd = EtcdServer::start().await;
+        let upstream: SocketAddr = etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let epmd = EpmdServer::bind(EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+        for mode in [Mode::Hang, Mode::Garbage] {
+            for policy in [FailurePolicy::Stop, FailurePolicy::Ignore] {
+                let proxy = Proxy::start(upstream).await;
+                let backend: Arc<dyn Backend> = Arc::new(
+                    EtcdBackend::new(EtcdConfig {
+                        endpoints: vec![format!("http://{}", proxy.addr)],
+                        cluster_name: unique_name("hostile"),
+                        timeout: Duration::from_secs(1),
+                        node_ttl: Duration::from_secs(3),
+                        lock_ttl: Duration::from_secs(3),
+                        lock_wait: Duration::from_secs(5),
+                        ..EtcdConfig::default()
+                    })
+                    .unwrap(),
+                );
+                let node = Node::builder(
+                    format!("{}@localhost", unique_name("n")).parse().unwrap(),
+                    Cookie::new(COOKIE).unwrap(),
+                )
+                .epmd_port(epmd.port())
+                .listen("127.0.0.1:0".parse().unwrap())
+                .start()
+                .await
+                .unwrap();
+                let target = Arc::new(SwitchOnForm {
+                    inner: NativeTarget::new(node).unwrap(),
+                    proxy: proxy.mode.clone(),
+                    mode,
+                });
+                let config = FormationConfig {
+                    failure: policy,
+                    ..quick()
+                };
+                let agent = Agent::new(backend.clone(), target, config);
+                let mut events = agent.events();
+                let started = Instant::now();
+                let result = tokio::time::timeout(Duration::from_secs(60), agent.run())
+                    .await
+                    .unwrap_or_else(|_| panic!("{mode:?}/{policy:?}: the agent hung"));
+                let took = started.elapsed();
+                let error = match (policy, result) {
+                    (FailurePolicy::Stop, Err(e)) => {
+                        assert!(matches!(e, FormationError::Backend { .. }), "{mode:?}: {e}");
+                        e.to_string()
+                    }
+                    (FailurePolicy::Ignore, Ok(formed)) => match formed.outcome {
+                        Outcome::Standalone { error } => error,
+                        other => panic!("{mode:?}: {other:?}"),
+                    },
+                    (p, other) => panic!("{mode:?}/{p:?}: {other:?}"),
+                };
+                assert!(error.contains("etcd"), "{mode:?}: {error}");
+                let mut retries = 0;
+                while let Ok(ev) = events.try_recv() {
+                    retries += usize::from(matches!(ev, FormationEvent::Retrying { .. }));
+                }
+                assert_eq!(retries, 2, "{mode:?}: three attempts");
+                assert!(
+                    took < Duration::from_secs(40),
+                    "{mode:?}/{policy:?}: {took:?}"
+                );
+                eprintln!("{mode:?}/{policy:?}: failed after {took:?}: {error}");
+                proxy.set(Mode::Pass);
+            }
+        }
+    }
+}
