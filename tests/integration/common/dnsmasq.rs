@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 use super::process::{free_port, kill_process_group};
-use super::require_binary;
+use super::process::require_binary;
 
 pub struct Dnsmasq {
     pub addr: SocketAddr,

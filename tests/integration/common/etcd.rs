@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::process::{free_port, kill_process_group, unique_name};
-use super::require_binary;
+use super::process::require_binary;
 
 /// A running (or stopped) single-member etcd on `127.0.0.1`.
 pub struct EtcdServer {
