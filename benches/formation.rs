@@ -6,9 +6,9 @@
 //! * **3 RabbitMQ nodes**: launch three fresh nodes; done when all three report the three
 //!   of them as running members (`rabbit_mnesia:cluster_nodes(running)` on each, polled
 //!   every 100 ms the same way for every method). Methods: RabbitMQ's own etcd peer
-//!   discovery (`rabbitmq_peer_discovery_etcd`), and our agents through etcd, with the
-//!   brokers started normally and with `RABBITMQ_NODE_ONLY` (the VM without the broker:
-//!   the agents join before the broker's first start).
+//!   discovery (`rabbitmq_peer_discovery_etcd`), and our agents through etcd (one per node,
+//!   started once its broker answers: our RabbitMQ target joins a booted broker with
+//!   `stop`, `join_cluster`, `start`).
 //! * **10 / 100 / 1,000 Rust-native nodes** (`NativeTarget`): every node started, with
 //!   its agent, at once, each node listening and registered in one embedded EPMD; done
 //!   when every agent has finished and the seed lists all of them. In-memory backend and
@@ -372,5 +372,135 @@ async fn run(settings: Settings) {
             }
         }
     }
+
+    // Three RabbitMQ nodes: RabbitMQ's own etcd peer discovery against our agents.
+    #[cfg(feature = "etcd")]
+    if settings.wants("rabbit")
+        && let Some(endpoint) = etcd_endpoint.as_deref()
+    {
+        let epmd = Epmd::start().await;
+        let probe = Node::builder(
+            NodeName::from_parts(&format!("rprobe_{}", std::process::id()), "localhost").unwrap(),
+            Cookie::new(RABBIT_COOKIE).unwrap(),
+        )
+        .epmd_port(epmd.port())
+        .start()
+        .await
+        .expect("the probe node");
+        let runs = if settings.quick { 1 } else { 3 };
+        for round in 0..runs {
+            for kind in ["rabbitmq_own", "rabbitmq_ours"] {
+                progress(format!("rabbitmq: 3 nodes, {kind}, run {} of {runs}", round + 1));
+                let r = rabbit_once(kind, &epmd, &probe, endpoint).await;
+                record(&mut results, kind, "etcd", 3, round, &r, json!(null));
+            }
+        }
+    }
     results.write(&settings);
+}
+
+#[cfg(feature = "etcd")]
+const RABBIT_COOKIE: &str = "autocluster_rabbit_cookie";
+
+/// Launches three fresh RabbitMQ nodes and times them until each lists all three as
+/// running members. `rabbitmq_own`: the nodes run `rabbitmq_peer_discovery_etcd`;
+/// `rabbitmq_ours`: plain nodes, with one of our agents (etcd backend) per node started as
+/// soon as the node's broker answers.
+#[cfg(feature = "etcd")]
+async fn rabbit_once(
+    method: &str,
+    epmd: &Epmd,
+    probe: &Node,
+    endpoint: &str,
+) -> Result<f64, String> {
+    use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
+    use autocluster::formation::RabbitMq;
+    use common::{RabbitNode, RabbitOptions};
+
+    let cluster = common::unique_name("rbench");
+    let mut options = RabbitOptions::new()
+        .epmd_port(epmd.port())
+        .cookie(RABBIT_COOKIE);
+    if method == "rabbitmq_own" {
+        let port = endpoint.rsplit(':').next().unwrap_or_default().to_owned();
+        options = options
+            .plugin("rabbitmq_peer_discovery_etcd")
+            .config("cluster_formation.peer_discovery_backend = etcd")
+            .config(format!("cluster_formation.etcd.endpoints.1 = 127.0.0.1:{port}"))
+            .config(format!("cluster_formation.etcd.cluster_name = {cluster}"));
+    }
+    let started = Instant::now();
+    let launches: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(RabbitNode::launch(options.clone())))
+        .collect();
+    let mut nodes = Vec::new();
+    for l in launches {
+        nodes.push(l.await.map_err(|e| e.to_string())?);
+    }
+    let names: Vec<NodeName> = nodes
+        .iter()
+        .map(|n| n.node().parse().map_err(|e| format!("{e}")))
+        .collect::<Result<_, _>>()?;
+    let targets: Vec<RabbitMq> = names
+        .iter()
+        .map(|n| RabbitMq::new(probe.clone(), n.clone()))
+        .collect();
+    let deadline = started + Duration::from_secs(300);
+    let mut agents = Vec::new();
+    if method == "rabbitmq_ours" {
+        for target in &targets {
+            let target = Arc::new(target.clone());
+            let backend: Arc<dyn Backend> = Arc::new(
+                EtcdBackend::new(EtcdConfig::new([endpoint.to_owned()]).with_cluster_name(&cluster))
+                    .map_err(|e| e.to_string())?,
+            );
+            agents.push(tokio::spawn(async move {
+                // Started as soon as the broker answers (an init system would start the
+                // agent with the node; the agent itself waits for a booting node too).
+                while !target.membership().await.is_ok_and(|m| m.running) {
+                    if Instant::now() > deadline {
+                        return Err("the broker did not boot".to_owned());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Agent::new(backend, target, config())
+                    .run()
+                    .await
+                    .map_err(|e| e.to_string())
+            }));
+        }
+    }
+    // The same poll for both methods: every node lists all three as running members.
+    let secs = loop {
+        let mut done = true;
+        for t in &targets {
+            let ok = t
+                .membership()
+                .await
+                .is_ok_and(|m| m.running && m.running_members.len() == 3);
+            done &= ok;
+            if !ok {
+                break;
+            }
+        }
+        if done {
+            break started.elapsed().as_secs_f64();
+        }
+        if Instant::now() > deadline {
+            let tails: Vec<String> = nodes.iter().map(|n| n.log_tail()).collect();
+            return Err(format!("no cluster of three after 300 s; logs:\n{}", tails.join("\n---\n")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for a in agents {
+        if let Ok(Ok(formed)) = a.await
+            && let Some(r) = formed.registration
+        {
+            let _ = r.deregister().await;
+        }
+    }
+    for mut n in nodes {
+        n.kill().await;
+    }
+    Ok(secs)
 }
