@@ -8,7 +8,8 @@
 //!
 //! Without `--node` it starts `--nodes` (default 3) local `erl` nodes itself (with a fresh
 //! random cookie, handed to them in a private cookie file rather than on the command
-//! line), forms them, and stops them on exit unless `--keep-running`. With `--node` it
+//! line, listening only on the address the host name resolves to, not on every
+//! interface), forms them, and stops them on exit unless `--keep-running`. With `--node` it
 //! manages the given running nodes (cookie from `--cookie`, `--cookie-file` or
 //! `~/.erlang.cookie`), which keep running, clustered, after it exits.
 //!
@@ -117,6 +118,21 @@ fn hostname() -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// The IPv4 address `host` resolves to: the one the nodes are dialled at, so the one
+/// they listen on (usually a loopback address for the machine's own name), rather than
+/// every interface, which is `erl`'s default. EPMD, if these nodes start it, is bound the
+/// same way (`ERL_EPMD_ADDRESS`; it adds loopback itself).
+fn dist_interface(host: &str) -> Option<std::net::Ipv4Addr> {
+    use std::net::ToSocketAddrs as _;
+    (host, 0)
+        .to_socket_addrs()
+        .ok()?
+        .find_map(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+}
+
 /// Starts `count` short-named `erl` nodes whose cookie comes from a private `HOME`.
 fn start_erl_nodes(
     count: usize,
@@ -136,13 +152,32 @@ fn start_erl_nodes(
     cookie
         .write_file(home.join(".erlang.cookie"))
         .map_err(|e| format!("cannot write the cookie file: {e}"))?;
+    let interface = dist_interface(&host);
+    let interface_text = interface.map(|ip| ip.to_string()).unwrap_or_default();
+    match interface {
+        Some(ip) => println!("the nodes listen on {ip} only (where {host} resolves)"),
+        None => println!(
+            "{host} does not resolve to an IPv4 address: the nodes listen on every interface"
+        ),
+    }
     let mut names = Vec::new();
     for i in 1..=count {
         let name: NodeName = format!("node{i}_{tag}@{host}")
             .parse()
             .map_err(|e| format!("{e}"))?;
-        let child = std::process::Command::new("erl")
-            .args(["-sname", name.alive(), "-noshell"])
+        let mut cmd = std::process::Command::new("erl");
+        cmd.args(["-sname", name.alive(), "-noshell"]);
+        if let Some(ip) = interface {
+            // Listen where the host name leads, not on every interface.
+            let ip = ip.octets();
+            cmd.args([
+                "-kernel",
+                "inet_dist_use_interface",
+                &format!("{{{},{},{},{}}}", ip[0], ip[1], ip[2], ip[3]),
+            ])
+            .env("ERL_EPMD_ADDRESS", interface_text.as_str());
+        }
+        let child = cmd
             .env("HOME", &home)
             .env("ERL_EPMD_PORT", epmd_port.to_string())
             .env_remove("ERL_FLAGS")

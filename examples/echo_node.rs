@@ -2,9 +2,14 @@
 //!
 //! ```text
 //! echo_node --name NAME (--cookie C | --cookie-file F) [--listen ADDR] [--epmd-port P] [--published]
+//!           [--ssl-dist-optfile FILE]
 //! ```
 //!
-//! It listens (default `127.0.0.1:0`), registers in EPMD, answers `net_adm:ping/1`
+//! With `--ssl-dist-optfile` (build with `--features tls`) it speaks TLS distribution,
+//! configured by the same file as the Erlang nodes (`-proto_dist inet_tls`).
+//!
+//! It listens (default `127.0.0.1:0`: loopback only; give `--listen` an address other
+//! hosts can reach, and firewall it, to serve them), registers in EPMD, answers `net_adm:ping/1`
 //! with `pong`, and sends every `{Pid, Term}` received on its registered mailbox `echo`
 //! back to `Pid` as `Term`. From Erlang:
 //!
@@ -20,7 +25,7 @@ use std::process::ExitCode;
 use autocluster::term::Term;
 use autocluster::{Cookie, Node, NodeName};
 
-const USAGE: &str = "usage: echo_node --name NAME (--cookie C | --cookie-file F) [--listen ADDR] [--epmd-port P] [--published]";
+const USAGE: &str = "usage: echo_node --name NAME (--cookie C | --cookie-file F) [--listen ADDR] [--epmd-port P] [--published] [--ssl-dist-optfile FILE]";
 
 fn parse_args() -> Result<autocluster::node::NodeBuilder, String> {
     let mut name = None;
@@ -28,6 +33,7 @@ fn parse_args() -> Result<autocluster::node::NodeBuilder, String> {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().map_err(|_| "bad default")?;
     let mut epmd_port = None;
     let mut published = false;
+    let mut tls = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |n: &str| {
@@ -62,6 +68,7 @@ fn parse_args() -> Result<autocluster::node::NodeBuilder, String> {
                 )
             }
             "--published" => published = true,
+            "--ssl-dist-optfile" => tls = Some(value("--ssl-dist-optfile")?),
             _ => return Err(USAGE.into()),
         }
     }
@@ -77,7 +84,35 @@ fn parse_args() -> Result<autocluster::node::NodeBuilder, String> {
     if let Some(p) = epmd_port {
         b = b.epmd_port(p);
     }
-    Ok(b)
+    with_tls(b, tls)
+}
+
+/// `--ssl-dist-optfile FILE`: TLS distribution configured by the file the Erlang nodes
+/// are started with (`erl -proto_dist inet_tls -ssl_dist_optfile FILE`).
+#[cfg(feature = "tls")]
+fn with_tls(
+    b: autocluster::node::NodeBuilder,
+    optfile: Option<String>,
+) -> Result<autocluster::node::NodeBuilder, String> {
+    match optfile {
+        Some(f) => Ok(b.tls(
+            autocluster::tls::TlsConfig::from_ssl_dist_optfile(&f).map_err(|e| e.to_string())?,
+        )),
+        None => Ok(b),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    b: autocluster::node::NodeBuilder,
+    optfile: Option<String>,
+) -> Result<autocluster::node::NodeBuilder, String> {
+    match optfile {
+        Some(_) => {
+            Err("--ssl-dist-optfile needs a build with TLS: cargo run --features tls ...".into())
+        }
+        None => Ok(b),
+    }
 }
 
 #[tokio::main]

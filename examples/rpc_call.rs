@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P]
-//!          MODULE FUNCTION [ARGS]
+//!          [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]
 //! ```
+//!
+//! With `--ssl-dist-optfile` (build with `--features tls`) it speaks TLS distribution,
+//! configured by the same file as the Erlang nodes (`-proto_dist inet_tls`).
 //!
 //! `ARGS` is an Erlang list literal, e.g. `'[1, foo, "text", <<"bin">>, {a, 2}]'`
 //! (default `[]`). The result is printed as `io_lib:format("~0p", [Result])` would print
@@ -15,13 +18,14 @@ use std::time::Duration;
 use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, Node, NodeName};
 
-const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] MODULE FUNCTION [ARGS]";
+const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]";
 
 struct Args {
     node: NodeName,
     cookie: Cookie,
     timeout: Duration,
     epmd_port: Option<u16>,
+    tls: Option<String>,
     module: String,
     function: String,
     args: Vec<Term>,
@@ -32,6 +36,7 @@ fn parse_args() -> Result<Args, String> {
     let mut cookie = None;
     let mut timeout = Duration::from_secs(15);
     let mut epmd_port = None;
+    let mut tls = None;
     let mut positional = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "bad --epmd-port".to_string())?,
                 )
             }
+            "--ssl-dist-optfile" => tls = Some(value("--ssl-dist-optfile")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other if other.starts_with("--") => {
                 return Err(format!("unknown option {other}\n{USAGE}"));
@@ -96,10 +102,39 @@ fn parse_args() -> Result<Args, String> {
         cookie,
         timeout,
         epmd_port,
+        tls,
         module,
         function,
         args,
     })
+}
+
+/// `--ssl-dist-optfile FILE`: TLS distribution configured by the file the Erlang nodes
+/// are started with (`erl -proto_dist inet_tls -ssl_dist_optfile FILE`).
+#[cfg(feature = "tls")]
+fn with_tls(
+    b: autocluster::node::NodeBuilder,
+    optfile: Option<String>,
+) -> Result<autocluster::node::NodeBuilder, String> {
+    match optfile {
+        Some(f) => Ok(b.tls(
+            autocluster::tls::TlsConfig::from_ssl_dist_optfile(&f).map_err(|e| e.to_string())?,
+        )),
+        None => Ok(b),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_tls(
+    b: autocluster::node::NodeBuilder,
+    optfile: Option<String>,
+) -> Result<autocluster::node::NodeBuilder, String> {
+    match optfile {
+        Some(_) => {
+            Err("--ssl-dist-optfile needs a build with TLS: cargo run --features tls ...".into())
+        }
+        None => Ok(b),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -124,6 +159,13 @@ async fn main() -> ExitCode {
     if let Some(p) = args.epmd_port {
         builder = builder.epmd_port(p);
     }
+    let builder = match with_tls(builder, args.tls) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     let node = match builder.start().await {
         Ok(n) => n,
         Err(e) => {

@@ -22,9 +22,17 @@ pub mod node;
 pub mod node_name;
 pub mod rpc;
 pub mod term;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 pub mod wire;
 
 pub use cookie::{Cookie, CookieError};
 pub use node::{Mailbox, Node, NodeEvent};
 pub use node_name::{NameKind, NodeName, NodeNameError};
 pub use term::{Atom, Pid, Port, Reference, Term};
+
+/// The README's Rust examples, compiled as doc tests so that they stay true.
+#[cfg(all(doctest, feature = "etcd", feature = "tls"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -169,6 +169,33 @@ enum ListValue {
     Numbered(Vec<(u64, Found)>),
 }
 
+/// Generates the `from_map`, `from_env` and `from_vars` constructors of a backend's
+/// configuration type `$ty`, which has a `from_values(Values)` constructor, in a module
+/// with `NAME` and `SETTINGS` constants. `$what` names the result in the docs.
+macro_rules! settings_constructors {
+    ($ty:ty, $what:literal) => {
+        #[doc = concat!($what, " configured from a map (a configuration file's keys; see the module docs): an unknown or misspelled key is an error naming it.")]
+        pub fn from_map(
+            map: &std::collections::BTreeMap<String, String>,
+        ) -> Result<$ty, crate::backend::BackendError> {
+            Self::from_values(crate::backend::config::collect_map(map, NAME, SETTINGS)?)
+        }
+
+        #[doc = concat!($what, " configured from the process environment: an unknown `AUTOCLUSTER_*` variable is an error naming it.")]
+        pub fn from_env() -> Result<$ty, crate::backend::BackendError> {
+            Self::from_vars(crate::backend::config::process_env()?)
+        }
+
+        #[doc = concat!($what, " configured from the given environment variables (for tests, and for tools that read variables from elsewhere).")]
+        pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
+            vars: I,
+        ) -> Result<$ty, crate::backend::BackendError> {
+            Self::from_values(crate::backend::config::collect_env(vars, NAME, SETTINGS)?)
+        }
+    };
+}
+pub(crate) use settings_constructors;
+
 /// The settings found for one backend.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Values {
@@ -177,6 +204,14 @@ pub(crate) struct Values {
 }
 
 impl Values {
+    /// Where `key`'s value came from (the map key or variable name as given), or the key
+    /// itself when it was not given.
+    pub(crate) fn source(&self, key: &str) -> String {
+        self.get(key)
+            .map(|f| f.source.clone())
+            .unwrap_or_else(|| key.to_owned())
+    }
+
     fn insert(
         &mut self,
         setting: &Setting,

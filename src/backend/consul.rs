@@ -121,7 +121,6 @@
 //! # Ok::<(), autocluster::backend::BackendError>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -477,30 +476,10 @@ impl ConsulConfig {
         }
     }
 
-    /// Reads the configuration from a map.
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<ConsulConfig, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<ConsulConfig, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// Reads the configuration from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<ConsulConfig, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(ConsulConfig, "The configuration");
 
     fn from_values(values: config::Values) -> Result<ConsulConfig, BackendError> {
-        let source = |key: &str| {
-            values
-                .get(key)
-                .map(|f| f.source.clone())
-                .unwrap_or_else(|| key.to_owned())
-        };
+        let source = |key: &str| values.source(key);
         let mut config = ConsulConfig::default();
         if let Some(scheme) = values.string("consul_scheme")? {
             config.scheme = scheme.to_ascii_lowercase();
@@ -730,6 +709,8 @@ mod wire;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

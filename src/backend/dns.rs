@@ -94,7 +94,6 @@
 //! # }
 //! ```
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -196,22 +195,7 @@ impl DnsConfig {
         self
     }
 
-    /// Reads the configuration from a map (see the [module docs](self) for the keys).
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<DnsConfig, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<DnsConfig, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// Reads the configuration from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<DnsConfig, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(DnsConfig, "The configuration");
 
     fn from_values(values: config::Values) -> Result<DnsConfig, BackendError> {
         let Some(name) = values.string("autocluster_host")? else {
@@ -249,12 +233,7 @@ impl DnsConfig {
         if let Some(timeout) = values.seconds("dns_timeout")? {
             config.timeout = timeout;
         }
-        let source = |key: &str| {
-            values
-                .get(key)
-                .map(|f| f.source.clone())
-                .unwrap_or_else(|| key.to_owned())
-        };
+        let source = |key: &str| values.source(key);
         config.validate().map_err(|e| match e {
             BackendError::Config { key, detail } => BackendError::config(source(&key), detail),
             e => e,
@@ -592,6 +571,8 @@ mod client {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

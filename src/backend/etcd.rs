@@ -97,6 +97,7 @@
 //! # Ok::<(), autocluster::backend::BackendError>(())
 //! ```
 
+#[cfg(any(feature = "etcd", test))]
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -363,30 +364,10 @@ impl EtcdConfig {
         self
     }
 
-    /// Reads the configuration from a map.
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<EtcdConfig, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<EtcdConfig, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// Reads the configuration from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<EtcdConfig, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(EtcdConfig, "The configuration");
 
     fn from_values(values: config::Values) -> Result<EtcdConfig, BackendError> {
-        let source = |key: &str| {
-            values
-                .get(key)
-                .map(|f| f.source.clone())
-                .unwrap_or_else(|| key.to_owned())
-        };
+        let source = |key: &str| values.source(key);
 
         let cacertfile = values.string("etcd_cacertfile")?;
         let certfile = values.string("etcd_certfile")?;

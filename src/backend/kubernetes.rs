@@ -143,7 +143,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -433,30 +432,10 @@ impl KubernetesConfig {
         })
     }
 
-    /// Reads the configuration from a map (see the [module docs](self) for the keys).
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<KubernetesConfig, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<KubernetesConfig, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// Reads the configuration from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<KubernetesConfig, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(KubernetesConfig, "The configuration");
 
     fn from_values(values: config::Values) -> Result<KubernetesConfig, BackendError> {
-        let source = |key: &str| {
-            values
-                .get(key)
-                .map(|f| f.source.clone())
-                .unwrap_or_else(|| key.to_owned())
-        };
+        let source = |key: &str| values.source(key);
         let mut config = KubernetesConfig::new(
             values
                 .string("k8s_service_name")?
@@ -639,6 +618,8 @@ mod client;
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

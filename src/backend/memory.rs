@@ -195,22 +195,7 @@ impl MemoryBackend {
         self
     }
 
-    /// A new registry configured from a map (see the module docs for the keys).
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<MemoryBackend, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// A new registry configured from the process environment.
-    pub fn from_env() -> Result<MemoryBackend, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// A new registry configured from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<MemoryBackend, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(MemoryBackend, "A new registry");
 
     fn from_values(values: config::Values) -> Result<MemoryBackend, BackendError> {
         Ok(MemoryBackend::new().with_timings(Timings {

@@ -34,8 +34,6 @@
 //! A node listed twice, an invalid node name or a seed that is not listed is a
 //! configuration error naming the key.
 
-use std::collections::BTreeMap;
-
 use super::config::{self, Setting};
 use super::{Backend, BackendError, RegisteredNode};
 use crate::NodeName;
@@ -76,22 +74,7 @@ impl StaticConfig {
         self
     }
 
-    /// Reads the configuration from a map (see the module docs for the keys).
-    pub fn from_map(map: &BTreeMap<String, String>) -> Result<StaticConfig, BackendError> {
-        Self::from_values(config::collect_map(map, NAME, SETTINGS)?)
-    }
-
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<StaticConfig, BackendError> {
-        Self::from_vars(config::process_env()?)
-    }
-
-    /// Reads the configuration from the given environment variables.
-    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
-        vars: I,
-    ) -> Result<StaticConfig, BackendError> {
-        Self::from_values(config::collect_env(vars, NAME, SETTINGS)?)
-    }
+    config::settings_constructors!(StaticConfig, "The configuration");
 
     fn from_values(values: config::Values) -> Result<StaticConfig, BackendError> {
         let mut nodes = Vec::new();
@@ -223,6 +206,8 @@ impl Backend for StaticBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -506,6 +506,32 @@ impl RabbitMq {
         Ok(())
     }
 
+    /// Calls `db` on 3.13+ (the Khepri-era `rabbit_db*` function) when the node defines
+    /// it, else `mnesia`, with the application timeout; `{error, R}` thrown by RabbitMQ is
+    /// read as a returned error. Returns the answer and the function that gave it.
+    async fn call_db_or_mnesia(
+        &self,
+        step: &'static str,
+        version: &RabbitVersion,
+        db: (&'static str, &'static str),
+        mnesia: (&'static str, &'static str),
+        args: Vec<Term>,
+    ) -> Result<(Term, (&'static str, &'static str)), FormationError> {
+        if version.family() == Family::Db
+            && let Some(r) = self
+                .call_if_defined(step, &self.node, db, args.clone(), self.app_timeout)
+                .await
+                .or_else(|e| thrown_error(e).map(Some))?
+        {
+            return Ok((r, db));
+        }
+        let r = self
+            .call(step, &self.node, mnesia, args, self.app_timeout)
+            .await
+            .or_else(thrown_error)?;
+        Ok((r, mnesia))
+    }
+
     /// The join call itself, with the application stopped.
     async fn join_call(
         &self,
@@ -513,37 +539,17 @@ impl RabbitMq {
         version: &RabbitVersion,
     ) -> Result<(), FormationError> {
         const STEP: &str = "joining";
-        let args = || vec![Term::atom(seed.as_str()), Term::atom("disc")];
-        let mut called = "rabbit_mnesia:join_cluster";
-        let mut answer = None;
-        if version.family() == Family::Db {
-            called = "rabbit_db_cluster:join";
-            answer = self
-                .call_if_defined(
-                    STEP,
-                    &self.node,
-                    ("rabbit_db_cluster", "join"),
-                    args(),
-                    self.app_timeout,
-                )
-                .await
-                .or_else(|e| thrown_error(e).map(Some))?;
-        }
-        let r = match answer {
-            Some(r) => r,
-            None => {
-                called = "rabbit_mnesia:join_cluster";
-                self.call(
-                    STEP,
-                    &self.node,
-                    ("rabbit_mnesia", "join_cluster"),
-                    args(),
-                    self.app_timeout,
-                )
-                .await
-                .or_else(thrown_error)?
-            }
-        };
+        let args = vec![Term::atom(seed.as_str()), Term::atom("disc")];
+        let (r, (m, f)) = self
+            .call_db_or_mnesia(
+                STEP,
+                version,
+                ("rabbit_db_cluster", "join"),
+                ("rabbit_mnesia", "join_cluster"),
+                args,
+            )
+            .await?;
+        let called = format!("{m}:{f}");
         if r.is_atom("ok") {
             tracing::info!(node = %self.node, %seed, "{called}({seed}, disc) returned ok");
             return Ok(());
@@ -564,37 +570,16 @@ impl RabbitMq {
 
     async fn reset_call(&self, version: &RabbitVersion) -> Result<(), FormationError> {
         const STEP: &str = "resetting";
-        let mut answer = None;
-        let mut called = "rabbit_mnesia:reset()";
-        if version.family() == Family::Db {
-            called = "rabbit_db:reset()";
-            answer = self
-                .call_if_defined(
-                    STEP,
-                    &self.node,
-                    ("rabbit_db", "reset"),
-                    vec![],
-                    self.app_timeout,
-                )
-                .await
-                .or_else(|e| thrown_error(e).map(Some))?;
-        }
-        let r = match answer {
-            Some(r) => r,
-            None => {
-                called = "rabbit_mnesia:reset()";
-                self.call(
-                    STEP,
-                    &self.node,
-                    ("rabbit_mnesia", "reset"),
-                    vec![],
-                    self.app_timeout,
-                )
-                .await
-                .or_else(thrown_error)?
-            }
-        };
-        check_ok(STEP, &self.node, called, &r)
+        let (r, (m, f)) = self
+            .call_db_or_mnesia(
+                STEP,
+                version,
+                ("rabbit_db", "reset"),
+                ("rabbit_mnesia", "reset"),
+                vec![],
+            )
+            .await?;
+        check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
 
     async fn app_env(&self, key: &str) -> Result<Option<String>, FormationError> {
@@ -916,37 +901,17 @@ impl ClusterTarget for RabbitMq {
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
         const STEP: &str = "forgetting a member";
         let version = self.version(&self.node).await?;
-        let args = || vec![Term::atom(member.as_str()), Term::atom("false")];
-        let mut answer = None;
-        let mut called = "rabbit_mnesia:forget_cluster_node";
-        if version.family() == Family::Db {
-            called = "rabbit_db_cluster:forget_member";
-            answer = self
-                .call_if_defined(
-                    STEP,
-                    &self.node,
-                    ("rabbit_db_cluster", "forget_member"),
-                    args(),
-                    self.app_timeout,
-                )
-                .await
-                .or_else(|e| thrown_error(e).map(Some))?;
-        }
-        let r = match answer {
-            Some(r) => r,
-            None => {
-                called = "rabbit_mnesia:forget_cluster_node";
-                self.call(
-                    STEP,
-                    &self.node,
-                    ("rabbit_mnesia", "forget_cluster_node"),
-                    args(),
-                    self.app_timeout,
-                )
-                .await
-                .or_else(thrown_error)?
-            }
-        };
+        let args = vec![Term::atom(member.as_str()), Term::atom("false")];
+        let (r, (m, f)) = self
+            .call_db_or_mnesia(
+                STEP,
+                &version,
+                ("rabbit_db_cluster", "forget_member"),
+                ("rabbit_mnesia", "forget_cluster_node"),
+                args,
+            )
+            .await?;
+        let called = format!("{m}:{f}");
         check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
         tracing::warn!(node = %self.node, %member, "forgot a cluster member");
         Ok(())

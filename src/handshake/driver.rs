@@ -36,6 +36,15 @@ enum ReadError {
     Timeout,
     Io(std::io::Error),
     Message(super::MessageError),
+    /// A TLS record arrived on a plain connection.
+    TlsRecord,
+}
+
+/// Whether `bytes` start like a TLS record: an alert (21) or a handshake (22) record of
+/// TLS 1.x (`3, x`). Read as a 2-byte handshake length that is 5379 or 5635, above any
+/// handshake message, so a plain handshake never starts so.
+fn looks_like_tls(bytes: &[u8]) -> bool {
+    matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
@@ -50,6 +59,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
                     return Ok(range);
                 }
                 Ok(Status::Partial) => {}
+                Err(_)
+                    if self.prefix == LengthPrefix::U16
+                        && looks_like_tls(&self.buf[self.start..]) =>
+                {
+                    return Err(ReadError::TlsRecord);
+                }
                 Err(e) => return Err(ReadError::Message(e)),
             }
             if self.start > 0 && self.start == self.buf.len() {
@@ -106,6 +121,7 @@ fn map_read_error(
         ReadError::Io(source) if is_reset(&source) => closed(),
         ReadError::Io(source) => HandshakeError::Io { peer, step, source },
         ReadError::Message(source) => HandshakeError::Protocol { peer, step, source },
+        ReadError::TlsRecord => HandshakeError::PeerUsesTls { peer },
     }
 }
 

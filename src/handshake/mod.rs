@@ -278,6 +278,16 @@ pub enum HandshakeError {
         /// What was wrong.
         detail: String,
     },
+    /// A TLS record arrived where a plain handshake message was expected: the peer uses
+    /// TLS distribution (`-proto_dist inet_tls`) and this side does not.
+    #[error(
+        "{peer} answered with a TLS record: it uses TLS distribution (-proto_dist inet_tls); \
+         configure TLS on this side too"
+    )]
+    PeerUsesTls {
+        /// The peer.
+        peer: String,
+    },
     /// An I/O error.
     #[error("I/O error with {peer} {step}: {source}")]
     Io {

@@ -646,6 +646,57 @@ async fn driver_times_out_a_silent_peer_at_the_step_it_was_in() {
 }
 
 #[tokio::test]
+async fn driver_recognises_tls_records_on_a_plain_connection() {
+    use tokio::io::AsyncWriteExt;
+    // What an OTP TLS node answers our send_name with: a fatal unexpected_message alert.
+    let (mut a, mut b) = tokio::io::duplex(4096);
+    b.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a])
+        .await
+        .unwrap();
+    let err = initiate(
+        &mut a,
+        LengthPrefix::U16,
+        init_cfg("rust@h", "erl@h", "c"),
+        DEFAULT_STEP_TIMEOUT,
+        || true,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::PeerUsesTls { .. }), "{err}");
+    assert!(err.to_string().contains("-proto_dist inet_tls"), "{err}");
+    // What a TLS client sends first: a ClientHello record.
+    let (mut a, mut b) = tokio::io::duplex(4096);
+    a.write_all(&[0x16, 0x03, 0x01, 0x00, 0xc8, 0x01, 0x00, 0x00, 0xc4])
+        .await
+        .unwrap();
+    let err = accept(
+        &mut b,
+        LengthPrefix::U16,
+        acc_cfg("erl@h", "c"),
+        DEFAULT_STEP_TIMEOUT,
+        "x",
+        |_| StatusDecision::Ok,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::PeerUsesTls { .. }), "{err}");
+    // Inside TLS (4-byte lengths) the same bytes are just a length that is too large.
+    let (mut a, mut b) = tokio::io::duplex(4096);
+    a.write_all(&[0x16, 0x03, 0x01, 0x00]).await.unwrap();
+    let err = accept(
+        &mut b,
+        LengthPrefix::U32,
+        acc_cfg("erl@h", "c"),
+        DEFAULT_STEP_TIMEOUT,
+        "x",
+        |_| StatusDecision::Ok,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HandshakeError::Protocol { .. }), "{err}");
+}
+
+#[tokio::test]
 async fn driver_refuses_a_giant_length_without_reading_it() {
     let (mut a, mut b) = tokio::io::duplex(4096);
     use tokio::io::AsyncWriteExt;

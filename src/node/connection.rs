@@ -388,7 +388,12 @@ async fn writer<W: AsyncWrite + Unpin>(
                 }
             }
         }
-        match tokio::time::timeout(timing.net_ticktime, write.write_all(&batch)).await {
+        // The flush is free on TCP; under TLS it pushes out what rustls still buffers.
+        let send = async {
+            write.write_all(&batch).await?;
+            write.flush().await
+        };
+        match tokio::time::timeout(timing.net_ticktime, send).await {
             Err(_) => return DisconnectReason::WriteTimeout(timing.net_ticktime),
             Ok(Err(e)) => {
                 return match e.kind() {

@@ -80,6 +80,17 @@ pub enum ConnectError {
     /// The distribution handshake failed (wrong cookie, wrong name, refused, timeout...).
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// TLS distribution failed, or one side uses it and the other does not.
+    #[error("{node} at {addr}: {kind}")]
+    Tls {
+        /// The node dialled.
+        node: NodeName,
+        /// The address dialled.
+        addr: SocketAddr,
+        /// What went wrong.
+        #[source]
+        kind: TlsError,
+    },
     /// The local node has been stopped.
     #[error("the local node {0} has been stopped")]
     NodeStopped(NodeName),
@@ -91,6 +102,10 @@ impl ConnectError {
     pub fn is_transient(&self) -> bool {
         match self {
             ConnectError::NameKind(_) | ConnectError::NodeStopped(_) => false,
+            ConnectError::Tls { kind, .. } => matches!(
+                kind,
+                TlsError::Timeout { .. } | TlsError::Closed { .. } | TlsError::Handshake { .. }
+            ),
             ConnectError::Handshake(h) => matches!(
                 h,
                 HandshakeError::Timeout { .. }
@@ -102,6 +117,105 @@ impl ConnectError {
             _ => true,
         }
     }
+}
+
+/// Why a TLS distribution connection failed, in either direction. Holds no key
+/// material: reasons are rustls' descriptions of certificates and alerts.
+///
+/// Exists without the `tls` feature too, because a plain node must be able to say that
+/// its peer uses TLS ([`TlsError::PeerUsesTls`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The peer's certificate does not lead to a CA this node trusts (a wrong CA, a
+    /// self-signed certificate, a bad signature).
+    #[error(
+        "the peer's certificate is not trusted ({reason}): it must be signed by a CA in \
+         this node's cacertfile"
+    )]
+    PeerCertificateUntrusted {
+        /// rustls' description.
+        reason: String,
+    },
+    /// The server's certificate does not name the host dialled (the host part of the
+    /// node name, as OTP checks it).
+    #[error(
+        "the peer's certificate does not name the host dialled ({reason}): add the host to \
+         the certificate's subjectAltName, or set server_name_indication (disable turns \
+         the host name check off)"
+    )]
+    PeerNameMismatch {
+        /// rustls' description, with the names expected and presented.
+        reason: String,
+    },
+    /// The peer's certificate is otherwise unusable (expired, not yet valid, wrong key
+    /// usage, chain longer than `depth`).
+    #[error("the peer's certificate is invalid: {reason}")]
+    PeerCertificateInvalid {
+        /// rustls' description.
+        reason: String,
+    },
+    /// (Server side) the client presented no certificate and this node requires one.
+    #[error(
+        "the peer presented no client certificate and this node requires one \
+         (fail_if_no_peer_cert)"
+    )]
+    PeerPresentedNoCertificate,
+    /// The peer requires a client certificate and this node presented none.
+    #[error(
+        "the peer requires a client certificate (fail_if_no_peer_cert) and this node \
+         presents none: set the client certfile and keyfile"
+    )]
+    ClientCertificateRequired,
+    /// The peer rejected this node's certificate.
+    #[error(
+        "the peer rejected this node's certificate (TLS alert {alert}): it must be signed \
+         by a CA in the peer's cacertfile (and a server certificate must name the host \
+         the peer dials)"
+    )]
+    CertificateRejected {
+        /// The alert the peer sent, by OTP's name (`unknown_ca`, `bad_certificate`...).
+        alert: String,
+    },
+    /// This node speaks plain TCP and the peer answered with a TLS record.
+    #[error(
+        "the peer uses TLS distribution (-proto_dist inet_tls): configure TLS (NodeBuilder::tls)"
+    )]
+    PeerUsesTls,
+    /// This node speaks TLS and the peer does not.
+    #[error("the peer does not speak TLS: is it a plain -proto_dist inet_tcp node? ({detail})")]
+    PeerNotTls {
+        /// What the peer did.
+        detail: String,
+    },
+    /// The TLS handshake took longer than the handshake timeout.
+    #[error("the TLS handshake did not complete within {after:?}")]
+    Timeout {
+        /// The limit.
+        after: Duration,
+    },
+    /// The connection closed during the TLS handshake.
+    #[error("{detail}")]
+    Closed {
+        /// What happened.
+        detail: String,
+    },
+    /// The name to check the server's certificate against is not a DNS name or an IP
+    /// address.
+    #[error(
+        "{name:?} is not a DNS name or an IP address, so no certificate can match it: set \
+         server_name_indication"
+    )]
+    InvalidServerName {
+        /// The name.
+        name: String,
+    },
+    /// Any other TLS failure (no common version or cipher suite, protocol errors).
+    #[error("TLS handshake failed: {detail}")]
+    Handshake {
+        /// What happened.
+        detail: String,
+    },
 }
 
 /// Why a message could not be sent.
@@ -155,6 +269,11 @@ pub enum StartError {
     /// The configuration is inconsistent.
     #[error("invalid node configuration: {0}")]
     Config(String),
+    /// The TLS configuration cannot be used (a file is missing or malformed, or the
+    /// options contradict each other).
+    #[cfg(feature = "tls")]
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 /// Why a name could not be registered.

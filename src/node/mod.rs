@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use connection::DisconnectReason;
-pub use error::{ConnectError, RegisterError, SendError, StartError};
+pub use error::{ConnectError, RegisterError, SendError, StartError, TlsError};
 pub use process::{Envelope, GenCall};
 
 use crate::dist::control::{Control, DistMessage, ProcessRef};
@@ -105,6 +105,11 @@ pub struct NodeConfig {
     pub decode_limits: DecodeLimits,
     /// How [`Node::call`] reaches the peer.
     pub rpc_method: RpcMethod,
+    /// TLS distribution (`-proto_dist inet_tls`): when set, every distribution
+    /// connection, dialled or accepted, runs TLS first. `None` (the default) is plain TCP.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Builds and starts a [`Node`].
@@ -191,6 +196,18 @@ impl NodeBuilder {
     /// Sets how remote calls are made.
     pub fn rpc_method(mut self, method: RpcMethod) -> Self {
         self.cfg.rpc_method = method;
+        self
+    }
+
+    /// Uses TLS distribution, as an OTP node started with `-proto_dist inet_tls`: every
+    /// connection this node dials or accepts runs a TLS handshake first, then the
+    /// distribution handshake inside it. EPMD stays plain TCP. The certificates and keys
+    /// are read, and the rustls configurations built, once by [`NodeBuilder::start`].
+    /// See [`crate::tls`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, config: crate::tls::TlsConfig) -> Self {
+        self.cfg.tls = Some(config);
         self
     }
 
@@ -340,6 +357,8 @@ pub(crate) struct NodeInner {
     local_addr: Option<SocketAddr>,
     registration: std::sync::Mutex<Option<EpmdRegistration>>,
     limiter: Option<ConnectionLimiter>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsContext>,
     stopped: AtomicBool,
     stop: Notify,
 }
@@ -366,6 +385,8 @@ impl Node {
                 creation: None,
                 decode_limits: DecodeLimits::default(),
                 rpc_method: RpcMethod::Auto,
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
@@ -377,6 +398,27 @@ impl Node {
                 "net_ticktime must be at least 400 ms".into(),
             ));
         }
+        if cfg.cookie.is_weak() {
+            tracing::warn!(
+                node = %cfg.name,
+                cookie_len = cfg.cookie.len(),
+                "the cookie is shorter than {} characters: whoever observes one handshake \
+                 can brute-force it offline, and the cookie gives full control of every node; \
+                 use a long random cookie (Cookie::generate) and TLS distribution",
+                crate::cookie::WEAK_COOKIE_LEN
+            );
+        }
+        #[cfg(feature = "tls")]
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let ctx = crate::tls::TlsContext::new(t, cfg.listen.is_some())?;
+                for warning in t.warnings(cfg.listen.is_some()) {
+                    tracing::warn!(node = %cfg.name, "{warning}");
+                }
+                Some(ctx)
+            }
+            None => None,
+        };
         let mut listener = None;
         let mut registration = None;
         let mut local_addr = None;
@@ -441,13 +483,19 @@ impl Node {
             limiter: listener
                 .as_ref()
                 .map(|_| ConnectionLimiter::new(cfg_limits)),
+            #[cfg(feature = "tls")]
+            tls,
             stopped: AtomicBool::new(false),
             stop: Notify::new(),
         });
         if let (Some(l), Some(limiter)) = (listener, inner.limiter.clone()) {
             tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter));
         }
-        tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, "node started");
+        #[cfg(feature = "tls")]
+        let tls = inner.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, tls, "node started");
         Ok(Node { inner })
     }
 
@@ -1057,6 +1105,67 @@ impl NodeInner {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return self.dial_tls(tls, peer, addr, stream).await;
+        }
+        let outcome = self
+            .initiate(&mut stream, peer, LengthPrefix::U16)
+            .await
+            .map_err(|e| match e {
+                HandshakeError::PeerUsesTls { .. } => ConnectError::Tls {
+                    node: peer.clone(),
+                    addr,
+                    kind: TlsError::PeerUsesTls,
+                },
+                e => ConnectError::Handshake(e),
+            })?;
+        let (read, write) = stream.into_split();
+        Ok(self.install(read, write, outcome, true, None))
+    }
+
+    /// TLS first, then the distribution handshake inside it.
+    #[cfg(feature = "tls")]
+    async fn dial_tls(
+        self: &Arc<Self>,
+        tls: &crate::tls::TlsContext,
+        peer: &NodeName,
+        addr: SocketAddr,
+        stream: TcpStream,
+    ) -> Result<Arc<ConnHandle>, ConnectError> {
+        let tls_error = |kind| ConnectError::Tls {
+            node: peer.clone(),
+            addr,
+            kind,
+        };
+        let mut stream = tls
+            .connect(peer, stream, self.cfg.handshake_timeout)
+            .await
+            .map_err(tls_error)?;
+        let outcome = self
+            .initiate(&mut stream, peer, LengthPrefix::U32)
+            .await
+            .map_err(|e| match &e {
+                // A TLS 1.3 server judges our certificate after we consider the TLS
+                // handshake done: its alert arrives during the distribution handshake.
+                HandshakeError::Io { source, .. } => tls
+                    .classify_io(source, crate::tls::Role::Client)
+                    .map_or(ConnectError::Handshake(e), tls_error),
+                _ => ConnectError::Handshake(e),
+            })?;
+        let (read, write) = tokio::io::split(stream);
+        Ok(self.install(read, write, outcome, true, None))
+    }
+
+    async fn initiate<S>(
+        &self,
+        stream: &mut S,
+        peer: &NodeName,
+        prefix: LengthPrefix,
+    ) -> Result<handshake::HandshakeOutcome, HandshakeError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let cfg = InitiatorConfig {
             local: LocalName::Static(self.name.clone()),
             creation: self.procs.creation,
@@ -1065,21 +1174,13 @@ impl NodeInner {
             cookie: self.cfg.cookie.clone(),
             peer: peer.clone(),
         };
-        let outcome = handshake::initiate(
-            &mut stream,
-            LengthPrefix::U16,
-            cfg,
-            self.cfg.handshake_timeout,
-            || {
-                DialCounters::bump(&self.dial_counters.alive_answers);
-                // The peer still holds a connection to us: it is dead unless we hold a
-                // live one too.
-                self.connection(peer).is_none()
-            },
-        )
-        .await?;
-        let (read, write) = stream.into_split();
-        Ok(self.install(read, write, outcome, true, None))
+        handshake::initiate(stream, prefix, cfg, self.cfg.handshake_timeout, || {
+            DialCounters::bump(&self.dial_counters.alive_answers);
+            // The peer still holds a connection to us: it is dead unless we hold a
+            // live one too.
+            self.connection(peer).is_none()
+        })
+        .await
     }
 
     /// Registers a connection that finished its handshake.
@@ -1341,7 +1442,7 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
         let node = node.clone();
         tokio::spawn(async move {
             let result = tokio::select! {
-                r = accept_one(&node, stream, addr) => r,
+                r = accept_connection(&node, stream, addr) => r,
                 reason = permit.closed() => {
                     tracing::debug!(%addr, %reason, "handshake closed by the listener limits");
                     None
@@ -1354,20 +1455,80 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
                 tracing::warn!(peer = %outcome.handshaked.peer, %addr, error = %e, "distribution connection closed: listener limits");
                 return;
             }
-            let (read, write) = stream.into_split();
-            inner.install(read, write, outcome, false, Some(permit));
+            match stream {
+                Accepted::Tcp(stream) => {
+                    let (read, write) = stream.into_split();
+                    inner.install(read, write, outcome, false, Some(permit));
+                }
+                #[cfg(feature = "tls")]
+                Accepted::Tls(stream) => {
+                    let (read, write) = tokio::io::split(*stream);
+                    inner.install(read, write, outcome, false, Some(permit));
+                }
+            }
         });
     }
 }
 
-/// Runs the acceptor's handshake; the connection to install when it succeeds.
-async fn accept_one(
+/// An accepted connection that finished its handshake, plain or inside TLS.
+enum Accepted {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::ServerStream>),
+}
+
+/// Runs TLS (when configured) and the acceptor's handshake.
+async fn accept_connection(
     node: &Weak<NodeInner>,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
-) -> Option<(Arc<NodeInner>, TcpStream, handshake::HandshakeOutcome)> {
-    let inner = node.upgrade()?;
+) -> Option<(Arc<NodeInner>, Accepted, handshake::HandshakeOutcome)> {
     let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    {
+        let inner = node.upgrade()?;
+        if let Some(tls) = &inner.tls {
+            let accepted = tls.accept(stream, inner.cfg.handshake_timeout).await?;
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    log_tls_rejection(addr, &e);
+                    return None;
+                }
+            };
+            drop(inner);
+            return accept_one(node, stream, addr, LengthPrefix::U32)
+                .await
+                .map(|(inner, s, outcome)| (inner, Accepted::Tls(Box::new(s)), outcome));
+        }
+    }
+    accept_one(node, stream, addr, LengthPrefix::U16)
+        .await
+        .map(|(inner, s, outcome)| (inner, Accepted::Tcp(s), outcome))
+}
+
+#[cfg(feature = "tls")]
+fn log_tls_rejection(addr: SocketAddr, e: &TlsError) {
+    match e {
+        // Port scanners, health checks and slow clients: not worth a warning each.
+        TlsError::Closed { .. } | TlsError::Timeout { .. } => {
+            tracing::debug!(%addr, error = %e, "incoming TLS distribution handshake failed");
+        }
+        _ => tracing::warn!(%addr, error = %e, "incoming TLS distribution connection rejected"),
+    }
+}
+
+/// Runs the acceptor's handshake; the connection to install when it succeeds.
+async fn accept_one<S>(
+    node: &Weak<NodeInner>,
+    mut stream: S,
+    addr: SocketAddr,
+    prefix: LengthPrefix,
+) -> Option<(Arc<NodeInner>, S, handshake::HandshakeOutcome)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let inner = node.upgrade()?;
     let cfg = AcceptorConfig {
         local: inner.name.clone(),
         creation: inner.procs.creation,
@@ -1378,7 +1539,7 @@ async fn accept_one(
     let label = addr.to_string();
     let result = handshake::accept(
         &mut stream,
-        LengthPrefix::U16,
+        prefix,
         cfg,
         inner.cfg.handshake_timeout,
         &label,
@@ -1391,6 +1552,10 @@ async fn accept_one(
             tracing::debug!(%peer, %addr, %reason, "incoming connection refused");
             None
         }
+        Err(HandshakeError::PeerUsesTls { .. }) => {
+            tracing::warn!(%addr, error = %TlsError::PeerUsesTls, "incoming connection rejected: a TLS client on this plain distribution listener");
+            None
+        }
         Err(
             e @ (HandshakeError::CookieMismatch { .. }
             | HandshakeError::NameKind(_)
@@ -1400,6 +1565,16 @@ async fn accept_one(
             None
         }
         Err(e) => {
+            #[cfg(feature = "tls")]
+            if let HandshakeError::Io { source, .. } = &e
+                && let Some(tls) = inner
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.classify_io(source, crate::tls::Role::Server))
+            {
+                log_tls_rejection(addr, &tls);
+                return None;
+            }
             tracing::debug!(%addr, error = %e, "incoming handshake failed");
             None
         }

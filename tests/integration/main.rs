@@ -16,4 +16,7 @@ mod kubernetes_backend;
 mod node;
 mod rabbitmq_etcd;
 mod rabbitmq_formation;
+mod secrets;
 mod term_text;
+#[cfg(feature = "tls")]
+mod tls;

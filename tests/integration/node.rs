@@ -863,7 +863,9 @@ async fn the_acceptor_serves_good_nodes_during_a_slowloris_flood() {
     let mut worst = Duration::ZERO;
     let mut good = 0;
     let mut max_seen_pending = 0;
-    while !flood.is_finished() {
+    // Until the flood is over, and at least 5 times: on a loaded machine the flood can
+    // end first, while its 5,000 stalled connections are still open and pending.
+    while !flood.is_finished() || good < 5 {
         let client = Node::builder(
             format!("{}@localhost", unique_name("good"))
                 .parse()
@@ -936,8 +938,17 @@ async fn a_real_erlang_node_names_a_dynamic_initiator() {
     let named = outcome.handshaked.local;
     assert_eq!(named.host(), host);
     assert!(outcome.handshaked.local_creation > 3);
-    let seen = erl.eval("nodes(hidden)").await;
-    assert!(seen.contains(named.as_str()), "{seen} lacks {named}");
+    // OTP sends its challenge acknowledgement before its net_kernel marks the node up:
+    // under load the node shows in nodes(hidden) a little after the handshake ends.
+    let deadline = Instant::now() + SECS5;
+    loop {
+        let seen = erl.eval("nodes(hidden)").await;
+        if seen.contains(named.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen} lacks {named}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -905,3 +905,108 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
     assert!(!p.live, "{p:?}");
     assert!(p.reason.unwrap().contains("not a RabbitMQ node"));
 }
+
+/// RabbitMQ with TLS distribution (`-proto_dist inet_tls`, mutual TLS) is formed and
+/// health-checked the same way, by an agent whose node speaks TLS; plain TCP nodes cannot
+/// connect to it (and are told why).
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
+    use autocluster::health;
+    use autocluster::node::{ConnectError, TlsError};
+
+    use crate::common::Pki;
+    let _turn = RABBIT_TURN.lock().await;
+    let pki = Pki::generate();
+    let optfile = pki.mutual("rabbit_dist.conf", "ca", "node");
+    // The broker runs as user `rabbitmq`: it must read the optfile, certificates and key.
+    let status = std::process::Command::new("chown")
+        .args(["-R", "rabbitmq:rabbitmq"])
+        .arg(pki.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let epmd = Epmd::start().await;
+    let optfile_arg = optfile.display().to_string();
+    let tls_args = [
+        "-proto_dist",
+        "inet_tls",
+        "-ssl_dist_optfile",
+        optfile_arg.as_str(),
+    ];
+    let nodes = RabbitNode::start_many(
+        2,
+        RabbitOptions::new()
+            .epmd_port(epmd.port())
+            .erl_args(&tls_args),
+    )
+    .await;
+    let probe = Node::builder(
+        format!("{}@localhost", unique_name("agent"))
+            .parse()
+            .unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(epmd.port())
+    .tls(pki.config("ca", "node"))
+    .start()
+    .await
+    .unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let agents: Vec<Agent> = nodes
+        .iter()
+        .map(|n| {
+            Agent::new(
+                backend.clone(),
+                Arc::new(RabbitMq::new(probe.clone(), name(n))),
+                quick(),
+            )
+        })
+        .collect();
+    let formed: Vec<Formed> = run_together(&agents)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        formed
+            .iter()
+            .filter(|f| f.outcome == Outcome::FormedNew)
+            .count(),
+        1
+    );
+    for a in &agents {
+        let report = health::check(a.target().as_ref(), Some(backend.as_ref()), None).await;
+        assert!(report.healthy, "{report}");
+    }
+    // The real CLI (itself over TLS distribution) agrees.
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    for n in &nodes {
+        let (disk, running, partitions) = cli_status(n).await;
+        assert_eq!(disk, all, "{}", n.node());
+        assert_eq!(running, all, "{}", n.node());
+        assert!(no_partitions(&partitions), "{partitions}");
+    }
+    // Plain TCP cannot reach a TLS node: a plain Rust node is told the peer uses TLS,
+    // and a plain Erlang node gets pang.
+    let plain = agent_node(epmd.port(), "localhost").await;
+    let err = plain.connect(&name(&nodes[0])).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Tls {
+                kind: TlsError::PeerUsesTls,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut erl = ErlNode::start(ErlOptions::new(epmd.port()).cookie(COOKIE)).await;
+    assert_eq!(
+        erl.eval(&format!("net_adm:ping('{}')", nodes[0].node()))
+            .await,
+        "pang"
+    );
+    drop(formed);
+}

@@ -17,6 +17,7 @@
 //!   can stop, restart and misbehave ([`Misbehave`]).
 //! * [`Dnsmasq::start`]: a real dnsmasq serving test A/AAAA/PTR/SRV records on a free
 //!   loopback port, killed on drop.
+//! * [`capture_logs`]: everything the crate logs, at TRACE level, into a buffer.
 //! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
@@ -28,6 +29,9 @@ mod erl;
 mod etcd;
 mod http_fake;
 mod kube;
+mod logs;
+#[cfg(feature = "tls")]
+mod pki;
 mod process;
 mod rabbit;
 
@@ -38,6 +42,9 @@ pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
 pub use http_fake::{HttpFake, Misbehave};
 pub use kube::{KubeServer, TestEndpoint};
+pub use logs::{LogBuffer, capture_logs};
+#[cfg(feature = "tls")]
+pub use pki::{Pki, set_private, short_hostname};
 pub use process::{
     OutputLog, descendants, free_port, kill_process_group, kill_process_tree, require_binary,
     rss_kib, unique_name,

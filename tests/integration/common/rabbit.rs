@@ -45,6 +45,9 @@ pub struct RabbitOptions {
     pub epmd_port: Option<u16>,
     /// More environment variables for `rabbitmq-server` (e.g. `RABBITMQ_NODE_ONLY`).
     pub env: Vec<(String, String)>,
+    /// More arguments for the node's VM and for `rabbitmqctl`'s (e.g. TLS distribution:
+    /// `-proto_dist inet_tls -ssl_dist_optfile FILE`).
+    pub erl_args: Vec<String>,
 }
 
 impl Default for RabbitOptions {
@@ -57,6 +60,7 @@ impl Default for RabbitOptions {
             boot_timeout: Duration::from_secs(120),
             epmd_port: None,
             env: Vec::new(),
+            erl_args: Vec::new(),
         }
     }
 }
@@ -85,6 +89,12 @@ impl RabbitOptions {
         self
     }
 
+    /// Adds VM arguments, for the node and for `rabbitmqctl`.
+    pub fn erl_args(mut self, args: &[&str]) -> Self {
+        self.erl_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// Registers the node with the EPMD on `port` (shared, owned by the caller).
     pub fn epmd_port(mut self, port: u16) -> Self {
         self.epmd_port = Some(port);
@@ -102,6 +112,7 @@ impl RabbitOptions {
 pub struct RabbitNode {
     node: String,
     cookie: String,
+    erl_args: Vec<String>,
     /// The node's own EPMD, unless it shares one.
     own_epmd: Option<Epmd>,
     epmd_port: u16,
@@ -172,6 +183,7 @@ impl RabbitNode {
         let mut rabbit = RabbitNode {
             node,
             cookie: options.cookie.clone(),
+            erl_args: options.erl_args.clone(),
             own_epmd,
             epmd_port,
             amqp_port,
@@ -182,6 +194,15 @@ impl RabbitNode {
         };
         rabbit.spawn().await;
         rabbit
+    }
+
+    fn vm_args(&self) -> String {
+        let mut args = format!("-setcookie {}", self.cookie);
+        for a in &self.erl_args {
+            args.push(' ');
+            args.push_str(a);
+        }
+        args
     }
 
     fn env(&self, command: &mut Command) {
@@ -200,14 +221,8 @@ impl RabbitNode {
             )
             .env("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf"))
             .env("RABBITMQ_PID_FILE", base.join("rabbit.pid"))
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                format!("-setcookie {}", self.cookie),
-            )
-            .env(
-                "RABBITMQ_CTL_ERL_ARGS",
-                format!("-setcookie {}", self.cookie),
-            )
+            .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", self.vm_args())
+            .env("RABBITMQ_CTL_ERL_ARGS", self.vm_args())
             .env("ERL_EPMD_PORT", self.epmd_port.to_string());
         for (key, value) in &self.extra_env {
             command.env(key, value);
