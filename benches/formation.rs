@@ -319,7 +319,7 @@ async fn run(settings: Settings) {
         let sizes: &[(usize, usize)] = match (settings.bench, settings.quick) {
             (false, _) => &[(10, 1)],
             (true, true) => &[(10, 2), (100, 1), (1000, 1)],
-            (true, false) => &[(10, 10), (100, 5), (1000, 3)],
+            (true, false) => &[(10, 5), (100, 3), (1000, 3)],
         };
         for &(n, runs) in sizes {
             for &kind in &kinds {
@@ -358,7 +358,7 @@ async fn run(settings: Settings) {
         .start()
         .await
         .expect("the agents' node");
-        let runs = if settings.quick { 2 } else { 10 };
+        let runs = if settings.quick { 2 } else { 5 };
         for &kind in &kinds {
             for round in 0..runs {
                 let backends = Backends::new(kind, etcd_endpoint.as_deref());

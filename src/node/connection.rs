@@ -171,7 +171,7 @@ impl ConnHandle {
         self.close_signal.notify_one();
     }
 
-    fn reason(&self) -> DisconnectReason {
+    pub(crate) fn reason(&self) -> DisconnectReason {
         self.reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -271,7 +271,7 @@ where
 /// How long a locally closed connection waits for the peer to close its side.
 pub(crate) const GRACEFUL_CLOSE: Duration = Duration::from_millis(500);
 
-fn closed_locally(reason: &DisconnectReason) -> bool {
+pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
     matches!(
         reason,
         DisconnectReason::Local | DisconnectReason::Replaced | DisconnectReason::NodeStopped

@@ -890,7 +890,14 @@ impl NodeInner {
             let changed = self.peers_changed.notified();
             let closing = {
                 let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-                peers.get(peer).is_some_and(|s| s.closing > 0)
+                // Closing, or closed locally a moment ago and not yet handed to the
+                // connection task (`Node::disconnect` only signals it).
+                peers.get(peer).is_some_and(|s| {
+                    s.closing > 0
+                        || s.conn.as_ref().is_some_and(|c| {
+                            !c.is_open() && connection::closed_locally(&c.reason())
+                        })
+                })
             };
             if !closing || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return;
