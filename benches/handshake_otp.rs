@@ -185,6 +185,7 @@ async fn run(settings: Settings, pinned: bool) {
             .unwrap_or(200);
         let t0 = std::time::Instant::now();
         let cpu = OtherCpu::start(&others);
+        let (user0, system0) = common::cpu_times();
         let c = match which.as_str() {
             "ours_cold" | "ours_cached" => {
                 let cache = which == "ours_cached";
@@ -205,12 +206,19 @@ async fn run(settings: Settings, pinned: bool) {
                 let out = client.eval(&otp_loop_expr(peer.as_str(), window)).await;
                 parse_triple(&out).0 as usize
             }
-            other => panic!("BENCH_PROFILE={other}: ours_cold, ours_cached, erl_dist_cold, erl_dist_known_port or otp"),
+            other => panic!(
+                "BENCH_PROFILE={other}: ours_cold, ours_cached, erl_dist_cold, erl_dist_known_port or otp"
+            ),
         };
+        let (user1, system1) = common::cpu_times();
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / c.max(1) as f64;
         progress(format!(
-            "profile {which}: {c} of {ops} handshakes in {:?} ({:.0}/s); other processes' CPU us per handshake: {}",
+            "profile {which}: {c} of {ops} handshakes in {:?} ({:.0}/s, {:.0} us each); this process's CPU us per handshake: user {:.1}, system {:.1}; other processes' CPU us per handshake: {}",
             t0.elapsed(),
             c as f64 / t0.elapsed().as_secs_f64(),
+            per(t0.elapsed()),
+            per(user1.saturating_sub(user0)),
+            per(system1.saturating_sub(system0)),
             cpu.per_op(c as u64)
         ));
         return;
@@ -225,8 +233,14 @@ async fn run(settings: Settings, pinned: bool) {
     let mut cold = our_workers(max, &peer, epmd.port(), false, None, "cold").await;
     let mut cached = our_workers(max, &peer, epmd.port(), true, None, "cached").await;
     let mut ed_cold = erl_dist_workers(max, peer.host(), peer.alive(), epmd_addr, None, "edcold");
-    let mut ed_known =
-        erl_dist_workers(max, peer.host(), peer.alive(), epmd_addr, Some(dist_port), "edknown");
+    let mut ed_known = erl_dist_workers(
+        max,
+        peer.host(),
+        peer.alive(),
+        epmd_addr,
+        Some(dist_port),
+        "edknown",
+    );
 
     for round in 0..settings.rounds {
         progress(format!("round {} of {}", round + 1, settings.rounds));
@@ -249,7 +263,12 @@ async fn run(settings: Settings, pinned: bool) {
             record(&mut results, "otp", 1, round, &c, 0, per_op);
         }
         for &level in levels {
-            for which in ["ours_cold", "ours_cached", "erl_dist_cold", "erl_dist_known_port"] {
+            for which in [
+                "ours_cold",
+                "ours_cached",
+                "erl_dist_cold",
+                "erl_dist_known_port",
+            ] {
                 let cpu = OtherCpu::start(&others);
                 let (c, alive) = match which {
                     "ours_cold" | "ours_cached" => {
@@ -258,11 +277,13 @@ async fn run(settings: Settings, pinned: bool) {
                         } else {
                             &mut cached
                         };
-                        let mut ws: Vec<Ours> = pool.drain(..).collect();
+                        let mut ws: Vec<Ours> = std::mem::take(pool);
                         let rest = ws.split_off(level);
-                        let before: u64 = ws.iter().map(|w| w.node.dial_stats().alive_answers).sum();
+                        let before: u64 =
+                            ws.iter().map(|w| w.node.dial_stats().alive_answers).sum();
                         let (c, back) = throughput(ws, settings.warmup, settings.window).await;
-                        let after: u64 = back.iter().map(|w| w.node.dial_stats().alive_answers).sum();
+                        let after: u64 =
+                            back.iter().map(|w| w.node.dial_stats().alive_answers).sum();
                         pool.extend(back);
                         pool.extend(rest);
                         (c, after - before)
@@ -273,7 +294,7 @@ async fn run(settings: Settings, pinned: bool) {
                         } else {
                             &mut ed_known
                         };
-                        let mut ws: Vec<ErlDist> = pool.drain(..).collect();
+                        let mut ws: Vec<ErlDist> = std::mem::take(pool);
                         let rest = ws.split_off(level);
                         let before: u64 = ws.iter().map(|w| w.alive).sum();
                         let (c, back) = throughput(ws, settings.warmup, settings.window).await;

@@ -69,8 +69,7 @@ async fn floor_acceptor() -> SocketAddr {
                 let _ = s.set_nodelay(true);
                 let mut buf = [0u8; ROUND_TRIP_BYTES];
                 for _ in 0..3 {
-                    if s.read_exact(&mut buf).await.is_err() || s.write_all(&buf).await.is_err()
-                    {
+                    if s.read_exact(&mut buf).await.is_err() || s.write_all(&buf).await.is_err() {
                         return;
                     }
                 }
@@ -133,8 +132,22 @@ async fn run(settings: Settings) {
     let max = *levels.iter().max().unwrap();
     let unused_epmd: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let mut ours = our_workers(max, &our_name, 9, false, Some(our_addr), "rr").await;
-    let mut ed_ed = erl_dist_workers(max, host, ed_name.alive(), unused_epmd, Some(ed_addr.port()), "ee");
-    let mut ed_ours = erl_dist_workers(max, host, our_name.alive(), unused_epmd, Some(our_addr.port()), "eo");
+    let mut ed_ed = erl_dist_workers(
+        max,
+        host,
+        ed_name.alive(),
+        unused_epmd,
+        Some(ed_addr.port()),
+        "ee",
+    );
+    let mut ed_ours = erl_dist_workers(
+        max,
+        host,
+        our_name.alive(),
+        unused_epmd,
+        Some(our_addr.port()),
+        "eo",
+    );
     let mut floor: Vec<Floor> = (0..max).map(|_| Floor { addr: floor_addr }).collect();
 
     for round in 0..settings.rounds {
@@ -143,7 +156,7 @@ async fn run(settings: Settings) {
             for which in ["floor", "ours", "erl_dist_to_ours", "erl_dist"] {
                 let (c, alive) = match which {
                     "ours" => {
-                        let mut ws: Vec<Ours> = ours.drain(..).collect();
+                        let mut ws: Vec<Ours> = std::mem::take(&mut ours);
                         let rest = ws.split_off(level);
                         let before: u64 =
                             ws.iter().map(|w| w.node.dial_stats().alive_answers).sum();
@@ -155,7 +168,7 @@ async fn run(settings: Settings) {
                         (c, after - before)
                     }
                     "floor" => {
-                        let mut ws: Vec<Floor> = floor.drain(..).collect();
+                        let mut ws: Vec<Floor> = std::mem::take(&mut floor);
                         let rest = ws.split_off(level);
                         let (c, back) = throughput(ws, settings.warmup, settings.window).await;
                         floor.extend(back);
@@ -168,7 +181,7 @@ async fn run(settings: Settings) {
                         } else {
                             &mut ed_ours
                         };
-                        let mut ws: Vec<ErlDist> = pool.drain(..).collect();
+                        let mut ws: Vec<ErlDist> = std::mem::take(pool);
                         let rest = ws.split_off(level);
                         let before: u64 = ws.iter().map(|w| w.alive).sum();
                         let (c, back) = throughput(ws, settings.warmup, settings.window).await;

@@ -58,7 +58,13 @@ async fn measure(peer: &NodeName, addr: SocketAddr, count: usize, acceptor_pid: 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = process_rss_kib(acceptor_pid);
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--role", "initiators", peer.as_str(), &addr.to_string(), &count.to_string()])
+        .args([
+            "--role",
+            "initiators",
+            peer.as_str(),
+            &addr.to_string(),
+            &count.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -83,8 +89,7 @@ async fn run(settings: Settings) {
     let count = if settings.bench { 1000 } else { 20 };
     // Ours, in this process.
     let ours = Node::builder(
-        NodeName::from_parts(&format!("mem_acceptor_{}", std::process::id()), "localhost")
-            .unwrap(),
+        NodeName::from_parts(&format!("mem_acceptor_{}", std::process::id()), "localhost").unwrap(),
         Cookie::new(COOKIE).unwrap(),
     )
     .listen("127.0.0.1:0".parse().unwrap())
@@ -100,7 +105,13 @@ async fn run(settings: Settings) {
     let addr = ours.local_addr().expect("listening");
     progress(format!("{count} idle connections to our node"));
     let (before, after) = measure(ours.name(), addr, count, std::process::id()).await;
-    record(&mut results, "ours (autocluster Node)", count, before, after);
+    record(
+        &mut results,
+        "ours (autocluster Node)",
+        count,
+        before,
+        after,
+    );
     ours.shutdown().await;
 
     if settings.bench {

@@ -275,7 +275,10 @@ fn handshake_otp(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -
             let alive_total: f64 = values(&alive[&((*name).into(), level)]).iter().sum();
             let ok_total: f64 = values(&ok[&((*name).into(), level)]).iter().sum();
             let our_cpu = if *name == "otp" {
-                format!("({:.0} in the OTP initiator)", other_cpu(name, "otp_initiator", level))
+                format!(
+                    "({:.0} in the OTP initiator)",
+                    other_cpu(name, "otp_initiator", level)
+                )
             } else {
                 format!("{:.1}", c.median)
             };
@@ -284,7 +287,11 @@ fn handshake_otp(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -
                 "| {label} | {level} | {} | {} | {} | {} | {our_cpu} | {:.0} | {:.0} | {} |",
                 rate(&s),
                 spread(&s),
-                if *name == "otp" { "1×".into() } else { ratio(&vs_otp) },
+                if *name == "otp" {
+                    "1×".into()
+                } else {
+                    ratio(&vs_otp)
+                },
                 vs_ed.map(|v| ratio(&v)).unwrap_or_else(|| "–".into()),
                 other_cpu(name, "acceptor", level),
                 other_cpu(name, "epmd", level),
@@ -327,7 +334,11 @@ fn handshake_otp(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -
                 let _ = writeln!(
                     out,
                     "| {name} ≥ 1.25× {base}, {} | {} | {} |",
-                    if level == 1 { "serial".to_owned() } else { format!("{level} concurrent") },
+                    if level == 1 {
+                        "serial".to_owned()
+                    } else {
+                        format!("{level} concurrent")
+                    },
                     ratio(&s),
                     verdict(s.median >= 1.25)
                 );
@@ -341,7 +352,11 @@ fn handshake_otp(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -
         &rates,
         OTP_IMPLS,
     );
-    let _ = writeln!(out, "\n![handshakes per second against an OTP node]({})\n", rel(svg));
+    let _ = writeln!(
+        out,
+        "\n![handshakes per second against an OTP node]({})\n",
+        rel(svg)
+    );
 }
 
 const RUST_IMPLS: &[(&str, &str)] = &[
@@ -413,7 +428,11 @@ fn handshake_rust(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) 
     let _ = writeln!(out, "|---|---|---|");
     let top = *levels.last().unwrap_or(&1);
     for level in [1, top] {
-        let what = if level == 1 { "serial".to_owned() } else { format!("{level} concurrent") };
+        let what = if level == 1 {
+            "serial".to_owned()
+        } else {
+            format!("{level} concurrent")
+        };
         if let (Some(a), Some(b)) = (
             rates.get(&("ours".into(), level)),
             rates.get(&("floor".into(), level)),
@@ -446,7 +465,11 @@ fn handshake_rust(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) 
         &rates,
         RUST_IMPLS,
     );
-    let _ = writeln!(out, "\n![handshakes per second, Rust to Rust]({})\n", rel(svg));
+    let _ = writeln!(
+        out,
+        "\n![handshakes per second, Rust to Rust]({})\n",
+        rel(svg)
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -477,13 +500,21 @@ fn epmd(out: &mut String, doc: &Value) {
         {
             verdicts.push((*level, *v));
         }
-        let label = if name == "epmd" { "real `epmd` (OTP 25)" } else { "embedded (`epmd_server` example)" };
+        let label = if name == "epmd" {
+            "real `epmd` (OTP 25)"
+        } else {
+            "embedded (`epmd_server` example)"
+        };
         let _ = writeln!(
             out,
             "| {label} | {level} | {} | {} | {} | {:.1} |",
             rate(&s),
             spread(&s),
-            if name == "epmd" { "1×".into() } else { vs.map(|v| ratio(&v)).unwrap_or_default() },
+            if name == "epmd" {
+                "1×".into()
+            } else {
+                vs.map(|v| ratio(&v)).unwrap_or_default()
+            },
             summarize(&values(&server[&(name.clone(), *level)])).median
         );
     }
@@ -534,18 +565,32 @@ fn rpc(out: &mut String, doc: &Value) {
         let s = summarize(&values(&p));
         let caller: Vec<f64> = rs.iter().map(|r| f(&r["cpu_us_per_op"])).collect();
         let target: Vec<f64> = rs.iter().map(|r| f(&r["target_cpu_us_per_op"])).collect();
-        let label = if name == "ours" { "ours (`Node::call`, erpc)" } else { "OTP 25 `erpc:call` loop" };
+        let label = if name == "ours" {
+            "ours (`Node::call`, erpc)"
+        } else {
+            "OTP 25 `erpc:call` loop"
+        };
         let _ = writeln!(
             out,
             "| {label} | {level} | {} | {} | {} | {} | {:.1} |",
             rate(&s),
             spread(&s),
-            if name == "otp_erpc" { "1×".into() } else { ratio(&paired_ratio(&p, &otp)) },
-            if name == "otp_erpc" { "–".into() } else { format!("{:.1}", summarize(&caller).median) },
+            if name == "otp_erpc" {
+                "1×".into()
+            } else {
+                ratio(&paired_ratio(&p, &otp))
+            },
+            if name == "otp_erpc" {
+                "–".into()
+            } else {
+                format!("{:.1}", summarize(&caller).median)
+            },
             summarize(&target).median
         );
     }
-    let wp: Vec<&Value> = records(doc).filter(|r| r["kind"] == "whole_process").collect();
+    let wp: Vec<&Value> = records(doc)
+        .filter(|r| r["kind"] == "whole_process")
+        .collect();
     if wp.is_empty() {
         return;
     }
@@ -605,7 +650,10 @@ fn rpc(out: &mut String, doc: &Value) {
             }
         }
     }
-    let _ = writeln!(out, "\n| target | measured (ratio of medians) | verdict |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\n| target | measured (ratio of medians) | verdict |\n|---|---|---|"
+    );
     for t in targets {
         let _ = writeln!(out, "{t}");
     }
@@ -814,7 +862,9 @@ fn plot_rates(
                 ))
                 .expect("line")
                 .label(*label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
         } else {
             chart
                 .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())
@@ -823,7 +873,10 @@ fn plot_rates(
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, c.filled()));
         }
         chart
-            .draw_series(pts.iter().map(|(x, s)| Circle::new((*x, s.median), 4, c.filled())))
+            .draw_series(
+                pts.iter()
+                    .map(|(x, s)| Circle::new((*x, s.median), 4, c.filled())),
+            )
             .expect("points");
         chart
             .draw_series(
@@ -881,7 +934,11 @@ fn plot_distribution(path: &PathBuf, title: &str, groups: &[(String, Vec<f64>)])
         let m = v.len().max(1) as f64;
         chart
             .draw_series(v.iter().enumerate().map(|(j, y)| {
-                let dx = if m > 1.0 { (j as f64 / (m - 1.0) - 0.5) * 0.4 } else { 0.0 };
+                let dx = if m > 1.0 {
+                    (j as f64 / (m - 1.0) - 0.5) * 0.4
+                } else {
+                    0.0
+                };
                 Circle::new((i as f64 + dx, *y), 4, c.filled())
             }))
             .expect("points");

@@ -95,7 +95,11 @@ async fn round_trips(
     .expect("our node");
     node.connect(&peer).await.expect("connect");
     for round in 0..settings.rounds {
-        progress(format!("round trips: round {} of {}", round + 1, settings.rounds));
+        progress(format!(
+            "round trips: round {} of {}",
+            round + 1,
+            settings.rounds
+        ));
         // OTP's own, serial.
         let cpu0 = process_cpu_time(target_pid);
         let out = client
@@ -105,7 +109,12 @@ async fn round_trips(
         let (n, us) = out
             .trim_matches(|c| c == '{' || c == '}')
             .split_once(',')
-            .map(|(a, b)| (a.trim().parse::<u64>().unwrap(), b.trim().parse::<u64>().unwrap()))
+            .map(|(a, b)| {
+                (
+                    a.trim().parse::<u64>().unwrap(),
+                    b.trim().parse::<u64>().unwrap(),
+                )
+            })
             .expect("{N, Micros}");
         let c = Counted {
             ok: n,
@@ -241,7 +250,14 @@ async fn run(settings: Settings, pinned: bool) {
         assert!(common::pin(epmd.pid(), "1"), "taskset epmd");
         assert!(common::pin(client.pid(), "0"), "taskset the OTP caller");
     }
-    round_trips(&settings, &mut results, &mut target, &mut client, epmd.port()).await;
+    round_trips(
+        &settings,
+        &mut results,
+        &mut target,
+        &mut client,
+        epmd.port(),
+    )
+    .await;
     drop(client);
     if !settings.bench {
         results.write(&settings);
@@ -264,11 +280,17 @@ async fn run(settings: Settings, pinned: bool) {
             ),
             (
                 "erl_call",
-                format!("{} -n {node} -c {COOKIE} -a 'erlang node []'", erl_call.display()),
+                format!(
+                    "{} -n {node} -c {COOKIE} -a 'erlang node []'",
+                    erl_call.display()
+                ),
             ),
         ]
     };
-    progress(format!("whole process against the erl node {}", target.name()));
+    progress(format!(
+        "whole process against the erl node {}",
+        target.name()
+    ));
     let doc = hyperfine(
         &commands(target.name(), epmd.port()),
         &[("ERL_EPMD_PORT", epmd.port().to_string())],
@@ -282,13 +304,7 @@ async fn run(settings: Settings, pinned: bool) {
 
     progress("starting a RabbitMQ node");
     let rabbit = RabbitNode::start(RabbitOptions::new().cookie(COOKIE)).await;
-    let rabbit_pid: u32 = rabbit
-        .eval("io:format(\"~s\", [os:getpid()]).")
-        .await
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("the RabbitMQ VM's pid");
+    let rabbit_pid = rabbit.vm_pid().expect("the RabbitMQ VM's pid (rabbit.pid)");
     if pinned {
         assert!(common::pin(rabbit_pid, "1"), "taskset RabbitMQ");
     }

@@ -109,20 +109,26 @@ pub fn progress(msg: impl AsRef<str>) {
 // ---------------------------------------------------------------------------------
 
 /// CPU time (user + system) this process has used so far, all threads.
-#[allow(unsafe_code)]
 pub fn cpu_time() -> Duration {
+    let (user, system) = cpu_times();
+    user + system
+}
+
+/// CPU time this process has used so far, all threads: (user, system).
+#[allow(unsafe_code)]
+pub fn cpu_times() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a whole rusage into the pointer it is given.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
     if rc != 0 {
-        return Duration::ZERO;
+        return (Duration::ZERO, Duration::ZERO);
     }
     // SAFETY: initialised by the successful call above (and zeroed before).
     let usage = unsafe { usage.assume_init() };
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
 /// CPU time (user + system) another process has used, from `/proc/PID/stat` (clock
@@ -137,7 +143,12 @@ pub fn process_cpu_time(pid: u32) -> Duration {
     // After "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
     // cmajflt utime stime ...: utime and stime are the 12th and 13th fields.
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Duration::from_millis((ticks(11) + ticks(12)) * 1000 / clock_ticks_per_second())
 }
 
@@ -308,10 +319,7 @@ pub async fn throughput<W: Worker>(
     }
     let elapsed = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
-    let first_error = first_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let first_error = first_error.lock().unwrap_or_else(|e| e.into_inner()).take();
     (
         Counted {
             ok: ok.load(Ordering::Relaxed),
@@ -484,7 +492,9 @@ pub fn short_host() -> String {
 /// The OS pid of an `erl` node started by the harness.
 pub async fn erl_os_pid(node: &mut ErlNode) -> u32 {
     let pid = node.eval("os:getpid()").await;
-    pid.trim_matches('"').parse().expect("os:getpid() is a number")
+    pid.trim_matches('"')
+        .parse()
+        .expect("os:getpid() is a number")
 }
 
 /// An example's binary from the same build as this benchmark (`cargo bench` builds
@@ -504,4 +514,3 @@ pub fn example_binary(name: &str) -> PathBuf {
     );
     p
 }
-

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use autocluster::epmd::EpmdClient;
 use tokio::process::{Child, Command};
 
-use super::process::{free_port, kill_process_group};
 use super::process::require_binary;
+use super::process::{free_port, kill_process_group};
 
 /// A real `epmd -port P` child process on a free port.
 pub struct Epmd {

@@ -13,8 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use super::process::{OutputLog, kill_process_group, unique_name};
 use super::process::require_binary;
+use super::process::{OutputLog, kill_process_group, unique_name};
 
 /// The evaluation loop run by every node (one line of Erlang).
 const EVAL_LOOP: &str = r#"

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::process::{free_port, kill_process_tree, unique_name};
 use super::Epmd;
 use super::process::require_binary;
+use super::process::{free_port, kill_process_tree, unique_name};
 
 /// How to start a [`RabbitNode`].
 #[derive(Debug, Clone)]
