@@ -283,7 +283,10 @@ pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
 /// new connection to it is not met with `alive` (an Erlang node that still holds the
 /// old connection makes the initiator confirm and then tears the old one down first,
 /// which costs a round trip and, on OTP, milliseconds).
-async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(read: &mut R, write: &mut W) {
+async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    read: &mut R,
+    write: &mut W,
+) {
     let drain = async {
         if write.shutdown().await.is_err() {
             return;

@@ -980,7 +980,10 @@ async fn the_port_cache_is_used_and_a_refused_port_is_looked_up_again() {
     client.connect(&name).await.unwrap();
     let stats = client.dial_stats();
     assert_eq!((stats.epmd_lookups, stats.port_cache_hits), (1, 1));
-    assert_eq!(stats.alive_answers, 0, "a closed connection is gone before the next");
+    assert_eq!(
+        stats.alive_answers, 0,
+        "a closed connection is gone before the next"
+    );
 
     // The peer restarts on another port: the cached one is refused, forgotten, and
     // EPMD is asked again within the same connect.
