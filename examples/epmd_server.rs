@@ -70,7 +70,9 @@ fn parse_args() -> Result<(EpmdServerConfig, bool), String> {
     Ok((config, verbose))
 }
 
-#[tokio::main]
+// One thread, like the real epmd: each request is a few system calls, and handing
+// connections between worker threads would cost more than serving them.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let (config, verbose) = match parse_args() {
         Ok(parsed) => parsed,

@@ -8,6 +8,7 @@
 //! frames, terms) is parsed and built by pure code with no sockets, so each parser can be
 //! unit-tested and fuzzed; a thin tokio layer drives them.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod cookie;

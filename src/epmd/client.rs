@@ -297,8 +297,9 @@ impl EpmdClient {
                 addr: self.addr,
                 source,
             })?;
-        // Best effort: requests are tiny and we want them out at once.
-        let _ = stream.set_nodelay(true);
+        // No TCP_NODELAY: a request is one write on a fresh connection, which Nagle's
+        // algorithm never holds back (nothing is in flight yet), so the option would
+        // only cost a system call per lookup.
         Ok(stream)
     }
 
@@ -341,12 +342,12 @@ impl Conn<'_> {
     /// Reads once, appending to `buf`; `Ok(0)` at end of stream.
     async fn read_some(&mut self, step: &'static str) -> Result<usize, EpmdError> {
         let addr = self.client.addr;
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(self.client.timeout, self.stream.read(&mut chunk))
+        // Into the buffer directly (no zeroed scratch chunk to copy from).
+        self.buf.reserve(4096);
+        let n = tokio::time::timeout(self.client.timeout, self.stream.read_buf(&mut self.buf))
             .await
             .map_err(|_| EpmdError::Timeout { addr, step })?
             .map_err(|source| EpmdError::Io { addr, source })?;
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
 

@@ -362,7 +362,9 @@ async fn serve(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let _ = stream.set_nodelay(true);
+    // No TCP_NODELAY: every reply is one write (a registered node's one reply, then
+    // silence), which Nagle's algorithm never holds back, so the option would only cost
+    // a system call per request.
 
     // 1. Read one complete request, within the pending deadline.
     let mut buf: Vec<u8> = Vec::new();
@@ -455,10 +457,8 @@ async fn serve(
         }
     }
     match outcome.after {
-        After::Close | After::CloseOther(_) => {
-            let _ = stream.shutdown().await;
-            return;
-        }
+        // Dropping the stream closes it (FIN): no separate shutdown call.
+        After::Close | After::CloseOther(_) => return,
         After::Shutdown => {
             let _ = stream.shutdown().await;
             tracing::info!(%peer, "EPMD killed by request; shutting down");

@@ -171,7 +171,7 @@ impl ConnHandle {
         self.close_signal.notify_one();
     }
 
-    fn reason(&self) -> DisconnectReason {
+    pub(crate) fn reason(&self) -> DisconnectReason {
         self.reason
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -241,19 +241,60 @@ where
     let weak = Arc::downgrade(node);
     let c = conn.clone();
     tokio::spawn(async move {
+        let (mut read, mut write) = (read, write);
         let reason = tokio::select! {
-            r = reader(read, &weak, &c, leftover, timing, &decode_limits) => r,
-            r = writer(write, rx, timing) => r,
+            r = reader(&mut read, &weak, &c, leftover, timing, &decode_limits) => r,
+            r = writer(&mut write, rx, timing) => r,
             () = closed(&c) => c.reason(),
         };
         c.close(reason.clone());
+        let graceful = closed_locally(&reason);
+        if let Some(node) = weak.upgrade() {
+            if graceful {
+                node.closing_started(&c.peer);
+            }
+            node.connection_closed(&c, c.reason());
+        }
+        if graceful {
+            close_gracefully(&mut read, &mut write).await;
+        }
+        drop((read, write));
         // The listener slot is held for as long as the connection lives.
         drop(permit);
-        if let Some(node) = weak.upgrade() {
-            node.connection_closed(&c, c.reason());
+        if graceful && let Some(node) = weak.upgrade() {
+            node.closing_finished(&c.peer);
         }
     });
     conn
+}
+
+/// How long a locally closed connection waits for the peer to close its side.
+pub(crate) const GRACEFUL_CLOSE: Duration = Duration::from_millis(500);
+
+pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
+    matches!(
+        reason,
+        DisconnectReason::Local | DisconnectReason::Replaced | DisconnectReason::NodeStopped
+    )
+}
+
+/// Sends our FIN and waits (at most [`GRACEFUL_CLOSE`]) until the peer closes its side,
+/// discarding what it still sends. The peer has then taken the connection down, so a
+/// new connection to it is not met with `alive` (an Erlang node that still holds the
+/// old connection makes the initiator confirm and then tears the old one down first,
+/// which costs a round trip and, on OTP, milliseconds).
+async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    read: &mut R,
+    write: &mut W,
+) {
+    let drain = async {
+        if write.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 1024];
+        while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(GRACEFUL_CLOSE, drain).await;
 }
 
 async fn closed(c: &ConnHandle) {
@@ -267,7 +308,7 @@ async fn closed(c: &ConnHandle) {
 }
 
 async fn reader<R: AsyncRead + Unpin>(
-    mut read: R,
+    read: &mut R,
     node: &std::sync::Weak<NodeInner>,
     conn: &Arc<ConnHandle>,
     leftover: Vec<u8>,
@@ -323,7 +364,7 @@ async fn reader<R: AsyncRead + Unpin>(
 }
 
 async fn writer<W: AsyncWrite + Unpin>(
-    mut write: W,
+    write: &mut W,
     mut rx: mpsc::Receiver<Outbound>,
     timing: Timing,
 ) -> DisconnectReason {

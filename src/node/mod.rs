@@ -246,6 +246,53 @@ pub struct ConnectionInfo {
     pub id: u64,
 }
 
+/// Counters of the connections this node dialled, as [`Node::dial_stats`] reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct DialStats {
+    /// Dials started (one per connection attempt, EPMD lookup included).
+    pub dials: u64,
+    /// Dials that ended with a connection.
+    pub connected: u64,
+    /// EPMD lookups made (`PORT_PLEASE2`).
+    pub epmd_lookups: u64,
+    /// Dials that took the peer's port from the port cache instead of EPMD.
+    pub port_cache_hits: u64,
+    /// Cached ports dropped because dialling them failed.
+    pub port_cache_invalidations: u64,
+    /// Handshakes in which the peer answered `alive` (it still held an older connection
+    /// from this node, which it then replaced).
+    pub alive_answers: u64,
+}
+
+#[derive(Default)]
+struct DialCounters {
+    dials: AtomicU64,
+    connected: AtomicU64,
+    epmd_lookups: AtomicU64,
+    port_cache_hits: AtomicU64,
+    port_cache_invalidations: AtomicU64,
+    alive_answers: AtomicU64,
+}
+
+impl DialCounters {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> DialStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DialStats {
+            dials: g(&self.dials),
+            connected: g(&self.connected),
+            epmd_lookups: g(&self.epmd_lookups),
+            port_cache_hits: g(&self.port_cache_hits),
+            port_cache_invalidations: g(&self.port_cache_invalidations),
+            alive_answers: g(&self.alive_answers),
+        }
+    }
+}
+
 /// A peer connecting or disconnecting, as `net_kernel:monitor_nodes/1` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -288,6 +335,9 @@ impl std::fmt::Debug for Node {
 struct PeerSlot {
     conn: Option<Arc<ConnHandle>>,
     dialing: bool,
+    /// Connections to the peer that this node closed and that are still waiting for the
+    /// peer to close its side.
+    closing: u32,
 }
 
 pub(crate) struct NodeInner {
@@ -300,6 +350,9 @@ pub(crate) struct NodeInner {
     events: broadcast::Sender<NodeEvent>,
     pub(crate) calls: crate::rpc::PendingCalls,
     port_cache: std::sync::Mutex<HashMap<NodeName, SocketAddr>>,
+    /// Resolved peer hosts, kept [`HOST_CACHE_TTL`].
+    host_cache: std::sync::Mutex<HashMap<String, (IpAddr, tokio::time::Instant)>>,
+    dial_counters: DialCounters,
     next_conn_id: AtomicU64,
     local_addr: Option<SocketAddr>,
     registration: std::sync::Mutex<Option<EpmdRegistration>>,
@@ -422,6 +475,8 @@ impl Node {
             events,
             calls: crate::rpc::PendingCalls::default(),
             port_cache: std::sync::Mutex::new(HashMap::new()),
+            host_cache: std::sync::Mutex::new(HashMap::new()),
+            dial_counters: DialCounters::default(),
             next_conn_id: AtomicU64::new(1),
             local_addr,
             registration: std::sync::Mutex::new(registration),
@@ -490,6 +545,12 @@ impl Node {
     /// `-start_epmd false` or `-erl_epmd_port`).
     pub async fn connect_to(&self, peer: &NodeName, addr: SocketAddr) -> Result<(), ConnectError> {
         self.inner.connect(peer, Some(addr)).await.map(|_| ())
+    }
+
+    /// Counters of the connections this node dialled: dials, EPMD lookups, port cache
+    /// hits and invalidations, `alive` answers.
+    pub fn dial_stats(&self) -> DialStats {
+        self.inner.dial_counters.snapshot()
     }
 
     /// Whether a connection to `peer` is up.
@@ -628,6 +689,9 @@ impl Node {
         &self.inner
     }
 }
+
+/// How long a resolved peer host is remembered (a failed dial forgets it at once).
+const HOST_CACHE_TTL: Duration = Duration::from_secs(5);
 
 fn random_creation() -> u32 {
     use rand::RngExt as _;
@@ -794,6 +858,7 @@ impl NodeInner {
         if let Some(c) = self.connection(peer) {
             return Ok(c);
         }
+        self.wait_for_teardown(peer).await;
         self.set_dialing(peer, true);
         let result = self.dial(peer, addr).await;
         self.set_dialing(peer, false);
@@ -811,6 +876,32 @@ impl NodeInner {
                     .ok_or(ConnectError::Handshake(e))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A connection to `peer` that this node closed may still be closing (waiting for
+    /// the peer to close its side, see [`connection::GRACEFUL_CLOSE`]). Dialling before
+    /// the peer has taken it down is met with `alive`, which costs a round trip and, on
+    /// OTP, milliseconds of teardown: wait for it instead (bounded by the same limit).
+    async fn wait_for_teardown(&self, peer: &NodeName) {
+        let deadline =
+            tokio::time::Instant::now() + connection::GRACEFUL_CLOSE + Duration::from_millis(100);
+        loop {
+            let changed = self.peers_changed.notified();
+            let closing = {
+                let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                // Closing, or closed locally a moment ago and not yet handed to the
+                // connection task (`Node::disconnect` only signals it).
+                peers.get(peer).is_some_and(|s| {
+                    s.closing > 0
+                        || s.conn.as_ref().is_some_and(|c| {
+                            !c.is_open() && connection::closed_locally(&c.reason())
+                        })
+                })
+            };
+            if !closing || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -837,7 +928,7 @@ impl NodeInner {
             peers.entry(peer.clone()).or_default().dialing = true;
         } else if let Some(slot) = peers.get_mut(peer) {
             slot.dialing = false;
-            if slot.conn.is_none() {
+            if slot.conn.is_none() && slot.closing == 0 {
                 peers.remove(peer);
             }
         }
@@ -847,6 +938,39 @@ impl NodeInner {
         if let Some(ip) = peer.host_ip() {
             return Ok(ip);
         }
+        // Resolving costs a thread hand-off and a dozen system calls (getaddrinfo reads
+        // /etc/hosts each time), on every EPMD lookup; OTP's inet_db caches too.
+        if let Some(ip) = self.cached_host(peer.host()) {
+            return Ok(ip);
+        }
+        let ip = self.resolve_uncached(peer).await?;
+        let mut cache = self.host_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(
+            peer.host().to_owned(),
+            (ip, tokio::time::Instant::now() + HOST_CACHE_TTL),
+        );
+        Ok(ip)
+    }
+
+    fn cached_host(&self, host: &str) -> Option<IpAddr> {
+        let cache = self.host_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(host)
+            .filter(|(_, until)| tokio::time::Instant::now() < *until)
+            .map(|(ip, _)| *ip)
+    }
+
+    fn forget_host(&self, host: &str) {
+        self.host_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(host);
+    }
+
+    async fn resolve_uncached(&self, peer: &NodeName) -> Result<IpAddr, ConnectError> {
         let host = peer.host().to_owned();
         let mut addrs = tokio::net::lookup_host((host.as_str(), 0))
             .await
@@ -867,14 +991,22 @@ impl NodeInner {
             })
     }
 
-    async fn lookup(&self, peer: &NodeName) -> Result<SocketAddr, ConnectError> {
+    /// The peer's distribution port: from the port cache, else from EPMD. `true` when
+    /// it came from the cache.
+    async fn lookup(&self, peer: &NodeName) -> Result<(SocketAddr, bool), ConnectError> {
         if self.cfg.port_cache {
             let cache = self.port_cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(addr) = cache.get(peer) {
-                return Ok(*addr);
+                DialCounters::bump(&self.dial_counters.port_cache_hits);
+                return Ok((*addr, true));
             }
         }
+        self.lookup_epmd(peer).await.map(|addr| (addr, false))
+    }
+
+    async fn lookup_epmd(&self, peer: &NodeName) -> Result<SocketAddr, ConnectError> {
         let ip = self.resolve(peer).await?;
+        DialCounters::bump(&self.dial_counters.epmd_lookups);
         let epmd_addr = SocketAddr::new(ip, self.cfg.epmd_port);
         let client = EpmdClient::new(epmd_addr).with_timeout(self.cfg.epmd_timeout);
         let entry = client.port_please(peer.alive()).await.map_err(|source| {
@@ -907,11 +1039,15 @@ impl NodeInner {
     }
 
     fn forget_port(&self, peer: &NodeName) {
-        if self.cfg.port_cache {
-            self.port_cache
+        if self.cfg.port_cache
+            && self
+                .port_cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(peer);
+                .remove(peer)
+                .is_some()
+        {
+            DialCounters::bump(&self.dial_counters.port_cache_invalidations);
         }
     }
 
@@ -920,14 +1056,27 @@ impl NodeInner {
         peer: &NodeName,
         addr: Option<SocketAddr>,
     ) -> Result<Arc<ConnHandle>, ConnectError> {
+        DialCounters::bump(&self.dial_counters.dials);
         let explicit = addr.is_some();
-        let addr = match addr {
-            Some(a) => a,
+        let (addr, cached) = match addr {
+            Some(a) => (a, false),
             None => self.lookup(peer).await?,
         };
-        let result = self.dial_addr(peer, addr).await;
-        if result.is_err() && !explicit {
+        let mut result = self.dial_addr(peer, addr).await;
+        if cached && matches!(result, Err(ConnectError::Refused { .. })) {
+            // The cached port is stale (the peer restarted on another port): forget it
+            // and ask EPMD again, once.
             self.forget_port(peer);
+            let addr = self.lookup_epmd(peer).await?;
+            result = self.dial_addr(peer, addr).await;
+        }
+        match &result {
+            Ok(_) => DialCounters::bump(&self.dial_counters.connected),
+            Err(_) if !explicit => {
+                self.forget_port(peer);
+                self.forget_host(peer.host());
+            }
+            Err(_) => {}
         }
         result
     }
@@ -1033,6 +1182,7 @@ impl NodeInner {
             peer: peer.clone(),
         };
         handshake::initiate(stream, prefix, cfg, self.cfg.handshake_timeout, || {
+            DialCounters::bump(&self.dial_counters.alive_answers);
             // The peer still holds a connection to us: it is dead unless we hold a
             // live one too.
             self.connection(peer).is_none()
@@ -1111,6 +1261,28 @@ impl NodeInner {
         kept
     }
 
+    /// Called by the connection task when it starts closing a connection gracefully
+    /// (before [`Self::connection_closed`]).
+    pub(crate) fn closing_started(&self, peer: &NodeName) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.entry(peer.clone()).or_default().closing += 1;
+    }
+
+    /// Called by the connection task once the peer closed its side too (or the wait
+    /// for it ended).
+    pub(crate) fn closing_finished(&self, peer: &NodeName) {
+        {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = peers.get_mut(peer) {
+                slot.closing = slot.closing.saturating_sub(1);
+                if slot.closing == 0 && slot.conn.is_none() && !slot.dialing {
+                    peers.remove(peer);
+                }
+            }
+        }
+        self.peers_changed.notify_waiters();
+    }
+
     /// Called by the connection task when a connection ends.
     pub(crate) fn connection_closed(&self, conn: &Arc<ConnHandle>, reason: DisconnectReason) {
         let was_current = {
@@ -1118,7 +1290,7 @@ impl NodeInner {
             match peers.get_mut(&conn.peer) {
                 Some(slot) if slot.conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) => {
                     slot.conn = None;
-                    if !slot.dialing {
+                    if !slot.dialing && slot.closing == 0 {
                         peers.remove(&conn.peer);
                     }
                     true

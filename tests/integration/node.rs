@@ -950,3 +950,85 @@ async fn a_real_erlang_node_names_a_dynamic_initiator() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_port_cache_is_used_and_a_refused_port_is_looked_up_again() {
+    let epmd_server =
+        autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+    let port = epmd_server.port();
+    let name: NodeName = format!("{}@localhost", unique_name("srv")).parse().unwrap();
+    let server = |name: NodeName| {
+        Node::builder(name, Cookie::new(COOKIE).unwrap())
+            .epmd_port(port)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .start()
+    };
+    let first = server(name.clone()).await.unwrap();
+    let client = Node::builder(
+        format!("{}@localhost", unique_name("cli")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .start()
+    .await
+    .unwrap();
+
+    client.connect(&name).await.unwrap();
+    assert!(client.disconnect(&name));
+    client.connect(&name).await.unwrap();
+    let stats = client.dial_stats();
+    assert_eq!((stats.epmd_lookups, stats.port_cache_hits), (1, 1));
+    assert_eq!(
+        stats.alive_answers, 0,
+        "a closed connection is gone before the next"
+    );
+
+    // The peer restarts on another port: the cached one is refused, forgotten, and
+    // EPMD is asked again within the same connect.
+    let old_port = first.local_addr().unwrap().port();
+    first.shutdown().await;
+    drop(first);
+    let deadline = Instant::now() + SECS5;
+    let second = loop {
+        match server(name.clone()).await {
+            Ok(node) => break node,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("restart: {e}"),
+        }
+    };
+    assert_ne!(second.local_addr().unwrap().port(), old_port);
+    tokio::time::timeout(SECS5, async {
+        while client.is_connected(&name) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    client.connect(&name).await.unwrap();
+    let stats = client.dial_stats();
+    assert_eq!(stats.port_cache_invalidations, 1);
+    assert_eq!(stats.epmd_lookups, 2);
+    client.ping(&name, SECS5).await.unwrap();
+
+    // Without the cache every dial asks EPMD.
+    let uncached = Node::builder(
+        format!("{}@localhost", unique_name("cli")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .port_cache(false)
+    .start()
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        uncached.connect(&name).await.unwrap();
+        uncached.disconnect(&name);
+    }
+    let stats = uncached.dial_stats();
+    assert_eq!((stats.epmd_lookups, stats.port_cache_hits), (2, 0));
+}

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use super::process::require_binary;
 use super::process::{free_port, kill_process_group};
-use super::require_binary;
 
 pub struct Dnsmasq {
     pub addr: SocketAddr,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use autocluster::epmd::EpmdClient;
 use tokio::process::{Child, Command};
 
+use super::process::require_binary;
 use super::process::{free_port, kill_process_group};
-use super::require_binary;
 
 /// A real `epmd -port P` child process on a free port.
 pub struct Epmd {
@@ -69,6 +69,11 @@ impl Epmd {
             }
         }
         panic!("could not start epmd: {last_error}");
+    }
+
+    /// Its OS process id.
+    pub fn pid(&self) -> u32 {
+        self.pgid
     }
 
     /// Its port.

@@ -13,8 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use super::process::require_binary;
 use super::process::{OutputLog, kill_process_group, unique_name};
-use super::require_binary;
 
 /// The evaluation loop run by every node (one line of Erlang).
 const EVAL_LOOP: &str = r#"
@@ -223,6 +223,11 @@ impl ErlNode {
     /// The full node name, e.g. `t_123_4@vm`.
     pub fn name(&self) -> &str {
         &self.node
+    }
+
+    /// The OS process id of the VM (`erl` execs the emulator, so it keeps the pid).
+    pub fn pid(&self) -> u32 {
+        self.pgid
     }
 
     /// The alive part, e.g. `t_123_4`.

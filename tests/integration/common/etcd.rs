@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::process::require_binary;
 use super::process::{free_port, kill_process_group, unique_name};
-use super::require_binary;
 
 /// A running (or stopped) single-member etcd on `127.0.0.1`.
 pub struct EtcdServer {

@@ -46,27 +46,7 @@ pub use logs::{LogBuffer, capture_logs};
 #[cfg(feature = "tls")]
 pub use pki::{Pki, set_private, short_hostname};
 pub use process::{
-    OutputLog, descendants, free_port, kill_process_group, kill_process_tree, rss_kib, unique_name,
+    OutputLog, descendants, free_port, kill_process_group, kill_process_tree, require_binary,
+    rss_kib, unique_name,
 };
 pub use rabbit::{RabbitNode, RabbitOptions};
-
-use std::path::PathBuf;
-
-/// Finds `binary` on `PATH` (or in OTP's `bin` directory), or panics with what to install.
-pub fn require_binary(binary: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.push(PathBuf::from("/usr/lib/erlang/bin"));
-    dirs.push(PathBuf::from("/usr/sbin"));
-    for dir in dirs {
-        let candidate = dir.join(binary);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!(
-        "`{binary}` is not installed; these tests run against the real thing: \
-         apt-get install -y {package}"
-    );
-}

@@ -1,7 +1,9 @@
-//! Free ports, process groups and output capture shared by the peer harnesses.
+//! Free ports, process groups, output capture and finding binaries, shared by the peer
+//! harnesses.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -142,4 +144,23 @@ pub fn kill_process_tree(pid: u32) {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// Finds `binary` on `PATH` (or in OTP's `bin` directory), or panics with what to install.
+pub fn require_binary(binary: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.push(PathBuf::from("/usr/lib/erlang/bin"));
+    dirs.push(PathBuf::from("/usr/sbin"));
+    for dir in dirs {
+        let candidate = dir.join(binary);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{binary}` is not installed; these tests run against the real thing: \
+         apt-get install -y {package}"
+    );
 }

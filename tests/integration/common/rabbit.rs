@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use super::Epmd;
+use super::process::require_binary;
 use super::process::{free_port, kill_process_tree, unique_name};
-use super::{Epmd, require_binary};
 
 /// How to start a [`RabbitNode`].
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct RabbitOptions {
     /// An EPMD shared with other nodes (nodes that cluster must find each other in one
     /// EPMD); `None`: the node gets its own.
     pub epmd_port: Option<u16>,
+    /// More environment variables for `rabbitmq-server` (e.g. `RABBITMQ_NODE_ONLY`).
+    pub env: Vec<(String, String)>,
     /// More arguments for the node's VM and for `rabbitmqctl`'s (e.g. TLS distribution:
     /// `-proto_dist inet_tls -ssl_dist_optfile FILE`).
     pub erl_args: Vec<String>,
@@ -56,6 +59,7 @@ impl Default for RabbitOptions {
             plugins: Vec::new(),
             boot_timeout: Duration::from_secs(120),
             epmd_port: None,
+            env: Vec::new(),
             erl_args: Vec::new(),
         }
     }
@@ -96,6 +100,12 @@ impl RabbitOptions {
         self.epmd_port = Some(port);
         self
     }
+
+    /// Sets an environment variable of `rabbitmq-server`.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
 }
 
 /// A running RabbitMQ node, killed with its whole process tree on drop.
@@ -108,6 +118,7 @@ pub struct RabbitNode {
     epmd_port: u16,
     amqp_port: u16,
     dist_port: u16,
+    extra_env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     child: Option<(Child, u32)>,
 }
@@ -125,6 +136,14 @@ impl RabbitNode {
     /// Starts a node and waits until it has booted (`rabbitmqctl await_startup`).
     /// Panics, with the node's log, if it does not.
     pub async fn start(options: RabbitOptions) -> RabbitNode {
+        let timeout = options.boot_timeout;
+        let mut rabbit = Self::launch(options).await;
+        rabbit.await_startup(timeout).await;
+        rabbit
+    }
+
+    /// Starts a node without waiting for it to boot (for timing the boot itself).
+    pub async fn launch(options: RabbitOptions) -> RabbitNode {
         require_binary("rabbitmq-server", "rabbitmq-server");
         require_binary("rabbitmqctl", "rabbitmq-server");
         let own_epmd = match options.epmd_port {
@@ -169,11 +188,11 @@ impl RabbitNode {
             epmd_port,
             amqp_port,
             dist_port,
+            extra_env: options.env.clone(),
             dir,
             child: None,
         };
         rabbit.spawn().await;
-        rabbit.await_startup(options.boot_timeout).await;
         rabbit
     }
 
@@ -205,6 +224,9 @@ impl RabbitNode {
             .env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", self.vm_args())
             .env("RABBITMQ_CTL_ERL_ARGS", self.vm_args())
             .env("ERL_EPMD_PORT", self.epmd_port.to_string());
+        for (key, value) in &self.extra_env {
+            command.env(key, value);
+        }
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
             if key.starts_with("AUTOCLUSTER_") || key.starts_with("ETCD") {
@@ -354,6 +376,20 @@ impl RabbitNode {
     /// The cookie.
     pub fn cookie(&self) -> &str {
         &self.cookie
+    }
+
+    /// The node's directory (data, logs, `rabbit.pid`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The OS pid of the node's VM, from `RABBITMQ_PID_FILE`, once written.
+    pub fn vm_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("rabbit.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// The EPMD port the node registered with.

@@ -1,0 +1,146 @@
+//! Benchmark 3: EPMD `PORT_PLEASE2` lookups per second, our embedded server against the
+//! real `epmd`.
+//!
+//! Both servers run as their own process pinned to CPU 1: the real `epmd -port P`, and
+//! the crate's embedded server as the `epmd_server` example (built in release by
+//! `benches/run.sh`). The clients run in this process, pinned to CPU 0: our
+//! `EpmdClient::port_please`, one TCP connection per lookup as the protocol wants, for a
+//! node registered in each server. Serial and 16 concurrent clients.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Stdio;
+use std::time::Duration;
+
+use autocluster::epmd::{EpmdClient, NodeEntry};
+use common::{
+    Epmd, Results, Settings, Worker, example_binary, free_port, pin, process_cpu_time, progress,
+    throughput,
+};
+use serde_json::json;
+
+const LEVELS: &[usize] = &[1, 16];
+
+struct Lookup {
+    client: EpmdClient,
+}
+
+impl Worker for Lookup {
+    async fn op(&mut self) -> Result<(), String> {
+        match self.client.port_please("bench").await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err("not registered".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The embedded server as its own process (the `epmd_server` example).
+struct Embedded {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Embedded {
+    async fn start() -> Embedded {
+        let port = free_port();
+        let child = tokio::process::Command::new(example_binary("epmd_server"))
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start epmd_server");
+        let client = EpmdClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .with_timeout(Duration::from_secs(1));
+        for _ in 0..200 {
+            if client.names().await.is_ok() {
+                return Embedded { child, port };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("epmd_server did not answer on port {port}");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    progress("epmd: starting");
+    let pinned = settings.bench && common::cpus() >= 2 && common::pin_self("0");
+    common::runtime_current_thread().block_on(run(settings, pinned));
+}
+
+async fn run(settings: Settings, pinned: bool) {
+    let mut results = Results::new("epmd");
+    results.fact("pinned", json!(pinned));
+    let real = Epmd::start().await;
+    let embedded = Embedded::start().await;
+    if pinned {
+        assert!(pin(real.pid(), "1"), "taskset epmd");
+        assert!(pin(embedded.pid(), "1"), "taskset epmd_server");
+    }
+    let servers = [
+        ("epmd", real.port(), real.pid()),
+        ("embedded", embedded.port, embedded.pid()),
+    ];
+    // One registered node in each, held for the whole run.
+    let mut registrations = Vec::new();
+    for (_, port, _) in &servers {
+        let client = EpmdClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, *port)));
+        registrations.push(
+            client
+                .register(NodeEntry::new("bench", 45678).hidden())
+                .await
+                .expect("register"),
+        );
+    }
+    for round in 0..settings.rounds {
+        progress(format!("round {} of {}", round + 1, settings.rounds));
+        for &level in LEVELS {
+            for (which, port, pid) in servers {
+                let client = EpmdClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+                    .with_timeout(Duration::from_secs(5));
+                let workers: Vec<Lookup> = (0..level)
+                    .map(|_| Lookup {
+                        client: client.clone(),
+                    })
+                    .collect();
+                let server_cpu0 = process_cpu_time(pid);
+                let (c, _) = throughput(workers, settings.warmup, settings.window).await;
+                let server_cpu = process_cpu_time(pid).saturating_sub(server_cpu0);
+                let server_us = server_cpu.as_secs_f64() * 1e6 / c.ok.max(1) as f64;
+                progress(format!(
+                    "  round {round} {which:<9} x{level:<3} {:>8.0} lookups/s  client cpu {:>5.1} us  server cpu {:>5.1} us  failed {}{}",
+                    c.rate(),
+                    c.cpu_us_per_op(),
+                    server_us,
+                    c.failed,
+                    c.first_error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+                results.record(json!({
+                    "impl": which,
+                    "concurrency": level,
+                    "round": round,
+                    "ok": c.ok,
+                    "failed": c.failed,
+                    "secs": c.elapsed.as_secs_f64(),
+                    "rate": c.rate(),
+                    "cpu_us_per_op": c.cpu_us_per_op(),
+                    "server_cpu_us_per_op": server_us,
+                    "first_error": c.first_error,
+                }));
+            }
+        }
+    }
+    drop(registrations);
+    results.write(&settings);
+}
