@@ -21,7 +21,7 @@ use autocluster::{Cookie, Node, NodeName, health};
 
 #[cfg(feature = "etcd")]
 use crate::common::EtcdServer;
-use crate::common::{Epmd, ErlNode, ErlOptions, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -645,56 +645,6 @@ async fn thirty_rust_native_nodes_form_one_star() {
     assert!(report.healthy, "{report}");
 }
 
-/// A target whose probes of other nodes fail as if the connection had been cut during
-/// the handshake, the first `failures` times.
-#[derive(Debug)]
-struct CutProbes {
-    inner: ErlangMesh,
-    failures: std::sync::atomic::AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl ClusterTarget for CutProbes {
-    fn node(&self) -> &NodeName {
-        self.inner.node()
-    }
-    fn kind(&self) -> &'static str {
-        "cut-probes"
-    }
-    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        let left = self.failures.load(Ordering::SeqCst);
-        if left > 0 {
-            self.failures.store(left - 1, Ordering::SeqCst);
-            return Ok(Probe::down(
-                node.clone(),
-                "the connection was closed during the handshake",
-            ));
-        }
-        self.inner.probe(node).await
-    }
-    async fn membership(&self) -> Result<Membership, FormationError> {
-        self.inner.membership().await
-    }
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        self.inner.data_state().await
-    }
-    async fn form(&self) -> Result<(), FormationError> {
-        self.inner.form().await
-    }
-    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
-        self.inner.join(seed, reset).await
-    }
-    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-        self.inner.reconnect(member).await
-    }
-    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        self.inner.forget(member).await
-    }
-    async fn leave(&self) -> Result<(), FormationError> {
-        self.inner.leave().await
-    }
-}
-
 /// Regression (found by the dropped-handshakes trials): an agent whose probe of the only
 /// registered node failed for a reason that proves nothing (a connection cut during the
 /// handshake) formed a second cluster beside it. Now it retries, names the node and the
@@ -711,11 +661,29 @@ async fn an_agent_never_forms_a_cluster_beside_a_registered_node_it_could_not_pr
         .register(Registration::new(names[0].clone(), Duration::from_secs(30)))
         .await
         .unwrap();
+    // Probes of other nodes fail as if the connection had been cut during the
+    // handshake, the first `failures` times.
     let cut = |failures: usize| {
-        Arc::new(CutProbes {
-            inner: ErlangMesh::new(probe.clone(), names[1].clone()),
-            failures: std::sync::atomic::AtomicUsize::new(failures),
-        })
+        let left = std::sync::atomic::AtomicUsize::new(failures);
+        Arc::new(
+            Hooked::new(
+                ErlangMesh::new(probe.clone(), names[1].clone()),
+                "cut-probes",
+            )
+            .on_probe(move |node, probed| {
+                if probed.is_some() {
+                    return None;
+                }
+                left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .ok()
+                    .map(|_| {
+                        Probe::down(
+                            node.clone(),
+                            "the connection was closed during the handshake",
+                        )
+                    })
+            }),
+        )
     };
     let once = FormationConfig {
         max_attempts: 1,

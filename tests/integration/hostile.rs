@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use autocluster::backend::{Backend, MemoryBackend, Registration};
 use autocluster::epmd::{EpmdClient, EpmdServer, EpmdServerConfig, NodeEntry};
 use autocluster::formation::{
-    Agent, ClusterTarget, DataState, ErlangMesh, FailurePolicy, FormationConfig, FormationError,
-    FormationEvent, Membership, NativeTarget, Outcome, Probe,
+    Agent, ErlangMesh, FailurePolicy, FormationConfig, FormationError, FormationEvent,
+    NativeTarget, Outcome,
 };
 use autocluster::handshake::{DistFlags, InitiatorConfig, LengthPrefix, LocalName};
 use autocluster::listener::ListenerLimits;
@@ -35,7 +35,7 @@ use autocluster::{Cookie, Node, NodeEvent, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Epmd, ErlNode, ErlOptions, rss_kib, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, rss_kib, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -661,61 +661,6 @@ async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
     assert!(probed_down);
 }
 
-/// A target whose node dies right after the agent found the seed live (the seed
-/// vanishes between listing and joining).
-struct SeedVanishes {
-    inner: ErlangMesh,
-    seed: Mutex<Option<ErlNode>>,
-}
-
-impl std::fmt::Debug for SeedVanishes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeedVanishes")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-#[async_trait::async_trait]
-impl ClusterTarget for SeedVanishes {
-    fn node(&self) -> &NodeName {
-        self.inner.node()
-    }
-    fn kind(&self) -> &'static str {
-        "seed-vanishes"
-    }
-    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        let p = self.inner.probe(node).await?;
-        if p.live {
-            // Found live; now it dies before the join.
-            let dead = self.seed.lock().unwrap().take();
-            drop(dead);
-        }
-        Ok(p)
-    }
-    async fn membership(&self) -> Result<Membership, FormationError> {
-        self.inner.membership().await
-    }
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        self.inner.data_state().await
-    }
-    async fn form(&self) -> Result<(), FormationError> {
-        self.inner.form().await
-    }
-    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
-        self.inner.join(seed, reset).await
-    }
-    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-        self.inner.reconnect(member).await
-    }
-    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        self.inner.forget(member).await
-    }
-    async fn leave(&self) -> Result<(), FormationError> {
-        self.inner.leave().await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skipped() {
     let epmd = Epmd::start().await;
@@ -743,9 +688,20 @@ async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skippe
         .unwrap();
     let agent = Agent::new(
         backend.clone(),
-        Arc::new(SeedVanishes {
-            inner: ErlangMesh::new(probe, me.name().parse().unwrap()),
-            seed: Mutex::new(Some(seed)),
+        // The seed's node dies right after the agent found it live (it vanishes
+        // between listing and joining).
+        Arc::new({
+            let seed = Mutex::new(Some(seed));
+            Hooked::new(
+                ErlangMesh::new(probe, me.name().parse().unwrap()),
+                "seed-vanishes",
+            )
+            .on_probe(move |_, probed| {
+                if probed.is_some_and(|p| p.live) {
+                    drop(seed.lock().unwrap().take());
+                }
+                None
+            })
         }),
         FormationConfig {
             max_attempts: 10,
@@ -988,50 +944,6 @@ mod backend_mid_formation {
         }
     }
 
-    /// A native target that switches the proxy to `mode` once formation is under way:
-    /// the lock is held and the registry listed, the registration is next.
-    #[derive(Debug)]
-    struct SwitchOnForm {
-        inner: NativeTarget,
-        proxy: Arc<Mutex<Mode>>,
-        mode: Mode,
-    }
-
-    #[async_trait::async_trait]
-    impl ClusterTarget for SwitchOnForm {
-        fn node(&self) -> &NodeName {
-            self.inner.node()
-        }
-        fn kind(&self) -> &'static str {
-            "switch-on-form"
-        }
-        async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-            self.inner.probe(node).await
-        }
-        async fn membership(&self) -> Result<Membership, FormationError> {
-            self.inner.membership().await
-        }
-        async fn data_state(&self) -> Result<DataState, FormationError> {
-            self.inner.data_state().await
-        }
-        async fn form(&self) -> Result<(), FormationError> {
-            *self.proxy.lock().unwrap() = self.mode;
-            self.inner.form().await
-        }
-        async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
-            self.inner.join(seed, reset).await
-        }
-        async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-            self.inner.reconnect(member).await
-        }
-        async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-            self.inner.forget(member).await
-        }
-        async fn leave(&self) -> Result<(), FormationError> {
-            self.inner.leave().await
-        }
-    }
-
     /// etcd hangs (accepts, never answers) or answers garbage right after the agent took
     /// the lock and listed the registry: every call fails with a typed error within its
     /// timeout, the agent retries, then follows its failure policy, in bounded time.
@@ -1071,11 +983,13 @@ mod backend_mid_formation {
                 .start()
                 .await
                 .unwrap();
-                let target = Arc::new(SwitchOnForm {
-                    inner: NativeTarget::new(node).unwrap(),
-                    proxy: proxy.mode.clone(),
-                    mode,
-                });
+                // The proxy switches to `mode` once formation is under way: the lock
+                // is held and the registry listed, the registration is next.
+                let switch = proxy.mode.clone();
+                let target = Arc::new(
+                    Hooked::new(NativeTarget::new(node).unwrap(), "switch-on-form")
+                        .on_form(move || *switch.lock().unwrap() = mode),
+                );
                 let config = FormationConfig {
                     failure: policy,
                     ..quick()
