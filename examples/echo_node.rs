@@ -19,6 +19,9 @@
 //! receive hello -> ok end.
 //! ```
 
+#[path = "support/tls_args.rs"]
+mod tls_args;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -84,35 +87,7 @@ fn parse_args() -> Result<autocluster::node::NodeBuilder, String> {
     if let Some(p) = epmd_port {
         b = b.epmd_port(p);
     }
-    with_tls(b, tls)
-}
-
-/// `--ssl-dist-optfile FILE`: TLS distribution configured by the file the Erlang nodes
-/// are started with (`erl -proto_dist inet_tls -ssl_dist_optfile FILE`).
-#[cfg(feature = "tls")]
-fn with_tls(
-    b: autocluster::node::NodeBuilder,
-    optfile: Option<String>,
-) -> Result<autocluster::node::NodeBuilder, String> {
-    match optfile {
-        Some(f) => Ok(b.tls(
-            autocluster::tls::TlsConfig::from_ssl_dist_optfile(&f).map_err(|e| e.to_string())?,
-        )),
-        None => Ok(b),
-    }
-}
-
-#[cfg(not(feature = "tls"))]
-fn with_tls(
-    b: autocluster::node::NodeBuilder,
-    optfile: Option<String>,
-) -> Result<autocluster::node::NodeBuilder, String> {
-    match optfile {
-        Some(_) => {
-            Err("--ssl-dist-optfile needs a build with TLS: cargo run --features tls ...".into())
-        }
-        None => Ok(b),
-    }
+    tls_args::with_tls(b, tls)
 }
 
 #[tokio::main]

@@ -12,6 +12,9 @@
 //! (default `[]`). The result is printed as `io_lib:format("~0p", [Result])` would print
 //! it. On failure the error is printed and the exit status is 1.
 
+#[path = "support/tls_args.rs"]
+mod tls_args;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -109,34 +112,6 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// `--ssl-dist-optfile FILE`: TLS distribution configured by the file the Erlang nodes
-/// are started with (`erl -proto_dist inet_tls -ssl_dist_optfile FILE`).
-#[cfg(feature = "tls")]
-fn with_tls(
-    b: autocluster::node::NodeBuilder,
-    optfile: Option<String>,
-) -> Result<autocluster::node::NodeBuilder, String> {
-    match optfile {
-        Some(f) => Ok(b.tls(
-            autocluster::tls::TlsConfig::from_ssl_dist_optfile(&f).map_err(|e| e.to_string())?,
-        )),
-        None => Ok(b),
-    }
-}
-
-#[cfg(not(feature = "tls"))]
-fn with_tls(
-    b: autocluster::node::NodeBuilder,
-    optfile: Option<String>,
-) -> Result<autocluster::node::NodeBuilder, String> {
-    match optfile {
-        Some(_) => {
-            Err("--ssl-dist-optfile needs a build with TLS: cargo run --features tls ...".into())
-        }
-        None => Ok(b),
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
@@ -159,7 +134,7 @@ async fn main() -> ExitCode {
     if let Some(p) = args.epmd_port {
         builder = builder.epmd_port(p);
     }
-    let builder = match with_tls(builder, args.tls) {
+    let builder = match tls_args::with_tls(builder, args.tls) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("{e}");
