@@ -661,21 +661,23 @@ async fn wrong_and_mixed_node_names_are_named_with_the_cause() {
     assert!(probed_down);
 }
 
+/// Two erl nodes that do not connect to each other by themselves: the seed (first in
+/// alphabetical order) and the node whose agent joins it.
+async fn seed_and_joiner(epmd: &Epmd) -> (ErlNode, ErlNode) {
+    let node = |prefix: &'static str| {
+        ErlNode::start(
+            ErlOptions::new(epmd.port())
+                .name_prefix(prefix)
+                .args(["-connect_all", "false"]),
+        )
+    };
+    (node("a_seed").await, node("b_me").await)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skipped() {
     let epmd = Epmd::start().await;
-    let seed = ErlNode::start(
-        ErlOptions::new(epmd.port())
-            .name_prefix("a_seed")
-            .args(["-connect_all", "false"]),
-    )
-    .await;
-    let me = ErlNode::start(
-        ErlOptions::new(epmd.port())
-            .name_prefix("b_me")
-            .args(["-connect_all", "false"]),
-    )
-    .await;
+    let (seed, me) = seed_and_joiner(&epmd).await;
     let seed_name: NodeName = seed.name().parse().unwrap();
     let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
     let backend = Arc::new(MemoryBackend::new());
@@ -728,18 +730,7 @@ async fn a_seed_that_vanishes_between_listing_and_joining_is_retried_then_skippe
 #[tokio::test(flavor = "multi_thread")]
 async fn an_erlang_seed_that_refuses_the_join_is_named() {
     let epmd = Epmd::start().await;
-    let seed = ErlNode::start(
-        ErlOptions::new(epmd.port())
-            .name_prefix("a_seed")
-            .args(["-connect_all", "false"]),
-    )
-    .await;
-    let me = ErlNode::start(
-        ErlOptions::new(epmd.port())
-            .name_prefix("b_me")
-            .args(["-connect_all", "false"]),
-    )
-    .await;
+    let (seed, me) = seed_and_joiner(&epmd).await;
     let seed_name: NodeName = seed.name().parse().unwrap();
     let me_name: NodeName = me.name().parse().unwrap();
     let probe = agent_node(epmd.port(), host_of(seed.name()), COOKIE).await;
