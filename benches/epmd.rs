@@ -121,23 +121,16 @@ async fn run(settings: Settings, pinned: bool) {
                     c.cpu_us_per_op(),
                     server_us,
                     c.failed,
-                    c.first_error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
+                    c.error_note()
                 ));
-                results.record(json!({
-                    "impl": which,
-                    "concurrency": level,
-                    "round": round,
-                    "ok": c.ok,
-                    "failed": c.failed,
-                    "secs": c.elapsed.as_secs_f64(),
-                    "rate": c.rate(),
-                    "cpu_us_per_op": c.cpu_us_per_op(),
-                    "server_cpu_us_per_op": server_us,
-                    "first_error": c.first_error,
-                }));
+                results.record(c.record(
+                    which,
+                    level,
+                    round,
+                    json!({
+                        "server_cpu_us_per_op": server_us,
+                    }),
+                ));
             }
         }
     }

@@ -86,24 +86,17 @@ fn record(
         c.rate(),
         c.cpu_us_per_op(),
         c.failed,
-        c.first_error
-            .as_ref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
+        c.error_note()
     ));
-    results.record(json!({
-        "impl": implementation,
-        "concurrency": concurrency,
-        "round": round,
-        "ok": c.ok,
-        "failed": c.failed,
-        "secs": c.elapsed.as_secs_f64(),
-        "rate": c.rate(),
-        "cpu_us_per_op": c.cpu_us_per_op(),
-        "alive": alive,
-        "other_cpu_us_per_op": others,
-        "first_error": c.first_error,
-    }));
+    results.record(c.record(
+        implementation,
+        concurrency,
+        round,
+        json!({
+            "alive": alive,
+            "other_cpu_us_per_op": others,
+        }),
+    ));
 }
 
 /// The OTP initiator loop, run inside the OTP client node for `window`.

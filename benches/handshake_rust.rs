@@ -196,23 +196,16 @@ async fn run(settings: Settings) {
                     c.rate(),
                     c.cpu_us_per_op(),
                     c.failed,
-                    c.first_error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
+                    c.error_note()
                 ));
-                results.record(json!({
-                    "impl": which,
-                    "concurrency": level,
-                    "round": round,
-                    "ok": c.ok,
-                    "failed": c.failed,
-                    "secs": c.elapsed.as_secs_f64(),
-                    "rate": c.rate(),
-                    "cpu_us_per_op": c.cpu_us_per_op(),
-                    "alive": alive,
-                    "first_error": c.first_error,
-                }));
+                results.record(c.record(
+                    which,
+                    level,
+                    round,
+                    json!({
+                        "alive": alive,
+                    }),
+                ));
                 // Let the acceptors tear the last connections down before the next one.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -251,6 +251,40 @@ impl Counted {
     pub fn cpu_us_per_op(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / (self.ok.max(1) as f64)
     }
+
+    /// `" (the first error)"`, or nothing: the end of a progress line.
+    pub fn error_note(&self) -> String {
+        self.first_error
+            .as_ref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    }
+
+    /// The result record of this measurement: what every benchmark records of it, plus
+    /// the fields of `extra` (a JSON object).
+    pub fn record(
+        &self,
+        implementation: &str,
+        concurrency: impl Into<Value>,
+        round: impl Into<Value>,
+        extra: Value,
+    ) -> Value {
+        let mut record = json!({
+            "impl": implementation,
+            "concurrency": concurrency.into(),
+            "round": round.into(),
+            "ok": self.ok,
+            "failed": self.failed,
+            "secs": self.elapsed.as_secs_f64(),
+            "rate": self.rate(),
+            "cpu_us_per_op": self.cpu_us_per_op(),
+            "first_error": self.first_error,
+        });
+        if let (Value::Object(fields), Value::Object(extra)) = (&mut record, extra) {
+            fields.extend(extra);
+        }
+        record
+    }
 }
 
 /// One worker of a throughput measurement: does one operation per call.
