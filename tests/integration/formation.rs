@@ -631,6 +631,14 @@ async fn thirty_rust_native_nodes_form_one_star() {
         assert_eq!(m.members, all, "{}", t.node());
         if t.node() != &seed {
             assert_eq!(t.seed().as_ref(), Some(&seed));
+            // Probes are closed once formation is done; the probed side learns of the
+            // close from its socket a moment later.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while t.local_node().connected_nodes() != vec![seed.clone()]
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             assert_eq!(
                 t.local_node().connected_nodes(),
                 vec![seed.clone()],
