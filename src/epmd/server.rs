@@ -33,7 +33,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -268,13 +268,19 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
-    serve_listener(&listener, &shared, &mut shutdown).await;
+    // A connection's local address is the listener's, unless it listens on a wildcard.
+    let local = listener
+        .local_addr()
+        .ok()
+        .filter(|addr| !addr.ip().is_unspecified());
+    serve_listener(&listener, local, &shared, &mut shutdown).await;
     drop(listener);
     shared.listening.send_modify(|n| *n = n.saturating_sub(1));
 }
 
 async fn serve_listener(
     listener: &TcpListener,
+    local: Option<SocketAddr>,
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
@@ -286,10 +292,20 @@ async fn serve_listener(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(local) = local.or_else(|| stream.local_addr().ok()) else {
+                    continue;
+                };
                 match shared.limiter.admit(peer.ip()) {
-                    Ok(permit) => {
-                        tokio::spawn(serve(stream, peer, permit, Arc::clone(shared)));
-                    }
+                    Ok(permit) => match answer_at_once(&stream, peer, local, shared) {
+                        AtOnce::Answered => {}
+                        AtOnce::Rest(rest) => {
+                            tokio::spawn(finish_reply(stream, peer, permit, rest));
+                        }
+                        AtOnce::Pending(buf) => {
+                            let shared = Arc::clone(shared);
+                            tokio::spawn(serve(stream, peer, local, permit, shared, buf));
+                        }
+                    },
                     Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
                 }
                 // Let the connection tasks run every few accepts: a client that sent its
@@ -334,6 +350,108 @@ fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What [`answer_at_once`] did with a connection it was handed.
+enum AtOnce {
+    /// The request was answered (or refused) and the connection is done.
+    Answered,
+    /// The request was answered, but this much of the reply did not fit in the socket
+    /// buffer.
+    Rest(Vec<u8>),
+    /// No complete query arrived yet, or the request needs a task of its own (`ALIVE2`,
+    /// `KILL`, `STOP`): serve the connection from these bytes on.
+    Pending(Vec<u8>),
+}
+
+/// `send` flags: no `SIGPIPE` when the client has gone (where the flag exists; Rust
+/// programs ignore `SIGPIPE` anyway unless told otherwise).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: std::ffi::c_int = 0;
+
+/// The fast path for the requests that are one query and one reply (`PORT_PLEASE2`,
+/// `NAMES`, `DUMP`), which is nearly every request epmd sees: when the request has
+/// arrived by the time its connection is accepted, it is answered right here in the
+/// accept loop with one non-blocking read and one non-blocking write, without a task or
+/// a wait on the reactor. Anything else goes to [`serve`], with the bytes read so far.
+fn answer_at_once(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    shared: &Shared,
+) -> AtOnce {
+    let socket = socket2::SockRef::from(stream);
+    let mut chunk = [0u8; 512];
+    // The socket is non-blocking: no data yet is `WouldBlock`, not a wait.
+    let n = match (&*socket).read(&mut chunk) {
+        Ok(0) => return AtOnce::Answered, // closed before asking anything
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return AtOnce::Pending(Vec::new()),
+        Err(_) => return AtOnce::Answered,
+    };
+    let buf = &chunk[..n];
+    let request = match Request::decode(buf) {
+        Ok(Status::Complete((request, used))) if used == n => request,
+        Ok(Status::Complete((request, used))) => {
+            tracing::debug!(%peer, request = request.kind(), extra = n - used,
+                "bytes after the request; closing");
+            return AtOnce::Answered;
+        }
+        Ok(Status::Partial) => return AtOnce::Pending(buf.to_vec()),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "invalid EPMD request; closing");
+            return AtOnce::Answered;
+        }
+    };
+    if !matches!(
+        request,
+        Request::PortPlease2 { .. } | Request::Names | Request::Dump
+    ) {
+        return AtOnce::Pending(buf.to_vec());
+    }
+    let ctx = RequestContext {
+        conn: 0, // a query never registers or stops anything
+        local_peer: is_local_peer(peer.ip(), local.ip()),
+        epmd_port: local.port(),
+        unix_time: unix_time(),
+        relaxed_command_check: shared.relaxed_command_check,
+        may_register: false,
+    };
+    let kind = request.kind();
+    let outcome = shared.lock().registry.handle(request, &ctx);
+    debug_assert!(matches!(outcome.after, After::Close));
+    log_note(&outcome.note, peer, kind);
+    let mut reply = outcome.reply;
+    if reply.is_empty() {
+        return AtOnce::Answered;
+    }
+    match socket.send_with_flags(&reply, SEND_FLAGS) {
+        Ok(n) if n == reply.len() => AtOnce::Answered,
+        Ok(n) => {
+            reply.drain(..n);
+            AtOnce::Rest(reply)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => AtOnce::Rest(reply),
+        Err(_) => AtOnce::Answered,
+    }
+}
+
+/// Writes the rest of a reply [`answer_at_once`] could not write whole, within the
+/// connection's pending deadline, then closes.
+async fn finish_reply(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut permit: ConnectionPermit,
+    rest: Vec<u8>,
+) {
+    tokio::select! {
+        _ = stream.write_all(&rest) => {}
+        reason = permit.closed() => {
+            tracing::debug!(%peer, %reason, "closing EPMD connection before the reply was read");
+        }
+    }
+}
+
 /// Unregisters the node of a connection however its task ends.
 struct RegistrationGuard {
     shared: Arc<Shared>,
@@ -354,20 +472,19 @@ impl Drop for RegistrationGuard {
 async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     mut permit: ConnectionPermit,
     shared: Arc<Shared>,
+    mut buf: Vec<u8>,
 ) {
     let conn = permit.id().0;
     let mut shutdown = shared.shutdown.subscribe();
-    let Ok(local) = stream.local_addr() else {
-        return;
-    };
     // No TCP_NODELAY: every reply is one write (a registered node's one reply, then
     // silence), which Nagle's algorithm never holds back, so the option would only cost
     // a system call per request.
 
-    // 1. Read one complete request, within the pending deadline.
-    let mut buf: Vec<u8> = Vec::new();
+    // 1. Read one complete request, within the pending deadline (starting from what the
+    //    accept loop has read already).
     let request = loop {
         match Request::decode(&buf) {
             Ok(Status::Complete((request, used))) if used == buf.len() => break request,

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use autocluster::epmd::codec::{Alive2Form, NodeType};
+use autocluster::epmd::codec::{Alive2Form, NodeType, Request};
 use autocluster::epmd::{EpmdClient, EpmdError, EpmdServer, EpmdServerConfig, NodeEntry};
 use autocluster::listener::ListenerLimits;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -505,6 +505,78 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> 
         .await
         .expect("the server closes the connection");
     out
+}
+
+/// The server answers a query at once when it has arrived by the accept, and from a
+/// task otherwise; a reply larger than the socket buffer is finished by a task. The
+/// bytes are the same whichever way a request arrives.
+#[tokio::test]
+async fn a_query_gets_the_same_reply_however_it_arrives() {
+    let server = embedded_server().await;
+    let addr = server.local_addrs()[0];
+    let client = EpmdClient::new(addr);
+    // Enough long names that the NAMES reply (about 60 KiB) outgrows a socket buffer.
+    let mut registrations = Vec::new();
+    for i in 0..220 {
+        let name = format!("{}{i:03}", "n".repeat(250));
+        registrations.push(
+            client
+                .register(NodeEntry::new(&name, 40000 + i))
+                .await
+                .unwrap(),
+        );
+    }
+    let port_please = Request::PortPlease2 {
+        name: format!("{}007", "n".repeat(250)),
+    }
+    .encode()
+    .unwrap();
+    let names = Request::Names.encode().unwrap();
+
+    async fn ask(
+        addr: SocketAddr,
+        request: &[u8],
+        split: Option<usize>,
+        delay: Duration,
+    ) -> Vec<u8> {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window: a large reply cannot all leave the server at once.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        tokio::time::sleep(delay).await;
+        let (first, rest) = request.split_at(split.unwrap_or(request.len()));
+        stream.write_all(first).await.unwrap();
+        if !rest.is_empty() {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            stream.write_all(rest).await.unwrap();
+        }
+        tokio::time::sleep(delay).await;
+        read_until_closed(&mut stream, Duration::from_secs(5)).await
+    }
+
+    for request in [&port_please, &names] {
+        let at_once = ask(addr, request, None, Duration::ZERO).await;
+        assert!(!at_once.is_empty());
+        // Sent well after the accept.
+        assert_eq!(
+            ask(addr, request, None, Duration::from_millis(50)).await,
+            at_once
+        );
+        // Split after the length, and after one byte of the body.
+        assert_eq!(ask(addr, request, Some(2), Duration::ZERO).await, at_once);
+        assert_eq!(ask(addr, request, Some(3), Duration::ZERO).await, at_once);
+    }
+    let found = ask(addr, &port_please, None, Duration::ZERO).await;
+    assert_eq!(found[..2], [119, 0], "PORT2_RESP, found");
+    let listed = ask(addr, &names, None, Duration::ZERO).await;
+    assert!(listed.len() > 60_000, "{} bytes", listed.len());
+    assert_eq!(
+        listed.iter().filter(|&&b| b == b'\n').count(),
+        220,
+        "one line per registered node"
+    );
+    drop(registrations);
+    assert_eq!(server.stats().pending, 0);
 }
 
 #[tokio::test]
