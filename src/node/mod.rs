@@ -105,6 +105,9 @@ pub struct NodeConfig {
     pub decode_limits: DecodeLimits,
     /// How [`Node::call`] reaches the peer.
     pub rpc_method: RpcMethod,
+    /// Fixed addresses of peer hosts, used instead of the resolver (a private
+    /// `/etc/hosts` for this node): see [`NodeBuilder::host_address`].
+    pub hosts: HashMap<String, IpAddr>,
     /// TLS distribution (`-proto_dist inet_tls`): when set, every distribution
     /// connection, dialled or accepted, runs TLS first. `None` (the default) is plain TCP.
     #[cfg(feature = "tls")]
@@ -196,6 +199,24 @@ impl NodeBuilder {
     /// Sets how remote calls are made.
     pub fn rpc_method(mut self, method: RpcMethod) -> Self {
         self.cfg.rpc_method = method;
+        self
+    }
+
+    /// Gives the address of a peer host, so that connecting to nodes `…@host` (and to
+    /// EPMD there) never asks the resolver: like a line of `/etc/hosts` for this node
+    /// only. For tools that know their peers' addresses already (from Kubernetes
+    /// endpoints or a static list, before DNS has caught up) and for one-shot commands
+    /// that resolve before their runtime starts (asynchronous resolution costs a thread).
+    ///
+    /// ```
+    /// use autocluster::{Cookie, Node};
+    ///
+    /// let builder = Node::builder("tool@localhost".parse()?, Cookie::new("secret")?)
+    ///     .host_address("rabbit-0.rabbit.default.svc", "10.1.2.3".parse()?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn host_address(mut self, host: impl Into<String>, ip: IpAddr) -> Self {
+        self.cfg.hosts.insert(host.into(), ip);
         self
     }
 
@@ -385,6 +406,7 @@ impl Node {
                 creation: None,
                 decode_limits: DecodeLimits::default(),
                 rpc_method: RpcMethod::Auto,
+                hosts: HashMap::new(),
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -937,6 +959,9 @@ impl NodeInner {
     async fn resolve(&self, peer: &NodeName) -> Result<IpAddr, ConnectError> {
         if let Some(ip) = peer.host_ip() {
             return Ok(ip);
+        }
+        if let Some(ip) = self.cfg.hosts.get(peer.host()) {
+            return Ok(*ip);
         }
         // Resolving costs a thread hand-off and a dozen system calls (getaddrinfo reads
         // /etc/hosts each time), on every EPMD lookup; OTP's inet_db caches too.

@@ -810,6 +810,51 @@ async fn rust_to_rust_through_the_embedded_epmd() {
     assert!(!client.is_connected(server.name()));
 }
 
+/// A host the resolver does not know is reached through an address given to the
+/// builder; without it, the same connect fails with a resolve error naming the node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_address_given_to_the_builder_replaces_the_resolver() {
+    let epmd_server =
+        autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
+            .await
+            .unwrap();
+    let port = epmd_server.port();
+    // `.invalid` never resolves (RFC 6761).
+    let server = Node::builder(
+        format!("{}@rabbit-0.example.invalid", unique_name("srv"))
+            .parse()
+            .unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(port)
+    .listen("127.0.0.1:0".parse().unwrap())
+    .start()
+    .await
+    .unwrap();
+    let client = |pinned: bool| {
+        let mut builder = Node::builder(
+            format!("{}@tool.example.invalid", unique_name("cli"))
+                .parse()
+                .unwrap(),
+            Cookie::new(COOKIE).unwrap(),
+        )
+        .epmd_port(port);
+        if pinned {
+            builder =
+                builder.host_address("rabbit-0.example.invalid", "127.0.0.1".parse().unwrap());
+        }
+        builder.start()
+    };
+    let unpinned = client(false).await.unwrap();
+    let err = unpinned.connect(server.name()).await.unwrap_err();
+    assert!(matches!(err, ConnectError::Resolve { .. }), "{err}");
+    assert!(err.to_string().contains(server.name().as_str()), "{err}");
+    let pinned = client(true).await.unwrap();
+    pinned.ping(server.name(), SECS5).await.unwrap();
+    assert!(pinned.is_connected(server.name()));
+    server.shutdown().await;
+}
+
 /// 5,000 slowloris clients against the distribution listener (each sends half a
 /// `send_name` and stalls) while well-behaved nodes keep connecting: each handshake
 /// completes within 1 s, the listener never holds more than its pending limit, and
