@@ -265,7 +265,7 @@ async fn run(settings: Settings, pinned: bool) {
     }
 
     // Whole process: connect + one call + exit.
-    let (runs, slow_runs) = if settings.quick { (10, 2) } else { (60, 10) };
+    let (runs, slow_runs) = if settings.quick { (10, 2) } else { (300, 10) };
     let rpc_call = example_binary("rpc_call");
     let erl_call = erl_call_binary();
     let dir = tempfile::tempdir().expect("temporary directory");
