@@ -19,7 +19,8 @@
 //!   join (before or after the join itself); a random number of the others formed
 //!   before it, the rest start once it holds the lock and must wait for its lease.
 //! * `etcd-restart`: etcd is killed during formation and restarted 0.3–3 s later (the
-//!   in-memory backend simulates the outage).
+//!   in-memory backend simulates the outage); every agent must ride the outage out and
+//!   form.
 //! * `etcd-down-cleanup`: a member dies; cleanup rounds (enabled, not warn-only) run
 //!   while etcd is down, sometimes with a live member cut off from the others; once etcd
 //!   is back the dead member's registration expires and cleanup must forget it (erl).

@@ -188,6 +188,25 @@ async fn etcd_restart(t: &mut Trial<'_>, all: &[usize]) -> Result<(), String> {
         outage.as_millis()
     ));
     t.verify().await;
+    // The outage (3 s at most) is far shorter than what the agents retry through (30
+    // attempts, backing off to 1 s): every agent must ride it out and form. An agent that
+    // gives up with an error, typed or not, fails the trial.
+    if !t.r.formed && !t.r.split {
+        let errors: Vec<String> =
+            t.r.errors
+                .iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect();
+        let errors = if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(", ")
+        };
+        t.fail(format!(
+            "not every agent formed across a {}ms outage (errors: {errors})",
+            outage.as_millis()
+        ));
+    }
     t.watch(2).await;
     Ok(())
 }
