@@ -763,23 +763,29 @@ async fn ipv6_end_to_end() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn rust_to_rust_through_the_embedded_epmd() {
+/// An embedded EPMD, and a node `srv_…@host` listening on 127.0.0.1 registered in it.
+async fn server_behind_embedded_epmd(host: &str) -> (autocluster::epmd::EpmdServer, Node) {
     let epmd_server =
         autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
             .await
             .unwrap();
-    let port = epmd_server.port();
     let server = Node::builder(
-        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        format!("{}@{host}", unique_name("srv")).parse().unwrap(),
         Cookie::new(COOKIE).unwrap(),
     )
-    .epmd_port(port)
+    .epmd_port(epmd_server.port())
     .listen("127.0.0.1:0".parse().unwrap())
     .start()
     .await
     .unwrap();
     assert!(server.is_registered());
+    (epmd_server, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_to_rust_through_the_embedded_epmd() {
+    let (epmd_server, server) = server_behind_embedded_epmd("localhost").await;
+    let port = epmd_server.port();
     let mut inbox = server.register("inbox").unwrap();
     let client = Node::builder(
         format!("{}@localhost", unique_name("cli")).parse().unwrap(),
@@ -814,23 +820,9 @@ async fn rust_to_rust_through_the_embedded_epmd() {
 /// builder; without it, the same connect fails with a resolve error naming the node.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_address_given_to_the_builder_replaces_the_resolver() {
-    let epmd_server =
-        autocluster::epmd::EpmdServer::bind(autocluster::epmd::EpmdServerConfig::localhost(0))
-            .await
-            .unwrap();
-    let port = epmd_server.port();
     // `.invalid` never resolves (RFC 6761).
-    let server = Node::builder(
-        format!("{}@rabbit-0.example.invalid", unique_name("srv"))
-            .parse()
-            .unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .epmd_port(port)
-    .listen("127.0.0.1:0".parse().unwrap())
-    .start()
-    .await
-    .unwrap();
+    let (epmd_server, server) = server_behind_embedded_epmd("rabbit-0.example.invalid").await;
+    let port = epmd_server.port();
     let client = |pinned: bool| {
         let mut builder = Node::builder(
             format!("{}@tool.example.invalid", unique_name("cli"))
