@@ -350,6 +350,51 @@ fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// What the bytes read so far on a connection hold.
+enum Decoded {
+    /// One complete request and nothing after it.
+    Request(Request),
+    /// The start of a request: read more.
+    Partial,
+    /// An invalid request, or bytes after a complete one (logged): close.
+    Invalid,
+}
+
+/// Decodes the one request a connection may send.
+fn decode_request(buf: &[u8], peer: SocketAddr) -> Decoded {
+    match Request::decode(buf) {
+        Ok(Status::Complete((request, used))) if used == buf.len() => Decoded::Request(request),
+        Ok(Status::Complete((request, used))) => {
+            tracing::debug!(%peer, request = request.kind(), extra = buf.len() - used,
+                "bytes after the request; closing");
+            Decoded::Invalid
+        }
+        Ok(Status::Partial) => Decoded::Partial,
+        Err(error) => {
+            tracing::debug!(%peer, %error, "invalid EPMD request; closing");
+            Decoded::Invalid
+        }
+    }
+}
+
+/// What the registry needs to know about a request's connection.
+fn request_context(
+    conn: u64,
+    local_peer: bool,
+    local: SocketAddr,
+    shared: &Shared,
+    may_register: bool,
+) -> RequestContext {
+    RequestContext {
+        conn,
+        local_peer,
+        epmd_port: local.port(),
+        unix_time: unix_time(),
+        relaxed_command_check: shared.relaxed_command_check,
+        may_register,
+    }
+}
+
 /// What [`answer_at_once`] did with a connection it was handed.
 enum AtOnce {
     /// The request was answered (or refused) and the connection is done.
@@ -390,18 +435,10 @@ fn answer_at_once(
         Err(_) => return AtOnce::Answered,
     };
     let buf = &chunk[..n];
-    let request = match Request::decode(buf) {
-        Ok(Status::Complete((request, used))) if used == n => request,
-        Ok(Status::Complete((request, used))) => {
-            tracing::debug!(%peer, request = request.kind(), extra = n - used,
-                "bytes after the request; closing");
-            return AtOnce::Answered;
-        }
-        Ok(Status::Partial) => return AtOnce::Pending(buf.to_vec()),
-        Err(error) => {
-            tracing::debug!(%peer, %error, "invalid EPMD request; closing");
-            return AtOnce::Answered;
-        }
+    let request = match decode_request(buf, peer) {
+        Decoded::Request(request) => request,
+        Decoded::Partial => return AtOnce::Pending(buf.to_vec()),
+        Decoded::Invalid => return AtOnce::Answered,
     };
     if !matches!(
         request,
@@ -409,14 +446,14 @@ fn answer_at_once(
     ) {
         return AtOnce::Pending(buf.to_vec());
     }
-    let ctx = RequestContext {
-        conn: 0, // a query never registers or stops anything
-        local_peer: is_local_peer(peer.ip(), local.ip()),
-        epmd_port: local.port(),
-        unix_time: unix_time(),
-        relaxed_command_check: shared.relaxed_command_check,
-        may_register: false,
-    };
+    // A query never registers or stops anything: no connection id.
+    let ctx = request_context(
+        0,
+        is_local_peer(peer.ip(), local.ip()),
+        local,
+        shared,
+        false,
+    );
     let kind = request.kind();
     let outcome = shared.lock().registry.handle(request, &ctx);
     debug_assert!(matches!(outcome.after, After::Close));
@@ -486,18 +523,10 @@ async fn serve(
     // 1. Read one complete request, within the pending deadline (starting from what the
     //    accept loop has read already).
     let request = loop {
-        match Request::decode(&buf) {
-            Ok(Status::Complete((request, used))) if used == buf.len() => break request,
-            Ok(Status::Complete((request, used))) => {
-                tracing::debug!(%peer, request = request.kind(), extra = buf.len() - used,
-                    "bytes after the request; closing");
-                return;
-            }
-            Ok(Status::Partial) => {}
-            Err(error) => {
-                tracing::debug!(%peer, %error, "invalid EPMD request; closing");
-                return;
-            }
+        match decode_request(&buf, peer) {
+            Decoded::Request(request) => break request,
+            Decoded::Partial => {}
+            Decoded::Invalid => return,
         }
         let mut chunk = [0u8; 512];
         tokio::select! {
@@ -525,14 +554,7 @@ async fn serve(
         },
         _ => false,
     };
-    let ctx = RequestContext {
-        conn,
-        local_peer,
-        epmd_port: local.port(),
-        unix_time: unix_time(),
-        relaxed_command_check: shared.relaxed_command_check,
-        may_register,
-    };
+    let ctx = request_context(conn, local_peer, local, &shared, may_register);
     let kind = request.kind();
     let stop = Arc::new(Notify::new());
     let (outcome, guard) = {
