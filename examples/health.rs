@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autocluster::formation::{ClusterTarget, ErlangMesh, RabbitMq};
+use autocluster::node::{ClientStartError, NameInUse};
 use autocluster::{Cookie, Node, NodeName, health};
 
 #[path = "support/backend_args.rs"]
@@ -38,6 +39,9 @@ struct Args {
     epmd_port: Option<u16>,
     call_timeout: Duration,
 }
+
+/// How many probes at once can check the same node (each holds one name of the pool).
+const CLIENT_NAMES: u16 = 32;
 
 fn parse_args() -> Result<Args, String> {
     let mut node = None;
@@ -139,14 +143,25 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, String> {
-    let me: NodeName = format!("health_{}@{}", std::process::id(), args.node.host())
+    // Named from a small pool (`health`, `health_2`, …) rather than per run: a probe run
+    // every few seconds under fresh names would fill the nodes' atom tables.
+    let me: NodeName = format!("health@{}", args.node.host())
         .parse()
         .map_err(|e| format!("{e}"))?;
     let mut builder = Node::builder(me, args.cookie).handshake_timeout(args.call_timeout);
     if let Some(p) = args.epmd_port {
         builder = builder.epmd_port(p);
     }
-    let probe = builder.start().await.map_err(|e| e.to_string())?;
+    let probe = match builder.clone().start_client(&args.node, CLIENT_NAMES).await {
+        Ok(node) => node,
+        // The node cannot be reached: the check says so, in the report's own form.
+        Err(ClientStartError::Connect(_)) => builder
+            .name_in_use(NameInUse::GiveWay)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
     let target: Arc<dyn ClusterTarget> = if args.rabbitmq {
         Arc::new(RabbitMq::new(probe, args.node.clone()).with_timeout(args.call_timeout))
     } else {

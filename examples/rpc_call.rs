@@ -22,6 +22,9 @@ use std::time::Duration;
 use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, Node, NodeName};
 
+/// How many runs at once can call the same node (each holds one name of the pool).
+const CLIENT_NAMES: u16 = 32;
+
 const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]";
 
 struct Args {
@@ -156,8 +159,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, ip: IpAddr) -> ExitCode {
-    // A hidden client node on the peer's host, of the same name kind as the peer.
-    let me = format!("rpc_call_{}@{}", std::process::id(), args.node.host());
+    // A hidden client node on the peer's host, of the same name kind as the peer, named
+    // from a small pool (`rpc_call`, `rpc_call_2`, …): a fresh name per run would leave
+    // one atom behind on the peer for every run.
+    let me = format!("rpc_call@{}", args.node.host());
     let me: NodeName = match me.parse() {
         Ok(n) => n,
         Err(e) => {
@@ -176,7 +181,7 @@ async fn run(args: Args, ip: IpAddr) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let node = match builder.start().await {
+    let node = match builder.start_client(&args.node, CLIENT_NAMES).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("{e}");

@@ -244,6 +244,32 @@ pub enum SendError {
     BadNode(String),
 }
 
+/// Why [`NodeBuilder::start_client`](super::NodeBuilder::start_client) found no name to
+/// connect under.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientStartError {
+    /// The node could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// Connecting to the peer failed for another reason than a name in use.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The peer has live connections from every name of the pool.
+    #[error(
+        "{peer} already has live connections from all {pool} names of the pool starting at \
+         {first}: other runs of this tool hold them; wait for one to finish, or use a larger pool"
+    )]
+    PoolExhausted {
+        /// The peer.
+        peer: NodeName,
+        /// The first name of the pool.
+        first: NodeName,
+        /// The size of the pool.
+        pool: u16,
+    },
+}
+
 /// Why the local node could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use connection::DisconnectReason;
-pub use error::{ConnectError, RegisterError, SendError, StartError, TlsError};
+pub use error::{ClientStartError, ConnectError, RegisterError, SendError, StartError, TlsError};
 pub use process::{Envelope, GenCall};
 
 use crate::dist::control::{Control, DistMessage, ProcessRef};
@@ -62,6 +62,22 @@ pub enum RpcMethod {
     Erpc,
     /// Always the `rex` server (`{call, M, F, A, GroupLeader}`).
     Rex,
+}
+
+/// What a node answers when a peer it dials reports a live connection from a node of the
+/// same name (the handshake status `alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NameInUse {
+    /// The peer's connection is left over from an earlier run of this node: replace it,
+    /// as OTP does (unless this node itself holds a live connection to the peer). The
+    /// default.
+    #[default]
+    Replace,
+    /// Other processes may use this name at the same time (a pool of names shared by
+    /// the runs of a tool, see [`NodeBuilder::start_client`]): leave their connection
+    /// alone. The dial fails with [`HandshakeError::AlreadyConnected`].
+    GiveWay,
 }
 
 /// Everything a [`Node`] is configured with. Build it with [`Node::builder`].
@@ -108,6 +124,9 @@ pub struct NodeConfig {
     /// Fixed addresses of peer hosts, used instead of the resolver (a private
     /// `/etc/hosts` for this node): see [`NodeBuilder::host_address`].
     pub hosts: HashMap<String, IpAddr>,
+    /// What to answer a peer that reports a live connection from this node's name
+    /// (default [`NameInUse::Replace`]).
+    pub name_in_use: NameInUse,
     /// TLS distribution (`-proto_dist inet_tls`): when set, every distribution
     /// connection, dialled or accepted, runs TLS first. `None` (the default) is plain TCP.
     #[cfg(feature = "tls")]
@@ -232,6 +251,13 @@ impl NodeBuilder {
         self
     }
 
+    /// Sets what the node answers a peer that reports a live connection from a node of
+    /// the same name (see [`NameInUse`]; default [`NameInUse::Replace`]).
+    pub fn name_in_use(mut self, answer: NameInUse) -> Self {
+        self.cfg.name_in_use = answer;
+        self
+    }
+
     /// Sets the mailbox capacity.
     pub fn mailbox_capacity(mut self, n: usize) -> Self {
         self.cfg.mailbox_capacity = n.max(1);
@@ -246,6 +272,61 @@ impl NodeBuilder {
     /// Starts the node: binds and registers the listener when one is configured.
     pub async fn start(self) -> Result<Node, StartError> {
         Node::start(self.cfg).await
+    }
+
+    /// Starts a client node for a short-lived process (a command-line tool, a health
+    /// probe) and connects it to `peer`, under the first name of a bounded pool that
+    /// `peer` has no live connection from: the builder's name `tool@host`, then
+    /// `tool_2@host`, … `tool_{pool}@host`.
+    ///
+    /// An Erlang node makes an atom of every node name that connects to it, before it
+    /// checks the cookie, and never frees atoms. A tool that runs every few seconds under
+    /// a fresh name (`tool_<pid>@host`) therefore grows the node's atom table by one per
+    /// run, until the table (1,048,576 atoms by default) is full and the node crashes: a
+    /// probe every 10 seconds gets there in about four months. `erl_call` avoids that with
+    /// one fixed name (`c17`) and lets two runs at once cut each other's connection. A
+    /// pool does neither: the node dials with [`NameInUse::GiveWay`], a name another run
+    /// holds makes the peer answer `alive` and the next name is tried, and the peer never
+    /// sees more than `pool` names from the tool. Connections the node dials later (to
+    /// other peers) use the name found here.
+    ///
+    /// ```no_run
+    /// use autocluster::{Cookie, Node};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let peer = "rabbit@db1".parse()?;
+    /// let node = Node::builder("healthcheck@db1".parse()?, Cookie::from_default_file()?)
+    ///     .start_client(&peer, 16)
+    ///     .await?;
+    /// println!("connected as {}", node.name());
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_client(self, peer: &NodeName, pool: u16) -> Result<Node, ClientStartError> {
+        let first = self.cfg.name.clone();
+        let mut cfg = self.cfg;
+        cfg.name_in_use = NameInUse::GiveWay;
+        for slot in 1..=pool.max(1) {
+            if slot > 1 {
+                cfg.name = NodeName::from_parts(&format!("{}_{slot}", first.alive()), first.host())
+                    .map_err(|e| ClientStartError::Start(StartError::Config(e.to_string())))?;
+            }
+            let node = Node::start(cfg.clone()).await?;
+            match node.connect(peer).await {
+                Ok(()) => return Ok(node),
+                Err(ConnectError::Handshake(HandshakeError::AlreadyConnected { .. })) => {
+                    tracing::debug!(name = %cfg.name, %peer, "name in use by another client; trying the next one");
+                    node.shutdown().await;
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(ClientStartError::PoolExhausted {
+            peer: peer.clone(),
+            first,
+            pool: pool.max(1),
+        })
     }
 }
 
@@ -407,6 +488,7 @@ impl Node {
                 decode_limits: DecodeLimits::default(),
                 rpc_method: RpcMethod::Auto,
                 hosts: HashMap::new(),
+                name_in_use: NameInUse::Replace,
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -886,6 +968,13 @@ impl NodeInner {
         self.set_dialing(peer, false);
         match result {
             Ok(c) => Ok(c),
+            Err(e @ ConnectError::Handshake(HandshakeError::AlreadyConnected { .. }))
+                if self.cfg.name_in_use == NameInUse::GiveWay =>
+            {
+                // The peer's connection from our name is another process's (or ours,
+                // accepted in the meantime): no connection of ours is on its way.
+                self.connection(peer).ok_or(e)
+            }
             Err(ConnectError::Handshake(
                 e @ (HandshakeError::SimultaneousConnect { .. }
                 | HandshakeError::AlreadyConnected { .. }),
@@ -1208,9 +1297,9 @@ impl NodeInner {
         };
         handshake::initiate(stream, prefix, cfg, self.cfg.handshake_timeout, || {
             DialCounters::bump(&self.dial_counters.alive_answers);
-            // The peer still holds a connection to us: it is dead unless we hold a
-            // live one too.
-            self.connection(peer).is_none()
+            // The peer still holds a connection from our name: left over from an earlier
+            // run unless we hold a live one too, or another process shares the name.
+            self.cfg.name_in_use == NameInUse::Replace && self.connection(peer).is_none()
         })
         .await
     }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use autocluster::handshake::HandshakeError;
-use autocluster::node::{ConnectError, DisconnectReason, NodeEvent, RpcMethod};
+use autocluster::node::{ClientStartError, ConnectError, DisconnectReason, NodeEvent, RpcMethod};
 use autocluster::rpc::{ExceptionClass, RpcError};
 use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, Node, NodeName};
@@ -1073,4 +1073,106 @@ async fn the_port_cache_is_used_and_a_refused_port_is_looked_up_again() {
     }
     let stats = uncached.dial_stats();
     assert_eq!((stats.epmd_lookups, stats.port_cache_hits), (2, 0));
+}
+
+/// The peer's atom count (`erlang:system_info(atom_count)`), read through `observer`.
+async fn atom_count(observer: &Node, peer: &NodeName) -> i64 {
+    observer
+        .call(
+            peer,
+            "erlang",
+            "system_info",
+            vec![Term::atom("atom_count")],
+            SECS5,
+        )
+        .await
+        .unwrap()
+        .as_integer()
+        .expect("an integer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_of_a_tool_reuse_a_pool_of_names_and_leave_no_atoms_behind() {
+    let epmd = Epmd::start().await;
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let observer = client_node(&epmd, erl.name()).await;
+    let tool: NodeName = format!("{}@{}", unique_name("tool"), host_of(erl.name()))
+        .parse()
+        .unwrap();
+    let before = atom_count(&observer, &peer).await;
+    const RUNS: i64 = 20;
+    const POOL: u16 = 4;
+    for _ in 0..RUNS {
+        let node = Node::builder(tool.clone(), Cookie::new(COOKIE).unwrap())
+            .epmd_port(epmd.port())
+            .start_client(&peer, POOL)
+            .await
+            .unwrap();
+        assert!(
+            node.name().alive().starts_with(tool.alive()),
+            "{}",
+            node.name()
+        );
+        let r = node
+            .call(&peer, "erlang", "node", vec![], SECS5)
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom(erl.name()));
+        node.shutdown().await;
+    }
+    let grown = atom_count(&observer, &peer).await - before;
+    // One atom per name of the pool at most, where a fresh name per run costs one per run.
+    assert!(
+        grown <= i64::from(POOL),
+        "{RUNS} runs grew the peer's atom table by {grown}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_sharing_a_name_pool_never_cut_each_others_connections() {
+    let epmd = Epmd::start().await;
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let peer: NodeName = erl.name().parse().unwrap();
+    let tool: NodeName = format!("{}@{}", unique_name("tool"), host_of(erl.name()))
+        .parse()
+        .unwrap();
+    let builder = Node::builder(tool.clone(), Cookie::new(COOKIE).unwrap()).epmd_port(epmd.port());
+
+    let first = builder.clone().start_client(&peer, 2).await.unwrap();
+    assert_eq!(first.name(), &tool);
+    let mut first_events = first.monitor_nodes();
+    let second = builder.clone().start_client(&peer, 2).await.unwrap();
+    assert_eq!(second.name().alive(), format!("{}_2", tool.alive()));
+    match builder.clone().start_client(&peer, 2).await {
+        Err(ClientStartError::PoolExhausted {
+            pool: 2, first: f, ..
+        }) => assert_eq!(f, tool),
+        other => panic!(
+            "expected an exhausted pool, got {:?}",
+            other.map(|n| n.name().clone())
+        ),
+    }
+    // Both kept their connections, and both still call.
+    for node in [&first, &second] {
+        assert!(node.is_connected(&peer));
+        let r = node
+            .call(&peer, "erlang", "node", vec![], SECS5)
+            .await
+            .unwrap();
+        assert_eq!(r, Term::atom(erl.name()));
+    }
+    assert!(
+        first_events.try_recv().is_err(),
+        "the first client saw an event"
+    );
+
+    // A node under the same name that replaces (the default, OTP's way) cuts the first
+    // client's connection instead.
+    let replacing = builder.start().await.unwrap();
+    replacing.connect(&peer).await.unwrap();
+    match tokio::time::timeout(SECS5, first_events.recv()).await {
+        Ok(Ok(NodeEvent::Down { node, .. })) => assert_eq!(node, peer),
+        other => panic!("expected the first client's connection to go down: {other:?}"),
+    }
 }
