@@ -598,7 +598,7 @@ fn rpc(out: &mut String, doc: &Value) {
         out,
         "\n### Whole process: connect + one call + exit\n\n\
          hyperfine (`-N`: no shell), wall time per run in milliseconds. The `rpc_call` example \
-         (release build) runs `erlang:node()`; `erl_call -a 'erlang node []'` does the same; \
+         (`--profile cli`: LTO, one codegen unit) runs `erlang:node()`; `erl_call -a 'erlang node []'` does the same; \
          `rabbitmqctl eval 'node().'` starts its own Erlang VM.\n"
     );
     let _ = writeln!(

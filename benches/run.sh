@@ -45,7 +45,9 @@ mode=full
 say "mode: $mode; benchmarks: ${selected[*]}; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 say "building the examples the benchmarks launch (release)"
-cargo build --release --features "$FEATURES" --example epmd_server --example rpc_call
+cargo build --release --features "$FEATURES" --example epmd_server
+say "building rpc_call as a tool ships (profile cli: LTO, one codegen unit)"
+cargo build --profile cli --example rpc_call
 say "building the benchmarks (release)"
 cargo bench --features "$FEATURES" --no-run
 

@@ -531,6 +531,25 @@ pub async fn erl_os_pid(node: &mut ErlNode) -> u32 {
         .expect("os:getpid() is a number")
 }
 
+/// A command-line example's binary as built by `cargo build --profile cli --example NAME`
+/// (`benches/run.sh` builds it so): the way a tool is shipped.
+pub fn cli_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/BENCH-HASH -> target/cli/examples/NAME
+    let target = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target/");
+    let p = target.join("cli").join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build it first (cargo build --profile cli --example {name}), as benches/run.sh does",
+        p.display()
+    );
+    p
+}
+
 /// An example's binary from the same build as this benchmark (`cargo bench` builds
 /// release benchmarks; `benches/run.sh` builds the examples in release first).
 pub fn example_binary(name: &str) -> PathBuf {
