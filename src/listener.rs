@@ -12,6 +12,10 @@
 //!   same source when the per-source limit is the one hit). A slowloris flood therefore
 //!   cannot lock well-behaved clients out: a newcomer always gets a slot, and a client
 //!   that sends its request promptly finishes before it becomes the oldest.
+//! * Connections that have made progress (a handshake whose first message, the peer's
+//!   name, has arrived: [`ConnectionLimiter::mark_progress`]) are evicted only after
+//!   every pending connection that has sent nothing complete: a node in the middle of its
+//!   handshake keeps its slot through a flood of idle connections from its own address.
 //! * Established connections beyond [`ListenerLimits::max_connections`] or
 //!   [`ListenerLimits::max_per_source`] are refused at promotion time.
 //!
@@ -196,7 +200,11 @@ impl SourceKey {
 
 #[derive(Debug)]
 enum ConnState {
-    Pending { deadline: Instant },
+    /// Admitted, not yet proven; `progressed` once it has sent a complete first message.
+    Pending {
+        deadline: Instant,
+        progressed: bool,
+    },
     Established,
 }
 
@@ -209,6 +217,8 @@ struct Conn {
 #[derive(Debug, Default)]
 struct SourceCounts {
     pending: BTreeSet<ConnId>,
+    /// The pending connections that have made no progress (a subset of `pending`).
+    idle: BTreeSet<ConnId>,
     established: usize,
 }
 
@@ -220,6 +230,8 @@ pub struct ConnectionTable {
     next_id: u64,
     conns: HashMap<ConnId, Conn>,
     pending: BTreeSet<ConnId>,
+    /// The pending connections that have made no progress (a subset of `pending`).
+    idle: BTreeSet<ConnId>,
     sources: HashMap<SourceKey, SourceCounts>,
     established: usize,
 }
@@ -232,6 +244,7 @@ impl ConnectionTable {
             next_id: 0,
             conns: HashMap::new(),
             pending: BTreeSet::new(),
+            idle: BTreeSet::new(),
             sources: HashMap::new(),
             established: 0,
         }
@@ -246,7 +259,9 @@ impl ConnectionTable {
     ///
     /// Expired pending connections are evicted first; then, if the source or the whole
     /// listener is at its pending limit, the oldest pending connection (of the source,
-    /// resp. overall) makes room.
+    /// resp. overall) that has made no [progress](Self::mark_progress) makes room, or the
+    /// oldest pending one when all have: a connection that has sent nothing goes before
+    /// one in the middle of its handshake.
     pub fn admit(&mut self, source: IpAddr, now: Instant) -> Decision {
         if self.limits.max_pending == 0 || self.limits.max_pending_per_source == 0 {
             return Decision::Refuse(Refusal::NoPendingSlots);
@@ -262,7 +277,7 @@ impl ConnectionTable {
         let key = SourceKey::of(source);
         let oldest_of_source = self.sources.get(&key).and_then(|counts| {
             (counts.pending.len() >= self.limits.max_pending_per_source)
-                .then(|| counts.pending.first().copied())
+                .then(|| counts.idle.first().or(counts.pending.first()).copied())
                 .flatten()
         });
         if let Some(id) = oldest_of_source {
@@ -273,7 +288,7 @@ impl ConnectionTable {
             });
         }
         while self.pending.len() >= self.limits.max_pending {
-            let Some(id) = self.pending.first().copied() else {
+            let Some(id) = self.idle.first().or(self.pending.first()).copied() else {
                 break;
             };
             self.remove(id);
@@ -289,16 +304,40 @@ impl ConnectionTable {
             id,
             Conn {
                 source: key,
-                state: ConnState::Pending { deadline },
+                state: ConnState::Pending {
+                    deadline,
+                    progressed: false,
+                },
             },
         );
         self.pending.insert(id);
-        self.sources.entry(key).or_default().pending.insert(id);
+        self.idle.insert(id);
+        let counts = self.sources.entry(key).or_default();
+        counts.pending.insert(id);
+        counts.idle.insert(id);
         Decision::Admit {
             id,
             deadline,
             evicted,
         }
+    }
+
+    /// Records that a pending connection has made progress (it sent a complete first
+    /// message, such as a handshake's name): it is then evicted only after every pending
+    /// connection that has not. `false` if `id` is not pending.
+    pub fn mark_progress(&mut self, id: ConnId) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        let ConnState::Pending { progressed, .. } = &mut conn.state else {
+            return false;
+        };
+        *progressed = true;
+        self.idle.remove(&id);
+        if let Some(counts) = self.sources.get_mut(&conn.source) {
+            counts.idle.remove(&id);
+        }
+        true
     }
 
     /// Marks a pending connection as established (it proved itself).
@@ -323,8 +362,10 @@ impl ConnectionTable {
             });
         }
         counts.pending.remove(&id);
+        counts.idle.remove(&id);
         counts.established += 1;
         self.pending.remove(&id);
+        self.idle.remove(&id);
         self.established += 1;
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.state = ConnState::Established;
@@ -344,7 +385,7 @@ impl ConnectionTable {
         // Every connection gets the same timeout, so admission order is deadline order.
         while let Some(&id) = self.pending.first() {
             let overdue = match self.conns.get(&id).map(|c| &c.state) {
-                Some(ConnState::Pending { deadline }) => *deadline <= now,
+                Some(ConnState::Pending { deadline, .. }) => *deadline <= now,
                 _ => true, // inconsistent entry: drop it
             };
             if !overdue {
@@ -360,7 +401,7 @@ impl ConnectionTable {
     pub fn next_deadline(&self) -> Option<Instant> {
         let id = self.pending.first()?;
         match self.conns.get(id)?.state {
-            ConnState::Pending { deadline } => Some(deadline),
+            ConnState::Pending { deadline, .. } => Some(deadline),
             ConnState::Established => None,
         }
     }
@@ -411,6 +452,7 @@ impl ConnectionTable {
             match conn.state {
                 ConnState::Pending { .. } => {
                     counts.pending.remove(&id);
+                    counts.idle.remove(&id);
                 }
                 ConnState::Established => counts.established -= 1,
             }
@@ -422,6 +464,7 @@ impl ConnectionTable {
         match conn.state {
             ConnState::Pending { .. } => {
                 self.pending.remove(&id);
+                self.idle.remove(&id);
             }
             ConnState::Established => self.established -= 1,
         }
@@ -493,6 +536,14 @@ impl ConnectionLimiter {
             established: inner.table.established(),
             ..inner.stats
         }
+    }
+
+    /// Records that the pending connection `id` has made progress (see
+    /// [`ConnectionTable::mark_progress`]); for code that holds the limiter but not the
+    /// permit, such as a handshake running beside the permit's
+    /// [`closed`](ConnectionPermit::closed) future.
+    pub fn mark_progress(&self, id: ConnId) -> bool {
+        self.lock().table.mark_progress(id)
     }
 
     /// Admits a connection from `source` (evicting older pending ones if needed, which
@@ -693,6 +744,46 @@ mod tests {
         assert!(t.contains(other) && t.contains(b) && t.contains(c) && !t.contains(a));
         assert_eq!(t.pending_from(ip(1)), 2);
         assert_eq!(t.pending(), 3);
+    }
+
+    #[test]
+    fn connections_that_made_progress_are_evicted_last() {
+        let now = Instant::now();
+        let mut t = ConnectionTable::new(limits(10, 3));
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (b, _) = admit(&mut t, ip(1), now);
+        let (c, _) = admit(&mut t, ip(1), now);
+        assert!(t.mark_progress(a));
+        // The source is full: the oldest idle one goes, not the older one in progress.
+        let (_, ev) = admit(&mut t, ip(1), now);
+        assert_eq!(ev.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b]);
+        let (_, ev) = admit(&mut t, ip(1), now);
+        assert_eq!(ev.iter().map(|e| e.id).collect::<Vec<_>>(), vec![c]);
+        // Once every pending connection has made progress, the oldest goes again.
+        let pending: Vec<ConnId> = t.pending.iter().copied().collect();
+        for id in &pending {
+            t.mark_progress(*id);
+        }
+        let (_, ev) = admit(&mut t, ip(1), now);
+        assert_eq!(ev.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a]);
+        // The same order applies to the total limit.
+        let mut t = ConnectionTable::new(limits(3, 10));
+        let (a, _) = admit(&mut t, ip(1), now);
+        let (b, _) = admit(&mut t, ip(2), now);
+        let (_, _) = admit(&mut t, ip(3), now);
+        t.mark_progress(a);
+        let (_, ev) = admit(&mut t, ip(4), now);
+        assert_eq!(ev.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b]);
+        assert!(t.contains(a));
+        // Progress is only for pending connections, and leaves no trace once released.
+        t.promote(a).unwrap();
+        assert!(!t.mark_progress(a));
+        assert!(!t.mark_progress(ConnId(999)));
+        let all: Vec<ConnId> = t.conns.keys().copied().collect();
+        for id in all {
+            t.release(id);
+        }
+        assert!(t.idle.is_empty() && t.sources.is_empty(), "{t:?}");
     }
 
     #[test]

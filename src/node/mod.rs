@@ -1561,9 +1561,13 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
             }
         };
         let node = node.clone();
+        let progress = Progress {
+            limiter: limiter.clone(),
+            id: permit.id(),
+        };
         tokio::spawn(async move {
             let result = tokio::select! {
-                r = accept_connection(&node, stream, addr) => r,
+                r = accept_connection(&node, stream, addr, &progress) => r,
                 reason = permit.closed() => {
                     tracing::debug!(%addr, %reason, "handshake closed by the listener limits");
                     None
@@ -1599,10 +1603,18 @@ enum Accepted {
 }
 
 /// Runs TLS (when configured) and the acceptor's handshake.
+/// Tells the listener limits that an incoming handshake has got as far as the peer's name,
+/// so that a flood of idle connections from its address is evicted before it.
+struct Progress {
+    limiter: ConnectionLimiter,
+    id: crate::listener::ConnId,
+}
+
 async fn accept_connection(
     node: &Weak<NodeInner>,
     stream: TcpStream,
     addr: SocketAddr,
+    progress: &Progress,
 ) -> Option<(Arc<NodeInner>, Accepted, handshake::HandshakeOutcome)> {
     let _ = stream.set_nodelay(true);
     #[cfg(feature = "tls")]
@@ -1618,12 +1630,12 @@ async fn accept_connection(
                 }
             };
             drop(inner);
-            return accept_one(node, stream, addr, LengthPrefix::U32)
+            return accept_one(node, stream, addr, LengthPrefix::U32, progress)
                 .await
                 .map(|(inner, s, outcome)| (inner, Accepted::Tls(Box::new(s)), outcome));
         }
     }
-    accept_one(node, stream, addr, LengthPrefix::U16)
+    accept_one(node, stream, addr, LengthPrefix::U16, progress)
         .await
         .map(|(inner, s, outcome)| (inner, Accepted::Tcp(s), outcome))
 }
@@ -1645,6 +1657,7 @@ async fn accept_one<S>(
     mut stream: S,
     addr: SocketAddr,
     prefix: LengthPrefix,
+    progress: &Progress,
 ) -> Option<(Arc<NodeInner>, S, handshake::HandshakeOutcome)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -1664,7 +1677,10 @@ where
         cfg,
         inner.cfg.handshake_timeout,
         &label,
-        |hello| inner.decide(hello),
+        |hello| {
+            progress.limiter.mark_progress(progress.id);
+            inner.decide(hello)
+        },
     )
     .await;
     match result {

@@ -1176,3 +1176,103 @@ async fn clients_sharing_a_name_pool_never_cut_each_others_connections() {
         other => panic!("expected the first client's connection to go down: {other:?}"),
     }
 }
+
+/// Reads one frame with a 2-byte length prefix (the handshake's framing).
+async fn read_frame16(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.expect("a frame length");
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut body).await.expect("a frame body");
+    body
+}
+
+/// Whether the server closed `stream` (EOF or reset) within five seconds.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(SECS5, stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_under_way_outlives_a_flood_of_idle_connections_from_its_address() {
+    use autocluster::handshake::{
+        DistFlags, Initiator, InitiatorConfig, InitiatorProgress, LengthPrefix, LocalName,
+    };
+    use tokio::io::AsyncWriteExt;
+    const PER_SOURCE: usize = 4;
+    let limits = autocluster::listener::ListenerLimits {
+        max_pending_per_source: PER_SOURCE,
+        idle_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let server = Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .listen("127.0.0.1:0".parse().unwrap())
+    .register_in_epmd(false)
+    .limits(limits)
+    .start()
+    .await
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+
+    // From one address: a connection that sends nothing, then a handshake that stops
+    // after the acceptor's challenge (its name has arrived).
+    let mut idle_first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let me: NodeName = format!("{}@localhost", unique_name("slow"))
+        .parse()
+        .unwrap();
+    let mut hs = Initiator::new(
+        InitiatorConfig {
+            local: LocalName::Static(me.clone()),
+            creation: 7,
+            flags: DistFlags::OURS,
+            required: DistFlags::REQUIRED,
+            cookie: Cookie::new(COOKIE).unwrap(),
+            peer: server.name().clone(),
+        },
+        LengthPrefix::U16,
+        0x1234_5678,
+    );
+    let mut out = Vec::new();
+    hs.start(&mut out).unwrap();
+    stream.write_all(&out).await.unwrap();
+    out.clear();
+    for _ in 0..2 {
+        // status, then challenge
+        let frame = read_frame16(&mut stream).await;
+        assert!(matches!(
+            hs.handle(&frame, &mut out).unwrap(),
+            InitiatorProgress::Continue
+        ));
+    }
+
+    // Twice the per-source limit of idle connections from the same address.
+    let mut flood = Vec::new();
+    for _ in 0..2 * PER_SOURCE {
+        flood.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(
+        closed_by_server(&mut idle_first).await,
+        "the idle connection was not evicted"
+    );
+
+    // The handshake under way still finishes.
+    stream.write_all(&out).await.unwrap();
+    out.clear();
+    let frame = read_frame16(&mut stream).await;
+    match hs.handle(&frame, &mut out).unwrap() {
+        InitiatorProgress::Done(done) => assert_eq!(&done.peer, server.name()),
+        other => panic!("{other:?}"),
+    }
+    let stats = server.listener_stats().unwrap();
+    assert!(stats.evicted >= PER_SOURCE as u64, "{stats:?}");
+    assert_eq!(stats.established, 1, "{stats:?}");
+    drop(flood);
+}
