@@ -27,7 +27,7 @@ use autocluster::formation::{
     Agent, ErlangMesh, FailurePolicy, FormationConfig, FormationError, FormationEvent,
     NativeTarget, Outcome,
 };
-use autocluster::handshake::{DistFlags, InitiatorConfig, LengthPrefix, LocalName};
+use autocluster::handshake::LengthPrefix;
 use autocluster::listener::ListenerLimits;
 use autocluster::node::DisconnectReason;
 use autocluster::term::{Atom, Pid, Term};
@@ -35,7 +35,7 @@ use autocluster::{Cookie, Node, NodeEvent, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, rss_kib, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, initiator_config, rss_kib, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -409,14 +409,7 @@ async fn handshaked_peer(server: &Node) -> (TcpStream, NodeName) {
     let mut stream = TcpStream::connect(server.local_addr().unwrap())
         .await
         .unwrap();
-    let cfg = InitiatorConfig {
-        local: LocalName::Static(me.clone()),
-        creation: 7,
-        flags: DistFlags::OURS,
-        required: DistFlags::REQUIRED,
-        cookie: Cookie::new(COOKIE).unwrap(),
-        peer: server.name().clone(),
-    };
+    let cfg = initiator_config(&me, server, COOKIE);
     autocluster::handshake::initiate(
         &mut stream,
         LengthPrefix::U16,

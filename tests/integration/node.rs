@@ -10,7 +10,7 @@ use autocluster::rpc::{ExceptionClass, RpcError};
 use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, Node, NodeName};
 
-use crate::common::{Epmd, ErlNode, ErlOptions, unique_name};
+use crate::common::{Epmd, ErlNode, ErlOptions, initiator_config, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -47,6 +47,20 @@ fn t(text: &str) -> Term {
 }
 
 const SECS5: Duration = Duration::from_secs(5);
+
+/// A node listening on 127.0.0.1 (not in EPMD) with these listener limits.
+async fn limited_server(limits: autocluster::listener::ListenerLimits) -> Node {
+    Node::builder(
+        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .listen("127.0.0.1:0".parse().unwrap())
+    .register_in_epmd(false)
+    .limits(limits)
+    .start()
+    .await
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rpc_returns_every_kind_of_term() {
@@ -861,16 +875,7 @@ async fn the_acceptor_serves_good_nodes_during_a_slowloris_flood() {
         ..Default::default()
     };
     let max_pending = limits.max_pending;
-    let server = Node::builder(
-        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .listen("127.0.0.1:0".parse().unwrap())
-    .register_in_epmd(false)
-    .limits(limits)
-    .start()
-    .await
-    .unwrap();
+    let server = limited_server(limits).await;
     let addr = server.local_addr().unwrap();
     let flood = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1199,9 +1204,7 @@ async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handshake_under_way_outlives_a_flood_of_idle_connections_from_its_address() {
-    use autocluster::handshake::{
-        DistFlags, Initiator, InitiatorConfig, InitiatorProgress, LengthPrefix, LocalName,
-    };
+    use autocluster::handshake::{Initiator, InitiatorProgress, LengthPrefix};
     use tokio::io::AsyncWriteExt;
     const PER_SOURCE: usize = 4;
     let limits = autocluster::listener::ListenerLimits {
@@ -1209,16 +1212,7 @@ async fn a_handshake_under_way_outlives_a_flood_of_idle_connections_from_its_add
         idle_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    let server = Node::builder(
-        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .listen("127.0.0.1:0".parse().unwrap())
-    .register_in_epmd(false)
-    .limits(limits)
-    .start()
-    .await
-    .unwrap();
+    let server = limited_server(limits).await;
     let addr = server.local_addr().unwrap();
 
     // From one address: a connection that sends nothing, then a handshake that stops
@@ -1229,14 +1223,7 @@ async fn a_handshake_under_way_outlives_a_flood_of_idle_connections_from_its_add
         .parse()
         .unwrap();
     let mut hs = Initiator::new(
-        InitiatorConfig {
-            local: LocalName::Static(me.clone()),
-            creation: 7,
-            flags: DistFlags::OURS,
-            required: DistFlags::REQUIRED,
-            cookie: Cookie::new(COOKIE).unwrap(),
-            peer: server.name().clone(),
-        },
+        initiator_config(&me, &server, COOKIE),
         LengthPrefix::U16,
         0x1234_5678,
     );

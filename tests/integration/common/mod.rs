@@ -17,6 +17,7 @@
 //!   can stop, restart and misbehave ([`Misbehave`]).
 //! * [`Dnsmasq::start`]: a real dnsmasq serving test A/AAAA/PTR/SRV records on a free
 //!   loopback port, killed on drop.
+//! * [`initiator_config`]: the initiator's side of a handshake driven by hand.
 //! * [`capture_logs`]: everything the crate logs, at TRACE level, into a buffer.
 //! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
@@ -27,6 +28,7 @@ mod dnsmasq;
 mod epmd;
 mod erl;
 mod etcd;
+mod handshake;
 mod hooked;
 mod http_fake;
 mod kube;
@@ -41,6 +43,7 @@ pub use dnsmasq::Dnsmasq;
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
+pub use handshake::initiator_config;
 pub use hooked::Hooked;
 pub use http_fake::{HttpFake, Misbehave};
 pub use kube::{KubeServer, TestEndpoint};
