@@ -200,10 +200,9 @@ impl SourceKey {
 
 #[derive(Debug)]
 enum ConnState {
-    /// Admitted, not yet proven; `progressed` once it has sent a complete first message.
+    /// Admitted, not yet proven (whether it has made progress: see `idle`).
     Pending {
         deadline: Instant,
-        progressed: bool,
     },
     Established,
 }
@@ -304,10 +303,7 @@ impl ConnectionTable {
             id,
             Conn {
                 source: key,
-                state: ConnState::Pending {
-                    deadline,
-                    progressed: false,
-                },
+                state: ConnState::Pending { deadline },
             },
         );
         self.pending.insert(id);
@@ -326,13 +322,12 @@ impl ConnectionTable {
     /// message, such as a handshake's name): it is then evicted only after every pending
     /// connection that has not. `false` if `id` is not pending.
     pub fn mark_progress(&mut self, id: ConnId) -> bool {
-        let Some(conn) = self.conns.get_mut(&id) else {
+        let Some(conn) = self.conns.get(&id) else {
             return false;
         };
-        let ConnState::Pending { progressed, .. } = &mut conn.state else {
+        if !matches!(conn.state, ConnState::Pending { .. }) {
             return false;
-        };
-        *progressed = true;
+        }
         self.idle.remove(&id);
         if let Some(counts) = self.sources.get_mut(&conn.source) {
             counts.idle.remove(&id);
@@ -385,7 +380,7 @@ impl ConnectionTable {
         // Every connection gets the same timeout, so admission order is deadline order.
         while let Some(&id) = self.pending.first() {
             let overdue = match self.conns.get(&id).map(|c| &c.state) {
-                Some(ConnState::Pending { deadline, .. }) => *deadline <= now,
+                Some(ConnState::Pending { deadline }) => *deadline <= now,
                 _ => true, // inconsistent entry: drop it
             };
             if !overdue {
@@ -401,7 +396,7 @@ impl ConnectionTable {
     pub fn next_deadline(&self) -> Option<Instant> {
         let id = self.pending.first()?;
         match self.conns.get(id)?.state {
-            ConnState::Pending { deadline, .. } => Some(deadline),
+            ConnState::Pending { deadline } => Some(deadline),
             ConnState::Established => None,
         }
     }
