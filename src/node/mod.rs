@@ -1602,7 +1602,6 @@ enum Accepted {
     Tls(Box<crate::tls::ServerStream>),
 }
 
-/// Runs TLS (when configured) and the acceptor's handshake.
 /// Tells the listener limits that an incoming handshake has got as far as the peer's name,
 /// so that a flood of idle connections from its address is evicted before it.
 struct Progress {
@@ -1610,6 +1609,7 @@ struct Progress {
     id: crate::listener::ConnId,
 }
 
+/// Runs TLS (when configured) and the acceptor's handshake.
 async fn accept_connection(
     node: &Weak<NodeInner>,
     stream: TcpStream,
