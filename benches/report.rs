@@ -598,7 +598,9 @@ fn rpc(out: &mut String, doc: &Value) {
         out,
         "\n### Whole process: connect + one call + exit\n\n\
          hyperfine (`-N`: no shell), wall time per run in milliseconds. The `rpc_call` example \
-         (`--profile cli`: LTO, one codegen unit) runs `erlang:node()`; `erl_call -a 'erlang node []'` does the same; \
+         (`--profile cli`: LTO, one codegen unit; statically linked, `-C target-feature=+crt-static`) \
+         runs `erlang:node()`; `rpc_call_dynamic` is the same build dynamically linked; \
+         `erl_call -a 'erlang node []'` does the same; \
          `rabbitmqctl eval 'node().'` starts its own Erlang VM.\n"
     );
     let _ = writeln!(
@@ -607,12 +609,17 @@ fn rpc(out: &mut String, doc: &Value) {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     let mut ours: BTreeMap<String, f64> = BTreeMap::new();
+    let mut dynamic: BTreeMap<String, f64> = BTreeMap::new();
     for r in &wp {
-        if r["impl"] == "rpc_call" {
-            ours.insert(
-                r["target"].as_str().unwrap_or("").to_owned(),
-                f(&r["ms"]["median"]),
-            );
+        let target = r["target"].as_str().unwrap_or("").to_owned();
+        match r["impl"].as_str() {
+            Some("rpc_call") => {
+                ours.insert(target, f(&r["ms"]["median"]));
+            }
+            Some("rpc_call_dynamic") => {
+                dynamic.insert(target, f(&r["ms"]["median"]));
+            }
+            _ => {}
         }
     }
     let mut targets = Vec::new();
@@ -630,7 +637,7 @@ fn rpc(out: &mut String, doc: &Value) {
             f(&m["min"]),
             f(&m["max"]),
             m["n"],
-            if name == "rpc_call" {
+            if name.starts_with("rpc_call") {
                 "–".to_owned()
             } else {
                 speedup.map(|s| format!("**{s:.2}×**")).unwrap_or_default()
@@ -638,10 +645,18 @@ fn rpc(out: &mut String, doc: &Value) {
         );
         if let Some(s) = speedup {
             match name {
-                "erl_call" => targets.push(format!(
-                    "| `rpc_call` no slower than `erl_call` ({target} node) | {s:.2}× | {} |",
-                    verdict(s >= 1.0)
-                )),
+                "erl_call" => {
+                    targets.push(format!(
+                        "| `rpc_call` no slower than `erl_call` ({target} node) | {s:.2}× | {} |",
+                        verdict(s >= 1.0)
+                    ));
+                    if let Some(d) = dynamic.get(target) {
+                        targets.push(format!(
+                            "| (the same, dynamically linked: {target} node) | {:.2}× | – |",
+                            f(&m["median"]) / d
+                        ));
+                    }
+                }
                 "rabbitmqctl" => targets.push(format!(
                     "| `rpc_call` ≥ 50× faster than `rabbitmqctl eval` | {s:.1}× | {} |",
                     verdict(s >= 50.0)

@@ -5,7 +5,8 @@
 //!   on the one connection; baseline: an `erl` node (`+S 1`, CPU 0) looping
 //!   `erpc:call(Peer, erlang, node, [])`, what `rpc:call/4` does since OTP 23.
 //! * **Whole process, connect + one call + exit**, timed by hyperfine (`-N`, no shell):
-//!   the `rpc_call` example (built as a tool ships: `--profile cli`, LTO) against `erl_call -n NODE -c COOKIE -a
+//!   the `rpc_call` example (built as a tool ships: `--profile cli`, LTO, statically
+//!   linked; the dynamically linked build beside it) against `erl_call -n NODE -c COOKIE -a
 //!   'erlang node []'` (erl_interface's C client), both against a plain `erl` node and a
 //!   RabbitMQ node, and `rabbitmqctl -n NODE eval 'node().'` against the RabbitMQ node.
 //!   Under `cargo test` (no `--bench`) only the round trips run, briefly.
@@ -19,7 +20,8 @@ use std::time::Duration;
 use autocluster::{Cookie, Node, NodeName};
 use common::{
     COOKIE, Counted, Epmd, ErlNode, ErlOptions, RabbitNode, RabbitOptions, Results, Settings,
-    Worker, cli_binary, process_cpu_time, progress, require_binary, summarize, throughput,
+    Worker, cli_binary, cli_static_binary, process_cpu_time, progress, require_binary, summarize,
+    throughput,
 };
 use serde_json::{Value, json};
 
@@ -266,7 +268,8 @@ async fn run(settings: Settings, pinned: bool) {
 
     // Whole process: connect + one call + exit.
     let (runs, slow_runs) = if settings.quick { (10, 2) } else { (300, 10) };
-    let rpc_call = cli_binary("rpc_call");
+    let rpc_call = cli_static_binary("rpc_call");
+    let rpc_call_dynamic = cli_binary("rpc_call");
     let erl_call = erl_call_binary();
     let dir = tempfile::tempdir().expect("temporary directory");
     let commands = |node: &str, port: u16| {
@@ -276,6 +279,13 @@ async fn run(settings: Settings, pinned: bool) {
                 format!(
                     "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
                     rpc_call.display()
+                ),
+            ),
+            (
+                "rpc_call_dynamic",
+                format!(
+                    "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
+                    rpc_call_dynamic.display()
                 ),
             ),
             (

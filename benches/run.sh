@@ -46,8 +46,11 @@ say "mode: $mode; benchmarks: ${selected[*]}; $(nproc) CPUs; load $(cut -d' ' -f
 
 say "building the examples the benchmarks launch (release)"
 cargo build --release --features "$FEATURES" --example epmd_server
-say "building rpc_call as a tool ships (profile cli: LTO, one codegen unit)"
+say "building rpc_call as a tool ships (profile cli: LTO, one codegen unit), static and dynamic"
 cargo build --profile cli --example rpc_call
+host=$(rustc -vV | sed -n 's/^host: //p')
+# With an explicit --target, RUSTFLAGS reach the example and not the build scripts.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile cli --example rpc_call --target "$host"
 say "building the benchmarks (release)"
 cargo bench --features "$FEATURES" --no-run
 

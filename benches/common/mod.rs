@@ -550,6 +550,29 @@ pub fn cli_binary(name: &str) -> PathBuf {
     p
 }
 
+/// A command-line example's statically linked binary, as built by
+/// `RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile cli --example NAME
+/// --target HOST` (`benches/run.sh` builds it so).
+pub fn cli_static_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let target = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .and_then(|d| d.parent())
+        .expect("target/");
+    let found = std::fs::read_dir(target)
+        .expect("target/")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("cli").join("examples").join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no static {name} under {}/<host>/cli/examples: build it first (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile cli --example {name} --target <host>), as benches/run.sh does",
+            target.display()
+        )
+    })
+}
+
 /// An example's binary from the same build as this benchmark (`cargo bench` builds
 /// release benchmarks; `benches/run.sh` builds the examples in release first).
 pub fn example_binary(name: &str) -> PathBuf {
