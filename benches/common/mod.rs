@@ -531,17 +531,19 @@ pub async fn erl_os_pid(node: &mut ErlNode) -> u32 {
         .expect("os:getpid() is a number")
 }
 
+/// The cargo target directory: this benchmark is `target/<profile>/deps/BENCH-HASH`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("target/<profile>/deps/BENCH")
+        .to_path_buf()
+}
+
 /// A command-line example's binary as built by `cargo build --profile cli --example NAME`
 /// (`benches/run.sh` builds it so): the way a tool is shipped.
 pub fn cli_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/BENCH-HASH -> target/cli/examples/NAME
-    let target = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .and_then(|d| d.parent())
-        .expect("target/");
-    let p = target.join("cli").join("examples").join(name);
+    let p = target_dir().join("cli").join("examples").join(name);
     assert!(
         p.is_file(),
         "{} is missing: build it first (cargo build --profile cli --example {name}), as benches/run.sh does",
@@ -554,13 +556,8 @@ pub fn cli_binary(name: &str) -> PathBuf {
 /// `RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile cli --example NAME
 /// --target HOST` (`benches/run.sh` builds it so).
 pub fn cli_static_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let target = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .and_then(|d| d.parent())
-        .expect("target/");
-    let found = std::fs::read_dir(target)
+    let target = target_dir();
+    let found = std::fs::read_dir(&target)
         .expect("target/")
         .filter_map(Result::ok)
         .map(|e| e.path().join("cli").join("examples").join(name))
