@@ -1102,9 +1102,7 @@ async fn runs_of_a_tool_reuse_a_pool_of_names_and_leave_no_atoms_behind() {
     let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
     let peer: NodeName = erl.name().parse().unwrap();
     let observer = client_node(&epmd, erl.name()).await;
-    let tool: NodeName = format!("{}@{}", unique_name("tool"), host_of(erl.name()))
-        .parse()
-        .unwrap();
+    let tool = rust_name(erl.name());
     let before = atom_count(&observer, &peer).await;
     const RUNS: i64 = 20;
     const POOL: u16 = 4;
@@ -1139,9 +1137,7 @@ async fn clients_sharing_a_name_pool_never_cut_each_others_connections() {
     let epmd = Epmd::start().await;
     let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
     let peer: NodeName = erl.name().parse().unwrap();
-    let tool: NodeName = format!("{}@{}", unique_name("tool"), host_of(erl.name()))
-        .parse()
-        .unwrap();
+    let tool = rust_name(erl.name());
     let builder = Node::builder(tool.clone(), Cookie::new(COOKIE).unwrap()).epmd_port(epmd.port());
 
     let first = builder.clone().start_client(&peer, 2).await.unwrap();
