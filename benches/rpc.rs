@@ -273,21 +273,15 @@ async fn run(settings: Settings, pinned: bool) {
     let erl_call = erl_call_binary();
     let dir = tempfile::tempdir().expect("temporary directory");
     let commands = |node: &str, port: u16| {
+        let rpc_call_line = |binary: &Path| {
+            format!(
+                "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
+                binary.display()
+            )
+        };
         vec![
-            (
-                "rpc_call",
-                format!(
-                    "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
-                    rpc_call.display()
-                ),
-            ),
-            (
-                "rpc_call_dynamic",
-                format!(
-                    "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
-                    rpc_call_dynamic.display()
-                ),
-            ),
+            ("rpc_call", rpc_call_line(&rpc_call)),
+            ("rpc_call_dynamic", rpc_call_line(&rpc_call_dynamic)),
             (
                 "erl_call",
                 format!(
