@@ -257,9 +257,12 @@ impl RabbitNode {
         self.dir.path().join("console.log")
     }
 
-    /// The node's console output so far (debug level).
+    /// The node's console output so far (debug level). Not necessarily UTF-8 (the
+    /// console output has colour codes and may hold raw bytes): read lossily.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        std::fs::read(self.log_path())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 
     /// The last lines of the log, for failure messages.
