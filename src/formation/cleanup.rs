@@ -188,6 +188,7 @@ mod tests {
             members: members.iter().map(|m| n(m)).collect(),
             running_members: running.iter().map(|m| n(m)).collect(),
             partitions: vec![],
+            booting: false,
         }
     }
 

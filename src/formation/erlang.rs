@@ -150,10 +150,12 @@ pub(crate) async fn probe_erlang(
             members: members.clone(),
             running_members: members,
             partitions: Vec::new(),
+            booting: false,
         },
         started_at_ms,
         reason: None,
         gone: false,
+        booting: false,
     }
 }
 

@@ -93,6 +93,7 @@ impl ClusterTarget for LocalTarget {
             members,
             running_members: running,
             partitions: Vec::new(),
+            booting: false,
         })
     }
 

@@ -17,18 +17,26 @@
 //!    ([`SeedOrder::Alphabetical`]), or RabbitMQ 3.13's order (largest cluster, longest
 //!    running, name: [`SeedOrder::LargestCluster`]). The managed node itself is not
 //!    registered yet, so it never picks itself merely because its name sorts first: when
-//!    no registered node is live, it forms the cluster.
+//!    no registered node is live, it forms the cluster. A managed node that is booting
+//!    ([`Membership::booting`]) takes the first registered booting node as its seed when
+//!    none is live: both boots then form one cluster.
 //! 4. **Form or join** through the [`ClusterTarget`]: [`ErlangMesh`] (a plain Erlang node
 //!    told to `net_kernel:connect_node/1` the seed), [`RabbitMq`] (stop the app, join as
-//!    a disc node, start the app, with the functions of the node's RabbitMQ version) or
-//!    [`LocalTarget`] (this Rust process dialling the cluster's members), or
-//!    [`NativeTarget`] (a cluster of Rust processes: a star around the seed). A managed node
-//!    whose application is stopped (an agent killed in the middle of a RabbitMQ join) is
-//!    started first, then the agent decides as usual: the interrupted join is finished.
+//!    a disc node, start the app, with the functions of the node's RabbitMQ version; a
+//!    broker in its first boot is told whom its boot joins instead) or [`LocalTarget`]
+//!    (this Rust process dialling the cluster's members), or [`NativeTarget`] (a cluster
+//!    of Rust processes: a star around the seed). A managed node whose application is
+//!    stopped (an agent killed in the middle of a RabbitMQ join) is started first, then
+//!    the agent decides as usual: the interrupted join is finished.
 //! 5. **Never discard data silently**: a node that holds data, or belongs to another
 //!    cluster, is not reset and joined unless [`FormationConfig::allow_reset`] says so;
 //!    otherwise [`FormationError::DataAtRisk`] names what would be lost.
-//! 6. **Register** with a TTL kept alive in the background, then release the lock.
+//! 6. **Register** with a TTL kept alive in the background, then release the lock. The
+//!    lock covers what decides the node's membership, no more: a form or join whose
+//!    target has work left that changes none (RabbitMQ: starting the application again,
+//!    or the rest of a first boot, seconds) finishes after the release
+//!    ([`ClusterTarget::join_membership`]), so that the next node's join overlaps it,
+//!    and is then verified.
 //! 7. **Failure policy**: bounded retries with backoff, then [`FailurePolicy::Stop`]
 //!    (return the error) or [`FailurePolicy::Ignore`] (log it, run standalone).
 //!
@@ -75,7 +83,7 @@ pub use local::LocalTarget;
 pub use native::{MEMBERSHIP_SERVICE, NativeTarget};
 pub use rabbitmq::{RabbitMq, RabbitVersion};
 pub use seed::SeedOrder;
-pub use target::{ClusterTarget, DataState, Membership, Probe};
+pub use target::{ClusterTarget, DataState, Membership, Probe, Stage};
 
 use crate::NodeName;
 use crate::backend::{
@@ -379,6 +387,10 @@ pub enum FormationEvent {
     },
     /// The seed was chosen (`None`: no live node, form a new cluster).
     SeedChosen(Option<NodeName>),
+    /// The managed node's membership is decided (joining this seed; `None`: forming a
+    /// new cluster) and what is left ([`ClusterTarget::finish`]) runs after the startup
+    /// lock is released.
+    Decided(Option<NodeName>),
     /// Formation finished.
     Finished(Outcome),
     /// The managed node was registered.
@@ -403,6 +415,13 @@ pub enum FormationEvent {
     CleanupSkipped(String),
     /// The node left the cluster.
     Left,
+}
+
+/// A form or join whose last part ([`ClusterTarget::finish`]) is still to run.
+#[derive(Debug)]
+struct Pending {
+    /// `None` when forming.
+    seed: Option<NodeName>,
 }
 
 /// Counters of an agent.
@@ -637,7 +656,12 @@ impl Agent {
             let token = guard.fencing_token();
             let result = self.locked_steps().await;
             self.release(guard).await;
-            let (outcome, registration) = result?;
+            let (outcome, registration, pending) = result?;
+            if let Some(pending) = pending {
+                // A failure here drops the registration (which deregisters the node); the
+                // next attempt finds its application stopped and finishes the join.
+                self.finish(pending).await?;
+            }
             Ok((outcome, registration, Some(token)))
         } else {
             let outcome = self.lockless_steps().await?;
@@ -711,13 +735,18 @@ impl Agent {
         Ok(probe)
     }
 
-    /// Steps 2–6 under the startup lock.
-    async fn locked_steps(&self) -> Result<(Outcome, Option<RegistrationHandle>), FormationError> {
+    /// Steps 2–6 under the startup lock; returns the part of a join left for after the
+    /// lock's release, if any.
+    async fn locked_steps(
+        &self,
+    ) -> Result<(Outcome, Option<RegistrationHandle>, Option<Pending>), FormationError> {
         let me = self.node().clone();
         let listed = self.list().await?;
         let candidates = seed::probe_order(&listed, &me);
         // Registered nodes that did not answer, with nothing proving them down.
         let mut unknown: Vec<(NodeName, String)> = Vec::new();
+        // Registered nodes that are booting, in probe order.
+        let mut booting: Vec<NodeName> = Vec::new();
         let seed = match self.inner.config.seed_order {
             SeedOrder::Alphabetical => {
                 let mut found = None;
@@ -726,6 +755,9 @@ impl Agent {
                     if p.live {
                         found = Some(node.clone());
                         break;
+                    }
+                    if p.booting {
+                        booting.push(node.clone());
                     }
                     if !p.gone {
                         unknown.push((node.clone(), p.reason.unwrap_or_default()));
@@ -744,8 +776,24 @@ impl Agent {
                         .filter(|p| !p.live && !p.gone)
                         .map(|p| (p.node.clone(), p.reason.clone().unwrap_or_default())),
                 );
+                booting.extend(
+                    probes
+                        .iter()
+                        .filter(|p| !p.live && p.booting)
+                        .map(|p| p.node.clone()),
+                );
                 seed::choose(&probes, SeedOrder::LargestCluster)
             }
+        };
+        let seed = match seed {
+            // No registered node is live yet, but some are booting, their membership
+            // decided by their agents: a managed node that is booting too joins the first
+            // of them, and the boots form one cluster (a running node waits for a live
+            // seed instead: it can only join a cluster whose database is up).
+            None if !booting.is_empty() && self.inner.target.membership().await?.booting => {
+                booting.into_iter().next()
+            }
+            seed => seed,
         };
         if seed.is_none() && !unknown.is_empty() {
             // Forming now could start a second cluster beside a live one that a timeout
@@ -756,15 +804,15 @@ impl Agent {
         Metrics::bump(&self.inner.metrics.seed_choices);
         tracing::info!(seed = ?seed.as_ref().map(NodeName::as_str), registered = listed.len(), "seed chosen");
         self.emit(FormationEvent::SeedChosen(seed.clone()));
-        let outcome = match seed {
+        let (outcome, pending) = match seed {
             None => self.form_new().await?,
             Some(seed) => self.join(&seed).await?,
         };
         let registration = self.register().await?;
-        Ok((outcome, registration))
+        Ok((outcome, registration, pending))
     }
 
-    async fn form_new(&self) -> Result<Outcome, FormationError> {
+    async fn form_new(&self) -> Result<(Outcome, Option<Pending>), FormationError> {
         // No registered node is live. A node already clustered with running peers (an
         // existing cluster whose registrations expired, or nodes given to a fresh
         // registry) keeps its cluster: nothing to form.
@@ -773,20 +821,54 @@ impl Agent {
             && m.running_members.iter().any(|n| n != self.node())
             && let Some(seed) = m.running_members.iter().min()
         {
-            return Ok(Outcome::AlreadyMember { seed: seed.clone() });
+            return Ok((Outcome::AlreadyMember { seed: seed.clone() }, None));
         }
-        self.inner
+        let stage = self
+            .inner
             .target
-            .form()
+            .form_membership()
             .instrument(tracing::info_span!("form"))
             .await?;
         Metrics::bump(&self.inner.metrics.forms);
-        Ok(Outcome::FormedNew)
+        Ok((Outcome::FormedNew, self.decided(stage, None)))
     }
 
-    async fn join(&self, seed: &NodeName) -> Result<Outcome, FormationError> {
+    /// What is left after a [`Stage`]: nothing, or the finish after the lock.
+    fn decided(&self, stage: Stage, seed: Option<&NodeName>) -> Option<Pending> {
+        match stage {
+            Stage::Complete => None,
+            Stage::Decided => {
+                tracing::info!(seed = ?seed.map(NodeName::as_str), "membership decided; the rest finishes after the startup lock");
+                self.emit(FormationEvent::Decided(seed.cloned()));
+                Some(Pending {
+                    seed: seed.cloned(),
+                })
+            }
+        }
+    }
+
+    /// Joins `seed` to the end, for the paths without a lock.
+    async fn join_now(&self, seed: &NodeName) -> Result<Outcome, FormationError> {
+        let (outcome, pending) = self.join(seed).await?;
+        if let Some(pending) = pending {
+            self.finish(pending).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Joins `seed` as far as the target's membership step; what is left, if anything, is
+    /// for [`finish`](Self::finish).
+    async fn join(&self, seed: &NodeName) -> Result<(Outcome, Option<Pending>), FormationError> {
         let target = &self.inner.target;
         let mut before = target.membership().await?;
+        if !before.running && before.booting {
+            // Its data cannot be read yet: the target checks it (see join_membership).
+            let stage = target
+                .join_membership(seed, self.inner.config.allow_reset)
+                .instrument(tracing::info_span!("join", %seed, booting = true))
+                .await?;
+            return self.joined(stage, seed).await;
+        }
         if !before.running {
             // The node answers but its application is stopped: an agent was killed
             // between stopping and starting it (or an operator stopped it). Its data
@@ -800,11 +882,11 @@ impl Agent {
             before = target.membership().await?;
             if before.members.contains(seed) && before.lists_running(seed) {
                 Metrics::bump(&self.inner.metrics.joins);
-                return Ok(Outcome::Joined { seed: seed.clone() });
+                return Ok((Outcome::Joined { seed: seed.clone() }, None));
             }
         }
         if before.members.contains(seed) && before.lists_running(seed) {
-            return Ok(Outcome::AlreadyMember { seed: seed.clone() });
+            return Ok((Outcome::AlreadyMember { seed: seed.clone() }, None));
         }
         let data = target.data_state().await?;
         let reset = match &data {
@@ -821,20 +903,59 @@ impl Agent {
                 });
             }
         };
-        target
-            .join(seed, reset)
+        let stage = target
+            .join_membership(seed, reset)
             .instrument(tracing::info_span!("join", %seed))
             .await?;
-        let after = target.membership().await?;
-        if !after.lists_running(seed) {
-            return Err(FormationError::JoinNotVerified {
+        self.joined(stage, seed).await
+    }
+
+    async fn joined(
+        &self,
+        stage: Stage,
+        seed: &NodeName,
+    ) -> Result<(Outcome, Option<Pending>), FormationError> {
+        if stage == Stage::Complete {
+            self.verify(Some(seed)).await?;
+        }
+        Ok((
+            Outcome::Joined { seed: seed.clone() },
+            self.decided(stage, Some(seed)),
+        ))
+    }
+
+    /// The last part of a form or join, after the startup lock (if any) is released.
+    async fn finish(&self, pending: Pending) -> Result<(), FormationError> {
+        let seed = pending.seed.as_ref();
+        self.inner
+            .target
+            .finish(seed)
+            .instrument(tracing::info_span!("finish", seed = ?seed.map(NodeName::as_str)))
+            .await?;
+        self.verify(seed).await
+    }
+
+    /// Checks the managed node after a join (it lists `seed` as a running member) or a
+    /// form (`None`: it runs).
+    async fn verify(&self, seed: Option<&NodeName>) -> Result<(), FormationError> {
+        let after = self.inner.target.membership().await?;
+        match seed {
+            Some(seed) if !after.lists_running(seed) => Err(FormationError::JoinNotVerified {
                 node: self.node().clone(),
                 seed: seed.clone(),
                 members: after.running_members,
-            });
+            }),
+            Some(_) => {
+                Metrics::bump(&self.inner.metrics.joins);
+                Ok(())
+            }
+            None if !after.running => Err(FormationError::unexpected(
+                "forming a new cluster",
+                self.node(),
+                "the node is not running after forming",
+            )),
+            None => Ok(()),
         }
-        Metrics::bump(&self.inner.metrics.joins);
-        Ok(Outcome::Joined { seed: seed.clone() })
     }
 
     async fn register(&self) -> Result<Option<RegistrationHandle>, FormationError> {
@@ -895,24 +1016,28 @@ impl Agent {
                     let p = self.probe(node).await?;
                     if p.live && p.cluster_size() >= 2 {
                         self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                        return self.join(node).await;
+                        return self.join_now(node).await;
                     }
                 }
                 self.emit(FormationEvent::SeedChosen(None));
-                return self.form_new().await;
+                let (outcome, pending) = self.form_new().await?;
+                if let Some(pending) = pending {
+                    self.finish(pending).await?;
+                }
+                return Ok(outcome);
             }
             let p = self.probe(&det).await?;
             if p.live {
                 self.emit(FormationEvent::SeedChosen(Some(det.clone())));
                 Metrics::bump(&self.inner.metrics.seed_choices);
-                return self.join(&det).await;
+                return self.join_now(&det).await;
             }
             // The seed is down: join a cluster the others already formed, if any.
             for node in others.iter().filter(|n| **n != det) {
                 let p = self.probe(node).await?;
                 if p.live && p.cluster_size() >= 2 {
                     self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                    return self.join(node).await;
+                    return self.join_now(node).await;
                 }
             }
             if started.elapsed() >= self.inner.config.seed_wait {

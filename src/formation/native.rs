@@ -239,10 +239,12 @@ impl ClusterTarget for NativeTarget {
                 members: members.clone(),
                 running_members: members,
                 partitions: Vec::new(),
+                booting: false,
             },
             started_at_ms: None,
             reason: None,
             gone: false,
+            booting: false,
         })
     }
 
@@ -265,6 +267,7 @@ impl ClusterTarget for NativeTarget {
                 members: members.clone(),
                 running_members: members,
                 partitions: Vec::new(),
+                booting: false,
             });
         };
         match self.call(&seed, Term::atom("members")).await {
@@ -281,6 +284,7 @@ impl ClusterTarget for NativeTarget {
                     members: view,
                     running_members: running,
                     partitions: Vec::new(),
+                    booting: false,
                 })
             }
             Err(e) => {
@@ -295,6 +299,7 @@ impl ClusterTarget for NativeTarget {
                     members,
                     running_members: vec![me],
                     partitions: Vec::new(),
+                    booting: false,
                 })
             }
         }

@@ -10,7 +10,7 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, node_list};
-use super::target::{ClusterTarget, DataState, Membership, Probe};
+use super::target::{ClusterTarget, DataState, Membership, Probe, Stage};
 
 /// The default limit of the calls that stop, join, reset or start the application.
 const APP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -115,6 +115,27 @@ enum Family {
 /// it is undefined, as `rabbitmqctl` does. A failed join starts the application again
 /// before returning the error, and `{error, Reason}` thrown by RabbitMQ is reported like a
 /// returned one ([`FormationError::Unexpected`] naming the node, the step and the call).
+///
+/// Under an [`Agent`](super::Agent), a join runs in two parts
+/// ([`ClusterTarget::join_membership`]): stopping the application and the join call run
+/// under the startup lock; `rabbit:start/0`, which takes seconds and changes no
+/// membership, runs after the lock is released, so the next node's join overlaps it.
+/// The node is registered before the release: the next agent sees it (not yet live,
+/// not proven down) and joins a live member.
+///
+/// # Joining during the first boot
+///
+/// An agent started beside its broker finds it booting for the first time
+/// ([`Membership::booting`]). When the node's database is still empty and its peer
+/// discovery backend is the classic config (the default), the agent decides under the
+/// lock and sets the `rabbit` application's `cluster_nodes` to `{[Seed], disc}` (`{[],
+/// disc}` to form): the boot's own peer discovery then joins the seed at its database
+/// step, retrying until the seed's database is up, and the broker boots once
+/// ([`Stage::Decided`]; [`finish`](ClusterTarget::finish) waits for the boot). In every
+/// other case (a restart with data, another discovery backend, a boot past its database
+/// step) the agent waits for the boot and joins by restart. A boot whose discovery gave
+/// up starts standalone; the agent's check after the boot fails and its next attempt
+/// joins the empty node by restart.
 ///
 /// # What counts as empty
 ///
@@ -329,6 +350,109 @@ impl RabbitMq {
         })
     }
 
+    /// Whether the `rabbit` application of `node` is booting (`rabbit_boot_state:get/0`;
+    /// `false` where it is undefined).
+    async fn is_booting(&self, node: &NodeName) -> Result<bool, FormationError> {
+        let state = self
+            .call_if_defined(
+                "reading the boot state",
+                node,
+                ("rabbit_boot_state", "get"),
+                vec![],
+                self.timeout,
+            )
+            .await?;
+        Ok(state.is_some_and(|t| t.is_atom("booting")))
+    }
+
+    /// Whether the managed node is booting and its boot has yet to choose its cluster:
+    /// its database is still empty (RabbitMQ runs peer discovery only then) and its
+    /// discovery backend is the classic config, which reads the `rabbit` application's
+    /// `cluster_nodes` when the boot reaches its database step.
+    async fn boot_undecided(&self, version: &RabbitVersion) -> Result<bool, FormationError> {
+        const STEP: &str = "checking whether the boot has chosen its cluster";
+        if self.is_running(&self.node).await? || !self.is_booting(&self.node).await? {
+            return Ok(false);
+        }
+        let backend = self
+            .call_if_defined(
+                STEP,
+                &self.node,
+                ("rabbit_peer_discovery", "backend"),
+                vec![],
+                self.timeout,
+            )
+            .await?;
+        if !backend.is_some_and(|b| b.is_atom("rabbit_peer_discovery_classic_config")) {
+            return Ok(false);
+        }
+        if version.family() == Family::Db {
+            let virgin = self
+                .call_if_defined(
+                    STEP,
+                    &self.node,
+                    ("rabbit_db", "is_virgin_node"),
+                    vec![],
+                    self.timeout,
+                )
+                .await?;
+            return Ok(virgin.and_then(|t| t.as_bool()).unwrap_or(false));
+        }
+        let dir = self
+            .call(
+                STEP,
+                &self.node,
+                ("rabbit_mnesia", "dir"),
+                vec![],
+                self.timeout,
+            )
+            .await?;
+        let dir = dir.as_text().ok_or_else(|| {
+            FormationError::unexpected(
+                STEP,
+                &self.node,
+                format!("rabbit_mnesia:dir() answered {dir}"),
+            )
+        })?;
+        let schema = format!("{}/schema.DAT", dir.trim_end_matches('/'));
+        let exists = self
+            .call(
+                STEP,
+                &self.node,
+                ("filelib", "is_regular"),
+                vec![Term::string(&schema)],
+                self.timeout,
+            )
+            .await?;
+        Ok(exists.as_bool() == Some(false))
+    }
+
+    /// Tells the booting managed node whom to join when its boot reaches peer discovery
+    /// (`application:set_env(rabbit, cluster_nodes, {Peers, disc})`; none: form).
+    async fn set_boot_peers(&self, peers: &[NodeName]) -> Result<(), FormationError> {
+        const STEP: &str = "telling the booting node whom to join";
+        let peers = peers.iter().map(|n| Term::atom(n.as_str())).collect();
+        let r = self
+            .call(
+                STEP,
+                &self.node,
+                ("application", "set_env"),
+                vec![
+                    Term::atom("rabbit"),
+                    Term::atom("cluster_nodes"),
+                    Term::tuple(vec![Term::list(peers), Term::atom("disc")]),
+                ],
+                self.timeout,
+            )
+            .await?;
+        check_ok(
+            STEP,
+            &self.node,
+            "application:set_env(rabbit, cluster_nodes, ...)",
+            &r,
+        )
+    }
+
     /// The cluster status of the managed node, as the node gives it to
     /// `rabbitmqctl cluster_status`: `[{nodes,[{disc,[...]}]},{running_nodes,[...]},
     /// {cluster_name,<<"...">>},{partitions,[...]}]` (only `nodes` while the
@@ -371,6 +495,17 @@ impl RabbitMq {
     async fn read_membership(&self, node: &NodeName) -> Result<Membership, FormationError> {
         let version = self.version(node).await?;
         let running = self.is_running(node).await?;
+        if !running && self.is_booting(node).await? {
+            // Mid-boot, the cluster status is not there yet (on a first boot, reading it
+            // fails: no cluster files).
+            return Ok(Membership {
+                running: false,
+                members: vec![node.clone()],
+                running_members: Vec::new(),
+                partitions: Vec::new(),
+                booting: true,
+            });
+        }
         let status = self.status_of(node, &version).await?;
         let mut members = status_members(&status).ok_or_else(|| {
             FormationError::unexpected(
@@ -389,6 +524,7 @@ impl RabbitMq {
                 members,
                 running_members: Vec::new(),
                 partitions: Vec::new(),
+                booting: false,
             });
         }
         const STEP: &str = "listing the running members";
@@ -444,6 +580,7 @@ impl RabbitMq {
             members: sorted(members),
             running_members: sorted(running_members),
             partitions: sorted(partitions),
+            booting: false,
         })
     }
 
@@ -472,6 +609,13 @@ impl RabbitMq {
             .or_else(thrown_error)?;
         check_ok(STEP, &self.node, "rabbit:start()", &r)?;
         // rabbit:start() returns at once when the node is already booting.
+        self.wait_booted(started).await
+    }
+
+    /// Waits until the managed node's `rabbit` application runs (at most the
+    /// application timeout from `started`).
+    async fn wait_booted(&self, started: Instant) -> Result<(), FormationError> {
+        const STEP: &str = "starting the rabbit application";
         while !self.is_running(&self.node).await? {
             if started.elapsed() > self.app_timeout {
                 return Err(FormationError::unexpected(
@@ -483,7 +627,7 @@ impl RabbitMq {
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tracing::info!(node = %self.node, elapsed_ms = started.elapsed().as_millis() as u64, "rabbit application started");
         Ok(())
@@ -787,9 +931,12 @@ impl ClusterTarget for RabbitMq {
         match self.is_running(node).await {
             Ok(true) => {}
             Ok(false) => {
+                if self.is_booting(node).await.unwrap_or(false) {
+                    return Ok(Probe::booting(node.clone()));
+                }
                 return Ok(Probe::down(
                     node.clone(),
-                    "the rabbit application is not running (booting or stopped)",
+                    "the rabbit application is not running",
                 ));
             }
             Err(FormationError::Rpc { source, .. }) if source.is_undef() => {
@@ -842,6 +989,7 @@ impl ClusterTarget for RabbitMq {
             started_at_ms,
             reason: None,
             gone: false,
+            booting: false,
         })
     }
 
@@ -858,8 +1006,38 @@ impl ClusterTarget for RabbitMq {
         self.ensure_running("forming a new cluster").await
     }
 
-    async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError> {
+    async fn form_membership(&self) -> Result<Stage, FormationError> {
         let version = self.version(&self.node).await?;
+        if self.boot_undecided(&version).await? {
+            self.set_boot_peers(&[]).await?;
+            tracing::info!(node = %self.node, "booting for the first time: its boot forms a new cluster");
+            return Ok(Stage::Decided);
+        }
+        self.form().await?;
+        Ok(Stage::Complete)
+    }
+
+    async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError> {
+        match self.join_membership(seed, reset_allowed).await? {
+            Stage::Complete => Ok(()),
+            Stage::Decided => self.finish(Some(seed)).await,
+        }
+    }
+
+    async fn join_membership(
+        &self,
+        seed: &NodeName,
+        reset_allowed: bool,
+    ) -> Result<Stage, FormationError> {
+        let version = self.version(&self.node).await?;
+        if self.boot_undecided(&version).await? {
+            // An empty node in its first boot: its boot joins the seed (RabbitMQ's own
+            // peer discovery, retried until the seed's database is up), with nothing to
+            // discard and no second boot.
+            self.set_boot_peers(std::slice::from_ref(seed)).await?;
+            tracing::info!(node = %self.node, %seed, "booting for the first time: its boot joins the seed");
+            return Ok(Stage::Decided);
+        }
         // The data can only be read, and the join only decided, with the application
         // running: an interrupted join leaves it stopped.
         self.ensure_running("the application is stopped (an interrupted join?)")
@@ -867,7 +1045,7 @@ impl ClusterTarget for RabbitMq {
         let membership = self.read_membership(&self.node).await?;
         if membership.members.contains(seed) && membership.lists_running(seed) {
             tracing::info!(node = %self.node, %seed, "already a running member of the seed's cluster");
-            return Ok(());
+            return Ok(Stage::Complete);
         }
         let data = self.read_data(&membership).await?;
         if data != DataState::Empty {
@@ -881,12 +1059,26 @@ impl ClusterTarget for RabbitMq {
             tracing::warn!(node = %self.node, %seed, %data, "joining resets the node and discards this (allowed)");
         }
         self.stop_app().await?;
-        let joined = self.join_call(seed, &version).await;
-        // Start again whatever the join did, so that a failed join does not leave the
-        // broker stopped.
-        let started = self.start_app().await;
-        joined?;
-        started
+        if let Err(e) = self.join_call(seed, &version).await {
+            // Start again, so that a failed join does not leave the broker stopped.
+            if let Err(start) = self.start_app().await {
+                tracing::error!(node = %self.node, error = %start, "the application did not start again after a failed join");
+            }
+            return Err(e);
+        }
+        // The seed's cluster now lists the node; starting the application (seconds)
+        // changes no membership.
+        Ok(Stage::Decided)
+    }
+
+    async fn finish(&self, _seed: Option<&NodeName>) -> Result<(), FormationError> {
+        if self.is_running(&self.node).await? {
+            return Ok(());
+        }
+        if self.is_booting(&self.node).await? {
+            return self.wait_booted(Instant::now()).await;
+        }
+        self.start_app().await
     }
 
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {

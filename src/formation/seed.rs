@@ -69,10 +69,12 @@ mod tests {
                 members: members.iter().map(|m| n(m)).collect(),
                 running_members: members.iter().map(|m| n(m)).collect(),
                 partitions: vec![],
+                booting: false,
             },
             started_at_ms: Some(started),
             reason: None,
             gone: false,
+            booting: false,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct Probe {
     /// stopped). The agent never forms a new cluster beside a registered node that may
     /// be alive: that is how a transient failure becomes a split.
     pub gone: bool,
+    /// For a node that is not live: it is booting (RabbitMQ: the `rabbit` application is
+    /// starting). A registered booting node is the seed of a managed node that is itself
+    /// booting when no registered node is live yet: both boots then form one cluster.
+    pub booting: bool,
 }
 
 impl Probe {
@@ -69,6 +73,15 @@ impl Probe {
             started_at_ms: None,
             reason: Some(reason.into()),
             gone: false,
+            booting: false,
+        }
+    }
+
+    /// A node that is booting (see [`booting`](Self::booting)).
+    pub fn booting(node: NodeName) -> Probe {
+        Probe {
+            booting: true,
+            ..Probe::down(node, "booting")
         }
     }
 
@@ -108,6 +121,10 @@ pub struct Membership {
     pub running_members: Vec<NodeName>,
     /// Nodes it considers partitioned away (RabbitMQ: `partitions`).
     pub partitions: Vec<NodeName>,
+    /// Not running yet but starting: its cluster software is booting (RabbitMQ: the
+    /// `rabbit` application's boot has not finished). A booting node's members are not
+    /// known yet (`members` holds the node alone).
+    pub booting: bool,
 }
 
 impl Membership {
@@ -140,6 +157,20 @@ impl fmt::Display for DataState {
             }
         }
     }
+}
+
+/// How far [`ClusterTarget::form_membership`] or [`ClusterTarget::join_membership`] took
+/// the managed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Done: the node runs as the first member of a new cluster, or as a member of the
+    /// seed's cluster.
+    Complete,
+    /// The node's membership is decided and nothing left changes it: the node is a
+    /// recorded member of the seed's cluster whose application still has to start, or a
+    /// booting node told whom its boot joins (nobody, to form). What is left
+    /// ([`ClusterTarget::finish`]) runs after the startup lock is released.
+    Decided,
 }
 
 /// What a formation agent acts on: the node being clustered.
@@ -175,6 +206,47 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     /// Joins the managed node to `seed`'s cluster. `reset_allowed` is true only when the
     /// caller explicitly allowed discarding the node's data.
     async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError>;
+
+    /// The part of a join that decides the managed node's membership; the agent runs it
+    /// under the startup lock. Returns [`Stage::Decided`] when work is left that changes
+    /// no membership (RabbitMQ: starting the application, seconds): the agent then
+    /// registers the node and releases the lock, so that the next node's join overlaps
+    /// that work, and calls [`finish`](Self::finish).
+    ///
+    /// The agent calls it without reading [`data_state`](Self::data_state) first when
+    /// [`membership`](Self::membership) reports the node [booting](Membership::booting)
+    /// (its data cannot be read yet): a target that reports booting nodes checks their
+    /// data itself, with `reset_allowed` as configured.
+    ///
+    /// The default runs the whole [`join`](Self::join) and returns [`Stage::Complete`].
+    /// A target that returns `Decided` must leave a node that the next agent can finish
+    /// if `finish` is never called (the agent died): it finds the node stopped, calls
+    /// [`form`](Self::form), and sees it a member.
+    async fn join_membership(
+        &self,
+        seed: &NodeName,
+        reset_allowed: bool,
+    ) -> Result<Stage, FormationError> {
+        self.join(seed, reset_allowed).await?;
+        Ok(Stage::Complete)
+    }
+
+    /// The part of forming a new cluster that decides the managed node's membership, under
+    /// the startup lock (see [`join_membership`](Self::join_membership)). The default runs
+    /// [`form`](Self::form) and returns [`Stage::Complete`].
+    async fn form_membership(&self) -> Result<Stage, FormationError> {
+        self.form().await?;
+        Ok(Stage::Complete)
+    }
+
+    /// Finishes what [`form_membership`](Self::form_membership) (`seed` is `None`) or
+    /// [`join_membership`](Self::join_membership) left [`Stage::Decided`], after the
+    /// startup lock is released; the agent then checks the membership. The default does
+    /// nothing.
+    async fn finish(&self, seed: Option<&NodeName>) -> Result<(), FormationError> {
+        let _ = seed;
+        Ok(())
+    }
 
     /// Re-establishes the distribution connection from the managed node to `member`
     /// (after formation, when a registered member is disconnected).

@@ -710,6 +710,26 @@ async fn an_agent_never_forms_a_cluster_beside_a_registered_node_it_could_not_pr
     assert!(err.is_retryable());
     assert_eq!(views(&mut nodes[..2]).await[1], format!("[{}]", names[1]));
 
+    // A registered node that is booting holds back a managed node that runs: only a
+    // managed node that is booting too takes a booting seed (its own boot joins once the
+    // seed's database is up).
+    let booting_seed = Arc::new(
+        Hooked::new(
+            ErlangMesh::new(probe.clone(), names[1].clone()),
+            "booting-seed",
+        )
+        .on_probe(|node, probed| probed.is_none().then(|| Probe::booting(node.clone()))),
+    );
+    let err = Agent::new(backend.clone(), booting_seed, once.clone())
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, FormationError::MaybeAlive { nodes } if nodes.iter().any(|(n, why)| *n == names[0] && why == "booting")),
+        "{err}"
+    );
+    assert_eq!(views(&mut nodes[..2]).await[1], format!("[{}]", names[1]));
+
     // Ignore: standalone, with the same error.
     let formed = Agent::new(
         backend.clone(),

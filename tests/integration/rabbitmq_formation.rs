@@ -57,6 +57,22 @@ fn name(n: &RabbitNode) -> NodeName {
     n.node().parse().unwrap()
 }
 
+/// Records an agent's events, each with when it arrived, until formation finishes.
+fn timeline(agent: &Agent) -> tokio::task::JoinHandle<Vec<(Instant, FormationEvent)>> {
+    let mut events = agent.events();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(e) = events.recv().await {
+            let last = matches!(e, FormationEvent::Finished(_));
+            seen.push((Instant::now(), e));
+            if last {
+                break;
+            }
+        }
+        seen
+    })
+}
+
 /// Runs one agent per target, all released at the same instant.
 async fn run_together(agents: &[Agent]) -> Vec<Result<Formed, FormationError>> {
     let barrier = Arc::new(tokio::sync::Barrier::new(agents.len()));
@@ -182,6 +198,7 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
             Agent::new(backend, target, quick())
         })
         .collect();
+    let timelines: Vec<_> = agents.iter().map(timeline).collect();
     let formed_at = Instant::now();
     let results = run_together(&agents).await;
     let formed: Vec<Formed> = results
@@ -217,6 +234,40 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
             f.outcome
         );
     }
+
+    // The startup lock covers the joins' membership changes, not the application starts:
+    // the second joiner took the lock while the first one's application was starting.
+    let mut timelines: Vec<(NodeName, Vec<(Instant, FormationEvent)>)> = {
+        let mut out = Vec::new();
+        for (t, f) in timelines.into_iter().zip(&formed) {
+            out.push((f.node.clone(), t.await.expect("event recorder")));
+        }
+        out
+    };
+    timelines.retain(|(node, _)| *node != first);
+    let at = |events: &[(Instant, FormationEvent)], what: &dyn Fn(&FormationEvent) -> bool| {
+        events.iter().find(|(_, e)| what(e)).map(|(t, _)| *t)
+    };
+    let released = |e: &FormationEvent| *e == FormationEvent::LockReleased;
+    let recorded = |e: &FormationEvent| matches!(e, FormationEvent::Decided(Some(_)));
+    let acquired = |e: &FormationEvent| matches!(e, FormationEvent::LockAcquired { .. });
+    let finished = |e: &FormationEvent| matches!(e, FormationEvent::Finished(_));
+    timelines.sort_by_key(|(_, events)| at(events, &released));
+    for (node, events) in &timelines {
+        let (rec, rel) = (at(events, &recorded), at(events, &released));
+        assert!(
+            rec.is_some() && rec <= rel,
+            "{node}: recorded as a member under the lock: {events:?}"
+        );
+    }
+    let (first_joiner, early) = &timelines[0];
+    let (second_joiner, late) = &timelines[1];
+    let (started_app, next_lock) = (at(early, &finished).unwrap(), at(late, &acquired).unwrap());
+    assert!(
+        next_lock < started_app,
+        "{second_joiner} took the lock {:?} after {first_joiner}'s application had started",
+        next_lock - started_app
+    );
 
     // Registered under RabbitMQ's keys in etcd.
     let listed = agents[0].backend().list_nodes().await.unwrap();
@@ -365,6 +416,120 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
     let (disk, _, _) = cli_status(&nodes[survivor_idx]).await;
     assert!(!disk.contains(&victim.to_string()), "forgotten: {disk:?}");
     assert_eq!(watcher.metrics().cleanup_forgotten, 1);
+    drop(formed);
+}
+
+/// Agents started with their brokers (as an init system starts them side by side): each
+/// agent decides its node's membership while the broker boots for the first time, so every
+/// broker boots once. The first forms; the others' boots join it through RabbitMQ's own
+/// peer discovery, told the seed by their agents (`cluster_nodes`), and none is stopped and
+/// restarted to join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_started_with_their_brokers_join_during_the_first_boot() {
+    let _turn = RABBIT_TURN.lock().await;
+    let started = Instant::now();
+    let epmd = Epmd::start().await;
+    let options = RabbitOptions::new().epmd_port(epmd.port());
+    let launches: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(RabbitNode::launch(options.clone())))
+        .collect();
+    let mut nodes = Vec::new();
+    for l in launches {
+        nodes.push(l.await.expect("launch"));
+    }
+    let probe = agent_node(epmd.port(), "localhost").await;
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let agents: Vec<Agent> = nodes
+        .iter()
+        .map(|n| {
+            let target = Arc::new(RabbitMq::new(probe.clone(), name(n)));
+            Agent::new(backend.clone(), target, quick())
+        })
+        .collect();
+    let timelines: Vec<_> = agents.iter().map(timeline).collect();
+    let runs: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let a = a.clone();
+            tokio::spawn(async move {
+                // Each agent starts as soon as its broker answers, mid-boot.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut booting = false;
+                while Instant::now() < deadline {
+                    if let Ok(m) = a.target().membership().await {
+                        booting = m.booting;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                (booting, a.run().await)
+            })
+        })
+        .collect();
+    let mut formed = Vec::new();
+    for (r, n) in runs.into_iter().zip(&nodes) {
+        let (booting, result) = r.await.expect("agent task");
+        assert!(booting, "{}: the agent found the broker booting", n.node());
+        formed.push(
+            result.unwrap_or_else(|e| panic!("{}: {e}\n--- log ---\n{}", n.node(), n.log_tail())),
+        );
+    }
+    eprintln!(
+        "launch to one cluster of three, agents mid-boot: {:?}",
+        started.elapsed()
+    );
+
+    let first: Vec<&Formed> = formed
+        .iter()
+        .filter(|f| f.outcome == Outcome::FormedNew)
+        .collect();
+    assert_eq!(first.len(), 1, "{formed:?}");
+    let first = first[0].node.clone();
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    for (n, t) in nodes.iter().zip(timelines) {
+        let events = t.await.expect("event recorder");
+        let me = name(n);
+        let decided = events.iter().find_map(|(_, e)| match e {
+            FormationEvent::Decided(seed) => Some(seed.clone()),
+            _ => None,
+        });
+        let log = n.log();
+        // One boot: `rabbit:start/0` after a stop prints the banner again.
+        assert_eq!(
+            log.matches("Starting RabbitMQ").count(),
+            1,
+            "{me} booted once: {events:?}"
+        );
+        if me == first {
+            assert_eq!(decided, Some(None), "{me} decided to form: {events:?}");
+        } else {
+            assert!(
+                matches!(&decided, Some(Some(seed)) if *seed != me),
+                "{me} decided whom to join mid-boot: {events:?}"
+            );
+            assert!(
+                log.contains("Peer nodes we can cluster with"),
+                "{me} joined through peer discovery during its boot"
+            );
+        }
+        let (disk, running, partitions) = cli_status(n).await;
+        assert_eq!(disk, all, "disk_nodes on {me}");
+        assert_eq!(running, all, "running_nodes on {me}");
+        assert!(
+            no_partitions(&partitions),
+            "partitions on {me}: {partitions}"
+        );
+    }
+    let mut registered: Vec<String> = backend
+        .list_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.node.to_string())
+        .collect();
+    registered.sort();
+    assert_eq!(registered, all);
     drop(formed);
 }
 
