@@ -34,6 +34,11 @@ use serde_json::json;
 
 fn main() {
     let settings = Settings::from_env();
+    if std::env::var_os("BENCH_TRACE").is_some() {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .init();
+    }
     progress("formation: starting");
     common::runtime(2).block_on(run(settings));
 }
@@ -388,9 +393,9 @@ async fn run(settings: Settings) {
         .start()
         .await
         .expect("the probe node");
-        let runs = if settings.quick { 1 } else { 2 };
+        let runs = if settings.quick { 1 } else { 3 };
         for round in 0..runs {
-            for kind in ["rabbitmq_own", "rabbitmq_ours"] {
+            for kind in ["rabbitmq_own", "rabbitmq_ours_boot", "rabbitmq_ours"] {
                 progress(format!(
                     "rabbitmq: 3 nodes, {kind}, run {} of {runs}",
                     round + 1
@@ -408,8 +413,9 @@ const RABBIT_COOKIE: &str = "autocluster_rabbit_cookie";
 
 /// Launches three fresh RabbitMQ nodes and times them until each lists all three as
 /// running members. `rabbitmq_own`: the nodes run `rabbitmq_peer_discovery_etcd`;
-/// `rabbitmq_ours`: plain nodes, with one of our agents (etcd backend) per node started as
-/// soon as the node's broker answers.
+/// `rabbitmq_ours_boot`: plain nodes, with one of our agents (etcd backend) per node
+/// started as soon as the node's VM answers, mid-boot (as an init system starts an agent
+/// beside its broker); `rabbitmq_ours`: the same agents started once the broker runs.
 #[cfg(feature = "etcd")]
 async fn rabbit_once(
     method: &str,
@@ -453,7 +459,8 @@ async fn rabbit_once(
         .collect();
     let deadline = started + Duration::from_secs(300);
     let mut agents = Vec::new();
-    if method == "rabbitmq_ours" {
+    if method.starts_with("rabbitmq_ours") {
+        let mid_boot = method == "rabbitmq_ours_boot";
         for target in &targets {
             let target = Arc::new(target.clone());
             let backend: Arc<dyn Backend> = Arc::new(
@@ -463,9 +470,11 @@ async fn rabbit_once(
                 .map_err(|e| e.to_string())?,
             );
             agents.push(tokio::spawn(async move {
-                // Started as soon as the broker answers (an init system would start the
-                // agent with the node; the agent itself waits for a booting node too).
-                while !target.membership().await.is_ok_and(|m| m.running) {
+                while !target
+                    .membership()
+                    .await
+                    .is_ok_and(|m| m.running || (mid_boot && m.booting))
+                {
                     if Instant::now() > deadline {
                         return Err("the broker did not boot".to_owned());
                     }

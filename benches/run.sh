@@ -4,6 +4,7 @@
 #   benches/run.sh            full run: results in benches/results/, BENCHMARKS.md at the root
 #   benches/run.sh --quick    short smoke pass: results and BENCHMARKS.md in target/bench-quick/
 #   benches/run.sh handshake_otp rpc   only these benchmarks (then the report)
+#   BENCH_TRACE=1 benches/run.sh formation   with the formation agents' log (timelines)
 #
 # Needs: a Rust toolchain, OTP (erl, epmd, erl_call: Debian's erlang-base), etcd,
 # rabbitmq-server, hyperfine, taskset (util-linux) and protoc (protobuf-compiler, for the
@@ -17,7 +18,7 @@ selected=()
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) selected+=("$arg") ;;
     esac
