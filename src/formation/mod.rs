@@ -389,7 +389,7 @@ pub enum FormationEvent {
     SeedChosen(Option<NodeName>),
     /// The managed node's membership is decided (joining this seed; `None`: forming a
     /// new cluster) and what is left ([`ClusterTarget::finish`]) runs after the startup
-    /// lock is released.
+    /// lock is released (at once, without a lock).
     Decided(Option<NodeName>),
     /// Formation finished.
     Finished(Outcome),
@@ -422,6 +422,8 @@ pub enum FormationEvent {
 struct Pending {
     /// `None` when forming.
     seed: Option<NodeName>,
+    /// Register the node only once the finished join is verified ([`Stage::Decided`]).
+    register_after: bool,
 }
 
 /// Counters of an agent.
@@ -656,11 +658,15 @@ impl Agent {
             let token = guard.fencing_token();
             let result = self.locked_steps().await;
             self.release(guard).await;
-            let (outcome, registration, pending) = result?;
+            let (outcome, mut registration, pending) = result?;
             if let Some(pending) = pending {
+                let register_after = pending.register_after;
                 // A failure here drops the registration (which deregisters the node); the
                 // next attempt finds its application stopped and finishes the join.
                 self.finish(pending).await?;
+                if register_after {
+                    registration = self.register().await?;
+                }
             }
             Ok((outcome, registration, Some(token)))
         } else {
@@ -786,10 +792,11 @@ impl Agent {
             }
         };
         let seed = match seed {
-            // No registered node is live yet, but some are booting, their membership
-            // decided by their agents: a managed node that is booting too joins the first
-            // of them, and the boots form one cluster (a running node waits for a live
-            // seed instead: it can only join a cluster whose database is up).
+            // No registered node is live yet, but some are booting: nodes whose boot forms
+            // a new cluster (a node whose boot joins one registers only once it has
+            // joined) or members restarting. A managed node that is booting too joins the
+            // first of them, and the boots form one cluster (a running node waits for a
+            // live seed instead: it can only join a cluster whose database is up).
             None if !booting.is_empty() && self.inner.target.membership().await?.booting => {
                 booting.into_iter().next()
             }
@@ -808,7 +815,11 @@ impl Agent {
             None => self.form_new().await?,
             Some(seed) => self.join(&seed).await?,
         };
-        let registration = self.register().await?;
+        let registration = if pending.as_ref().is_some_and(|p| p.register_after) {
+            None
+        } else {
+            self.register().await?
+        };
         Ok((outcome, registration, pending))
     }
 
@@ -829,22 +840,24 @@ impl Agent {
             .form_membership()
             .instrument(tracing::info_span!("form"))
             .await?;
-        Metrics::bump(&self.inner.metrics.forms);
+        if stage == Stage::Complete {
+            Metrics::bump(&self.inner.metrics.forms);
+        }
         Ok((Outcome::FormedNew, self.decided(stage, None)))
     }
 
     /// What is left after a [`Stage`]: nothing, or the finish after the lock.
     fn decided(&self, stage: Stage, seed: Option<&NodeName>) -> Option<Pending> {
-        match stage {
-            Stage::Complete => None,
-            Stage::Decided => {
-                tracing::info!(seed = ?seed.map(NodeName::as_str), "membership decided; the rest finishes after the startup lock");
-                self.emit(FormationEvent::Decided(seed.cloned()));
-                Some(Pending {
-                    seed: seed.cloned(),
-                })
-            }
+        if stage == Stage::Complete {
+            return None;
         }
+        let register_after = stage == Stage::Decided;
+        tracing::info!(seed = ?seed.map(NodeName::as_str), register_after, "membership decided; the rest finishes after the startup lock");
+        self.emit(FormationEvent::Decided(seed.cloned()));
+        Some(Pending {
+            seed: seed.cloned(),
+            register_after,
+        })
     }
 
     /// Joins `seed` to the end, for the paths without a lock.
@@ -954,7 +967,10 @@ impl Agent {
                 self.node(),
                 "the node is not running after forming",
             )),
-            None => Ok(()),
+            None => {
+                Metrics::bump(&self.inner.metrics.forms);
+                Ok(())
+            }
         }
     }
 

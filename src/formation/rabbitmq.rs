@@ -104,6 +104,8 @@ enum Family {
 /// | step | 3.10 / 3.11 | 3.12 | 3.13 and later |
 /// |---|---|---|---|
 /// | running? | `rabbit:is_running/0` | same | same |
+/// | booting? | `rabbit_boot_state:get/0` | same | same |
+/// | join or form during the first boot | `rabbit_peer_discovery:backend/0`, `application:get_env(rabbit, cluster_nodes)`, `rabbit_mnesia:dir/0`, `filelib:is_regular/1`, `application:set_env(rabbit, cluster_nodes, {Peers, disc})` | same | not taken: join by restart |
 /// | cluster status | `rabbit_mnesia:status/0` | same | `rabbit_db_cluster:cli_cluster_status/0` (`rabbit_mnesia:status/0` if undefined) |
 /// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running/0` | `running_nodes` of the status |
 /// | partitions | `rabbit_node_monitor:partitions/0` | same | same (`[]` where undefined: 4.3+, Khepri has none) |
@@ -119,23 +121,27 @@ enum Family {
 /// Under an [`Agent`](super::Agent), a join runs in two parts
 /// ([`ClusterTarget::join_membership`]): stopping the application and the join call run
 /// under the startup lock; `rabbit:start/0`, which takes seconds and changes no
-/// membership, runs after the lock is released, so the next node's join overlaps it.
-/// The node is registered before the release: the next agent sees it (not yet live,
-/// not proven down) and joins a live member.
+/// membership, runs after the lock is released ([`Stage::Recorded`]), so the next node's
+/// join overlaps it. The node is registered before the release: the next agent sees it
+/// (not yet live, not proven down) and joins a live member.
 ///
 /// # Joining during the first boot
 ///
 /// An agent started beside its broker finds it booting for the first time
-/// ([`Membership::booting`]). When the node's database is still empty and its peer
-/// discovery backend is the classic config (the default), the agent decides under the
-/// lock and sets the `rabbit` application's `cluster_nodes` to `{[Seed], disc}` (`{[],
-/// disc}` to form): the boot's own peer discovery then joins the seed at its database
-/// step, retrying until the seed's database is up, and the broker boots once
-/// ([`Stage::Decided`]; [`finish`](ClusterTarget::finish) waits for the boot). In every
-/// other case (a restart with data, another discovery backend, a boot past its database
-/// step) the agent waits for the boot and joins by restart. A boot whose discovery gave
-/// up starts standalone; the agent's check after the boot fails and its next attempt
-/// joins the empty node by restart.
+/// ([`Membership::booting`]). On 3.10 – 3.12, when the node's database is still empty,
+/// its peer discovery backend is the classic config (the default) and no peers are
+/// configured, the agent decides under the lock and sets the `rabbit` application's
+/// `cluster_nodes` to `{[Seed], disc}` (`{[], disc}` to form): the boot's own peer
+/// discovery joins the seed at its database step (with RabbitMQ's discovery retries,
+/// 10 × 500 ms by default, while the seed's database comes up), and the broker boots
+/// once. [`finish`](ClusterTarget::finish) waits for the boot. A forming node is
+/// registered at once ([`Stage::Recorded`]), so that the next nodes join it; a joining
+/// node only once its boot has joined ([`Stage::Decided`]): a boot whose discovery gave
+/// up starts standalone, unregistered, so nobody joins it, and the agent's next attempt
+/// joins the empty node by restart. In every other case (a restart with data, another
+/// discovery backend or configured peers, a boot past its database step, 3.13 and later,
+/// whose discovery chooses the node to join itself) the agent waits for the boot and
+/// joins by restart.
 ///
 /// # What counts as empty
 ///
@@ -386,17 +392,31 @@ impl RabbitMq {
         if !backend.is_some_and(|b| b.is_atom("rabbit_peer_discovery_classic_config")) {
             return Ok(false);
         }
+        // 3.13 and later choose the node to join themselves among the discovered ones
+        // (largest cluster, oldest, name): not told a seed this way.
         if version.family() == Family::Db {
-            let virgin = self
-                .call_if_defined(
-                    STEP,
-                    &self.node,
-                    ("rabbit_db", "is_virgin_node"),
-                    vec![],
-                    self.timeout,
-                )
-                .await?;
-            return Ok(virgin.and_then(|t| t.as_bool()).unwrap_or(false));
+            return Ok(false);
+        }
+        // Peers the operator configured are the boot's to use (and it may be retrying
+        // them already): not overridden.
+        let configured = self
+            .call(
+                STEP,
+                &self.node,
+                ("application", "get_env"),
+                vec![Term::atom("rabbit"), Term::atom("cluster_nodes")],
+                self.timeout,
+            )
+            .await?;
+        let no_peers = match configured.as_tuple() {
+            Some([ok, value]) if ok.is_atom("ok") => match value.as_tuple() {
+                Some([peers, _]) => peers.is_nil(),
+                _ => value.is_nil(),
+            },
+            _ => configured.is_atom("undefined"),
+        };
+        if !no_peers {
+            return Ok(false);
         }
         let dir = self
             .call(
@@ -616,7 +636,16 @@ impl RabbitMq {
     /// application timeout from `started`).
     async fn wait_booted(&self, started: Instant) -> Result<(), FormationError> {
         const STEP: &str = "starting the rabbit application";
-        while !self.is_running(&self.node).await? {
+        loop {
+            match self.is_running(&self.node).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                // A VM that is gone will not finish booting; any other failure (a
+                // timeout, a cut connection) may pass: ask again until the deadline.
+                Err(FormationError::Rpc { source, .. })
+                    if !super::target::proves_not_running(&source) => {}
+                Err(e) => return Err(e),
+            }
             if started.elapsed() > self.app_timeout {
                 return Err(FormationError::unexpected(
                     STEP,
@@ -1003,7 +1032,10 @@ impl ClusterTarget for RabbitMq {
     }
 
     async fn form(&self) -> Result<(), FormationError> {
-        self.ensure_running("forming a new cluster").await
+        match self.form_membership().await? {
+            Stage::Complete => Ok(()),
+            _ => self.finish(None).await,
+        }
     }
 
     async fn form_membership(&self) -> Result<Stage, FormationError> {
@@ -1011,16 +1043,16 @@ impl ClusterTarget for RabbitMq {
         if self.boot_undecided(&version).await? {
             self.set_boot_peers(&[]).await?;
             tracing::info!(node = %self.node, "booting for the first time: its boot forms a new cluster");
-            return Ok(Stage::Decided);
+            return Ok(Stage::Recorded);
         }
-        self.form().await?;
+        self.ensure_running("forming a new cluster").await?;
         Ok(Stage::Complete)
     }
 
     async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError> {
         match self.join_membership(seed, reset_allowed).await? {
             Stage::Complete => Ok(()),
-            Stage::Decided => self.finish(Some(seed)).await,
+            _ => self.finish(Some(seed)).await,
         }
     }
 
@@ -1068,7 +1100,7 @@ impl ClusterTarget for RabbitMq {
         }
         // The seed's cluster now lists the node; starting the application (seconds)
         // changes no membership.
-        Ok(Stage::Decided)
+        Ok(Stage::Recorded)
     }
 
     async fn finish(&self, _seed: Option<&NodeName>) -> Result<(), FormationError> {

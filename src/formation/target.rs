@@ -123,7 +123,9 @@ pub struct Membership {
     pub partitions: Vec<NodeName>,
     /// Not running yet but starting: its cluster software is booting (RabbitMQ: the
     /// `rabbit` application's boot has not finished). A booting node's members are not
-    /// known yet (`members` holds the node alone).
+    /// known yet (`members` holds the node alone). The agent cannot read a booting node's
+    /// data: a target that reports booting nodes checks their data itself in
+    /// [`ClusterTarget::join_membership`].
     pub booting: bool,
 }
 
@@ -162,14 +164,20 @@ impl fmt::Display for DataState {
 /// How far [`ClusterTarget::form_membership`] or [`ClusterTarget::join_membership`] took
 /// the managed node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Done: the node runs as the first member of a new cluster, or as a member of the
     /// seed's cluster.
     Complete,
-    /// The node's membership is decided and nothing left changes it: the node is a
-    /// recorded member of the seed's cluster whose application still has to start, or a
-    /// booting node told whom its boot joins (nobody, to form). What is left
-    /// ([`ClusterTarget::finish`]) runs after the startup lock is released.
+    /// The node's membership is settled and nothing left changes it: a recorded member
+    /// of the seed's cluster whose application still has to start, or a booting node
+    /// whose boot forms a new cluster. The agent registers it, releases the startup lock
+    /// and then runs [`ClusterTarget::finish`].
+    Recorded,
+    /// The node's boot has been told whom to join, and it is a member only once its boot
+    /// has joined. The agent releases the startup lock, runs [`ClusterTarget::finish`],
+    /// checks the membership, and registers the node only then: a boot that could not
+    /// join (and started standalone) is never registered, so no other node joins it.
     Decided,
 }
 
@@ -208,10 +216,10 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError>;
 
     /// The part of a join that decides the managed node's membership; the agent runs it
-    /// under the startup lock. Returns [`Stage::Decided`] when work is left that changes
-    /// no membership (RabbitMQ: starting the application, seconds): the agent then
-    /// registers the node and releases the lock, so that the next node's join overlaps
-    /// that work, and calls [`finish`](Self::finish).
+    /// under the startup lock. Returns [`Stage::Recorded`] or [`Stage::Decided`] when
+    /// work is left that changes no membership (RabbitMQ: starting the application, or
+    /// the rest of a first boot; seconds): the agent then releases the lock, so that the
+    /// next node's join overlaps that work, and calls [`finish`](Self::finish).
     ///
     /// The agent calls it without reading [`data_state`](Self::data_state) first when
     /// [`membership`](Self::membership) reports the node [booting](Membership::booting)
@@ -219,9 +227,9 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     /// data itself, with `reset_allowed` as configured.
     ///
     /// The default runs the whole [`join`](Self::join) and returns [`Stage::Complete`].
-    /// A target that returns `Decided` must leave a node that the next agent can finish
-    /// if `finish` is never called (the agent died): it finds the node stopped, calls
-    /// [`form`](Self::form), and sees it a member.
+    /// A target that returns another stage must leave a node that the next agent can
+    /// finish if `finish` is never called (the agent died): a stopped application is
+    /// started by [`form`](Self::form) and found a member; a boot finishes by itself.
     async fn join_membership(
         &self,
         seed: &NodeName,
@@ -240,9 +248,9 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     }
 
     /// Finishes what [`form_membership`](Self::form_membership) (`seed` is `None`) or
-    /// [`join_membership`](Self::join_membership) left [`Stage::Decided`], after the
-    /// startup lock is released; the agent then checks the membership. The default does
-    /// nothing.
+    /// [`join_membership`](Self::join_membership) left [`Stage::Recorded`] or
+    /// [`Stage::Decided`], after the startup lock is released; the agent then checks the
+    /// membership. The default does nothing.
     async fn finish(&self, seed: Option<&NodeName>) -> Result<(), FormationError> {
         let _ = seed;
         Ok(())

@@ -423,7 +423,7 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
 /// agent decides its node's membership while the broker boots for the first time, so every
 /// broker boots once. The first forms; the others' boots join it through RabbitMQ's own
 /// peer discovery, told the seed by their agents (`cluster_nodes`), and none is stopped and
-/// restarted to join.
+/// restarted to join. Joining nodes are registered only once their boot has joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_started_with_their_brokers_join_during_the_first_boot() {
     let _turn = RABBIT_TURN.lock().await;
@@ -501,6 +501,22 @@ async fn agents_started_with_their_brokers_join_during_the_first_boot() {
             1,
             "{me} booted once: {events:?}"
         );
+        // A forming node is registered under the lock, for the others to join; a joining
+        // one only after its boot has joined (a boot that went standalone is never seen).
+        let position = |what: &dyn Fn(&FormationEvent) -> bool| {
+            events
+                .iter()
+                .position(|(_, e)| what(e))
+                .unwrap_or(usize::MAX)
+        };
+        let registered = position(&|e| *e == FormationEvent::Registered);
+        let released = position(&|e| *e == FormationEvent::LockReleased);
+        assert!(registered != usize::MAX, "{me} registered: {events:?}");
+        if me == first {
+            assert!(registered < released, "{me}: {events:?}");
+        } else {
+            assert!(registered > released, "{me}: {events:?}");
+        }
         if me == first {
             assert_eq!(decided, Some(None), "{me} decided to form: {events:?}");
         } else {
