@@ -14,7 +14,9 @@
 //!   (`rabbit1_<pid>@localhost` ...; `rabbitmq-server` from the PATH or `/usr/sbin`, each
 //!   in its own temporary directory on free ports, registered with the EPMD on the default
 //!   port, which the first VM starts if none runs), with a generated cookie, and an etcd
-//!   on free ports when no `--etcd-endpoint` is given. As root (Debian's
+//!   on free ports when no `--etcd-endpoint` is given. The agents start as soon as the
+//!   brokers answer, mid-boot, as an init system would start them beside the brokers:
+//!   they decide during the first boot and every broker boots once. As root (Debian's
 //!   `rabbitmq-server` then runs as user `rabbitmq`), the directories are given to user
 //!   `rabbitmq`. The nodes and etcd are stopped when the example exits, unless
 //!   `--keep-running`: then the nodes stay up, clustered, and the example prints the
@@ -170,7 +172,7 @@ async fn run(mut args: Args) -> Result<bool, String> {
         let text = args.cookie.clone().unwrap_or_default();
         let l = local::Rabbits::start(3, &cookie, &text).await?;
         println!(
-            "started 3 RabbitMQ nodes in {:.1} s (data and logs in {})",
+            "launched 3 RabbitMQ nodes; they answered in {:.1} s, booting (data and logs in {})",
             started.elapsed().as_secs_f64(),
             l.dir().display()
         );
@@ -368,8 +370,10 @@ mod local {
                 .status();
         }
         if let Some(pid) = child.id() {
+            // `--`: without it procps' kill reads `-PID` as options, and a process group
+            // such as -13100 became -1, every process the user may signal.
             let _ = std::process::Command::new("kill")
-                .args(["-KILL", &format!("-{pid}")])
+                .args(["-KILL", "--", &format!("-{pid}")])
                 .status();
         }
         let _ = child.start_kill();
@@ -486,7 +490,8 @@ mod local {
     }
 
     impl Rabbits {
-        /// Starts `n` nodes at once and waits until every one has booted.
+        /// Starts `n` nodes at once and waits until every one's VM answers (mid-boot: the
+        /// agents then decide during the brokers' first boot).
         pub async fn start(n: usize, cookie: &Cookie, text: &str) -> Result<Rabbits, String> {
             if text.is_empty() {
                 return Err("the nodes need the cookie's text (--cookie)".into());
@@ -518,7 +523,7 @@ mod local {
                     .nodes
                     .push(spawn(&server, &base, &format!("rabbit{i}_{pid}"), text)?);
             }
-            rabbits.await_boot(Duration::from_secs(180)).await?;
+            rabbits.await_vm(Duration::from_secs(180)).await?;
             Ok(rabbits)
         }
 
@@ -533,7 +538,7 @@ mod local {
             self.nodes.iter().map(|r| r.name.clone()).collect()
         }
 
-        async fn await_boot(&mut self, timeout: Duration) -> Result<(), String> {
+        async fn await_vm(&mut self, timeout: Duration) -> Result<(), String> {
             let deadline = Instant::now() + timeout;
             for r in &mut self.nodes {
                 loop {
@@ -547,7 +552,7 @@ mod local {
                             Duration::from_secs(5),
                         )
                         .await;
-                    if matches!(&running, Ok(t) if t.is_atom("true")) {
+                    if running.is_ok() {
                         break;
                     }
                     if let Ok(Some(status)) = r.child.try_wait() {
@@ -559,12 +564,12 @@ mod local {
                     }
                     if Instant::now() > deadline {
                         return Err(format!(
-                            "{} did not boot within {timeout:?}:\n{}",
+                            "{} did not answer within {timeout:?}:\n{}",
                             r.name,
                             tail(&r.dir.join("console.log"))
                         ));
                     }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             Ok(())
