@@ -597,9 +597,12 @@ fn rpc(out: &mut String, doc: &Value) {
     let _ = writeln!(
         out,
         "\n### Whole process: connect + one call + exit\n\n\
-         hyperfine (`-N`: no shell), wall time per run in milliseconds. The `rpc_call` example \
+         hyperfine (`-N`: no shell), wall time per run in milliseconds, in six rounds of \
+         every command in turn (hyperfine runs one command's runs back to back). The `rpc_call` example \
          (`--profile cli`: LTO, one codegen unit; statically linked, `-C target-feature=+crt-static`) \
-         runs `erlang:node()`; `rpc_call_dynamic` is the same build dynamically linked; \
+         runs `erlang:node()` by an `erpc` spawn request; `rpc_call_rex` is the same binary \
+         calling through the node's `rex` server (`--rpc rex`), as `erl_call` does; \
+         `rpc_call_dynamic` is the same build dynamically linked; \
          `erl_call -a 'erlang node []'` does the same; \
          `rabbitmqctl eval 'node().'` starts its own Erlang VM.\n"
     );
@@ -610,6 +613,7 @@ fn rpc(out: &mut String, doc: &Value) {
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     let mut ours: BTreeMap<String, f64> = BTreeMap::new();
     let mut dynamic: BTreeMap<String, f64> = BTreeMap::new();
+    let mut rex: BTreeMap<String, f64> = BTreeMap::new();
     for r in &wp {
         let target = r["target"].as_str().unwrap_or("").to_owned();
         match r["impl"].as_str() {
@@ -618,6 +622,9 @@ fn rpc(out: &mut String, doc: &Value) {
             }
             Some("rpc_call_dynamic") => {
                 dynamic.insert(target, f(&r["ms"]["median"]));
+            }
+            Some("rpc_call_rex") => {
+                rex.insert(target, f(&r["ms"]["median"]));
             }
             _ => {}
         }
@@ -650,6 +657,12 @@ fn rpc(out: &mut String, doc: &Value) {
                         "| `rpc_call` no slower than `erl_call` ({target} node) | {s:.2}× | {} |",
                         verdict(s >= 1.0)
                     ));
+                    if let Some(x) = rex.get(target) {
+                        targets.push(format!(
+                            "| (the same, calling through `rex`: {target} node) | {:.2}× | – |",
+                            f(&m["median"]) / x
+                        ));
+                    }
                     if let Some(d) = dynamic.get(target) {
                         targets.push(format!(
                             "| (the same, dynamically linked: {target} node) | {:.2}× | – |",

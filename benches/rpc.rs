@@ -6,9 +6,10 @@
 //!   `erpc:call(Peer, erlang, node, [])`, what `rpc:call/4` does since OTP 23.
 //! * **Whole process, connect + one call + exit**, timed by hyperfine (`-N`, no shell):
 //!   the `rpc_call` example (built as a tool ships: `--profile cli`, LTO, statically
-//!   linked; the dynamically linked build beside it) against `erl_call -n NODE -c COOKIE -a
-//!   'erlang node []'` (erl_interface's C client), both against a plain `erl` node and a
-//!   RabbitMQ node, and `rabbitmqctl -n NODE eval 'node().'` against the RabbitMQ node.
+//!   linked; the same calling through `rex`, and the dynamically linked build beside it)
+//!   against `erl_call -n NODE -c COOKIE -a 'erlang node []'` (erl_interface's C client),
+//!   both against a plain `erl` node and a RabbitMQ node, and
+//!   `rabbitmqctl -n NODE eval 'node().'` against the RabbitMQ node.
 //!   Under `cargo test` (no `--bench`) only the round trips run, briefly.
 
 mod common;
@@ -24,6 +25,9 @@ use common::{
     throughput,
 };
 use serde_json::{Value, json};
+
+/// Rounds of the whole-process comparison (each command's runs are split among them).
+const ROUNDS: usize = 6;
 
 const ERL_CALL: &str = "/usr/lib/erlang/lib/erl_interface-5.3/bin/erl_call";
 
@@ -202,6 +206,41 @@ async fn hyperfine(
         .expect("hyperfine's JSON")
 }
 
+/// Runs hyperfine `rounds` times on the same commands, `runs / rounds` runs each time, so
+/// that every command meets the machine's noisy moments alike (hyperfine itself runs one
+/// command's runs back to back), and merges the results into one hyperfine-shaped
+/// document: per command, every run's time and exit code.
+async fn hyperfine_rounds(
+    commands: &[(&str, String)],
+    env: &[(&str, String)],
+    runs: usize,
+    rounds: usize,
+    out: &Path,
+) -> Value {
+    let rounds = rounds.clamp(1, runs.max(1));
+    let mut merged: Vec<(String, Vec<Value>, Vec<Value>)> = commands
+        .iter()
+        .map(|(name, _)| ((*name).to_owned(), Vec::new(), Vec::new()))
+        .collect();
+    for round in 0..rounds {
+        progress(format!("  hyperfine round {} of {rounds}", round + 1));
+        let doc = hyperfine(commands, env, runs / rounds, 3, out).await;
+        for r in doc["results"].as_array().into_iter().flatten() {
+            let name = r["command"].as_str().unwrap_or("?");
+            if let Some(m) = merged.iter_mut().find(|m| m.0 == name) {
+                m.1.extend(r["times"].as_array().into_iter().flatten().cloned());
+                m.2.extend(r["exit_codes"].as_array().into_iter().flatten().cloned());
+            }
+        }
+    }
+    json!({
+        "results": merged
+            .into_iter()
+            .map(|(name, times, codes)| json!({"command": name, "times": times, "exit_codes": codes}))
+            .collect::<Vec<_>>(),
+    })
+}
+
 fn record_hyperfine(results: &mut Results, target: &str, doc: &Value) {
     for r in doc["results"].as_array().into_iter().flatten() {
         let name = r["command"].as_str().unwrap_or("?");
@@ -273,15 +312,16 @@ async fn run(settings: Settings, pinned: bool) {
     let erl_call = erl_call_binary();
     let dir = tempfile::tempdir().expect("temporary directory");
     let commands = |node: &str, port: u16| {
-        let rpc_call_line = |binary: &Path| {
+        let rpc_call_line = |binary: &Path, method: &str| {
             format!(
-                "{} --node {node} --cookie {COOKIE} --epmd-port {port} erlang node",
+                "{} --node {node} --cookie {COOKIE} --epmd-port {port} --rpc {method} erlang node",
                 binary.display()
             )
         };
         vec![
-            ("rpc_call", rpc_call_line(&rpc_call)),
-            ("rpc_call_dynamic", rpc_call_line(&rpc_call_dynamic)),
+            ("rpc_call", rpc_call_line(&rpc_call, "erpc")),
+            ("rpc_call_rex", rpc_call_line(&rpc_call, "rex")),
+            ("rpc_call_dynamic", rpc_call_line(&rpc_call_dynamic, "erpc")),
             (
                 "erl_call",
                 format!(
@@ -295,11 +335,11 @@ async fn run(settings: Settings, pinned: bool) {
         "whole process against the erl node {}",
         target.name()
     ));
-    let doc = hyperfine(
+    let doc = hyperfine_rounds(
         &commands(target.name(), epmd.port()),
         &[("ERL_EPMD_PORT", epmd.port().to_string())],
         runs,
-        3,
+        ROUNDS,
         &dir.path().join("erl.json"),
     )
     .await;
@@ -319,11 +359,11 @@ async fn run(settings: Settings, pinned: bool) {
         ("ERL_EPMD_PORT", port.to_string()),
         ("RABBITMQ_CTL_ERL_ARGS", format!("-setcookie {COOKIE}")),
     ];
-    let doc = hyperfine(
+    let doc = hyperfine_rounds(
         &commands(&node, port),
         &env,
         runs,
-        3,
+        ROUNDS,
         &dir.path().join("rabbit.json"),
     )
     .await;

@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P]
-//!          [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]
+//!          [--rpc erpc|rex] [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]
 //! ```
+//!
+//! `--rpc` chooses how the call is made: `erpc` (a spawn request, the default on OTP 23
+//! and later) or `rex` (a `gen_server` call to the node's `rex` process, as `erl_call`
+//! and `rpc:call/4` against older nodes do).
 //!
 //! With `--ssl-dist-optfile` (build with `--features tls`) it speaks TLS distribution,
 //! configured by the same file as the Erlang nodes (`-proto_dist inet_tls`).
@@ -19,19 +23,21 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use autocluster::node::RpcMethod;
 use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, Node, NodeName};
 
 /// How many runs at once can call the same node (each holds one name of the pool).
 const CLIENT_NAMES: u16 = 32;
 
-const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]";
+const USAGE: &str = "usage: rpc_call --node NAME (--cookie C | --cookie-file F) [--timeout SECS] [--epmd-port P] [--rpc erpc|rex] [--ssl-dist-optfile FILE] MODULE FUNCTION [ARGS]";
 
 struct Args {
     node: NodeName,
     cookie: Cookie,
     timeout: Duration,
     epmd_port: Option<u16>,
+    rpc: RpcMethod,
     tls: Option<String>,
     module: String,
     function: String,
@@ -44,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
     let mut timeout = Duration::from_secs(15);
     let mut epmd_port = None;
     let mut tls = None;
+    let mut rpc = RpcMethod::Auto;
     let mut positional = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -79,6 +86,13 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| "bad --epmd-port".to_string())?,
                 )
             }
+            "--rpc" => {
+                rpc = match value("--rpc")?.as_str() {
+                    "erpc" => RpcMethod::Erpc,
+                    "rex" => RpcMethod::Rex,
+                    other => return Err(format!("--rpc takes erpc or rex, not {other:?}")),
+                }
+            }
             "--ssl-dist-optfile" => tls = Some(value("--ssl-dist-optfile")?),
             "-h" | "--help" => return Err(USAGE.into()),
             other if other.starts_with("--") => {
@@ -109,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
         cookie,
         timeout,
         epmd_port,
+        rpc,
         tls,
         module,
         function,
@@ -170,7 +185,9 @@ async fn run(args: Args, ip: IpAddr) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = Node::builder(me, args.cookie).host_address(args.node.host(), ip);
+    let mut builder = Node::builder(me, args.cookie)
+        .host_address(args.node.host(), ip)
+        .rpc_method(args.rpc);
     if let Some(p) = args.epmd_port {
         builder = builder.epmd_port(p);
     }
