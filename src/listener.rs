@@ -52,6 +52,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -96,6 +97,30 @@ impl Default for ListenerLimits {
 /// Identifies one admitted connection; identifiers increase with admission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
+
+/// Hashes a [`ConnId`]: the table numbers its connections itself (nothing a peer chooses),
+/// so a multiply is spread enough, and cheaper than SipHash on every accept and close.
+#[derive(Debug, Default)]
+struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by connection id.
+type ConnMap<V> = HashMap<ConnId, V, BuildHasherDefault<ConnIdHasher>>;
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -227,7 +252,7 @@ struct SourceCounts {
 pub struct ConnectionTable {
     limits: ListenerLimits,
     next_id: u64,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnMap<Conn>,
     pending: BTreeSet<ConnId>,
     /// The pending connections that have made no progress (a subset of `pending`).
     idle: BTreeSet<ConnId>,
@@ -241,7 +266,7 @@ impl ConnectionTable {
         ConnectionTable {
             limits,
             next_id: 0,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
             pending: BTreeSet::new(),
             idle: BTreeSet::new(),
             sources: HashMap::new(),
@@ -487,7 +512,7 @@ pub struct ListenerStats {
 #[derive(Debug)]
 struct LimiterInner {
     table: ConnectionTable,
-    signals: HashMap<ConnId, oneshot::Sender<CloseReason>>,
+    signals: ConnMap<oneshot::Sender<CloseReason>>,
     stats: ListenerStats,
 }
 
@@ -506,7 +531,7 @@ impl ConnectionLimiter {
         ConnectionLimiter {
             inner: Arc::new(Mutex::new(LimiterInner {
                 table: ConnectionTable::new(limits),
-                signals: HashMap::new(),
+                signals: ConnMap::default(),
                 stats: ListenerStats::default(),
             })),
         }

@@ -569,7 +569,9 @@ impl PortPlease2Response {
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
         match self {
             PortPlease2Response::Found(entry) => {
-                let mut out = vec![PORT2_RESP, 0];
+                // Sized once: tag, result, the 10 fixed bytes, two lengths, name, extra.
+                let mut out = Vec::with_capacity(14 + entry.name.len() + entry.extra.len());
+                out.extend_from_slice(&[PORT2_RESP, 0]);
                 entry.encode_body(&mut out)?;
                 Ok(out)
             }
