@@ -860,9 +860,11 @@ impl Agent {
         })
     }
 
-    /// Joins `seed` to the end, for the paths without a lock.
-    async fn join_now(&self, seed: &NodeName) -> Result<Outcome, FormationError> {
-        let (outcome, pending) = self.join(seed).await?;
+    /// Runs what a form or join left at once, for the paths without a lock.
+    async fn settle(
+        &self,
+        (outcome, pending): (Outcome, Option<Pending>),
+    ) -> Result<Outcome, FormationError> {
         if let Some(pending) = pending {
             self.finish(pending).await?;
         }
@@ -1032,28 +1034,24 @@ impl Agent {
                     let p = self.probe(node).await?;
                     if p.live && p.cluster_size() >= 2 {
                         self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                        return self.join_now(node).await;
+                        return self.settle(self.join(node).await?).await;
                     }
                 }
                 self.emit(FormationEvent::SeedChosen(None));
-                let (outcome, pending) = self.form_new().await?;
-                if let Some(pending) = pending {
-                    self.finish(pending).await?;
-                }
-                return Ok(outcome);
+                return self.settle(self.form_new().await?).await;
             }
             let p = self.probe(&det).await?;
             if p.live {
                 self.emit(FormationEvent::SeedChosen(Some(det.clone())));
                 Metrics::bump(&self.inner.metrics.seed_choices);
-                return self.join_now(&det).await;
+                return self.settle(self.join(&det).await?).await;
             }
             // The seed is down: join a cluster the others already formed, if any.
             for node in others.iter().filter(|n| **n != det) {
                 let p = self.probe(node).await?;
                 if p.live && p.cluster_size() >= 2 {
                     self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                    return self.join_now(node).await;
+                    return self.settle(self.join(node).await?).await;
                 }
             }
             if started.elapsed() >= self.inner.config.seed_wait {
