@@ -377,7 +377,12 @@ impl RabbitMq {
     /// `cluster_nodes` when the boot reaches its database step.
     async fn boot_undecided(&self, version: &RabbitVersion) -> Result<bool, FormationError> {
         const STEP: &str = "checking whether the boot has chosen its cluster";
-        if self.is_running(&self.node).await? || !self.is_booting(&self.node).await? {
+        // 3.13 and later choose the node to join themselves among the discovered ones
+        // (largest cluster, oldest, name): not told a seed this way.
+        if version.family() == Family::Db
+            || self.is_running(&self.node).await?
+            || !self.is_booting(&self.node).await?
+        {
             return Ok(false);
         }
         let backend = self
@@ -392,28 +397,14 @@ impl RabbitMq {
         if !backend.is_some_and(|b| b.is_atom("rabbit_peer_discovery_classic_config")) {
             return Ok(false);
         }
-        // 3.13 and later choose the node to join themselves among the discovered ones
-        // (largest cluster, oldest, name): not told a seed this way.
-        if version.family() == Family::Db {
-            return Ok(false);
-        }
         // Peers the operator configured are the boot's to use (and it may be retrying
         // them already): not overridden.
-        let configured = self
-            .call(
-                STEP,
-                &self.node,
-                ("application", "get_env"),
-                vec![Term::atom("rabbit"), Term::atom("cluster_nodes")],
-                self.timeout,
-            )
-            .await?;
-        let no_peers = match configured.as_tuple() {
-            Some([ok, value]) if ok.is_atom("ok") => match value.as_tuple() {
+        let no_peers = match self.app_env_term("cluster_nodes").await? {
+            None => true,
+            Some(value) => match value.as_tuple() {
                 Some([peers, _]) => peers.is_nil(),
                 _ => value.is_nil(),
             },
-            _ => configured.is_atom("undefined"),
         };
         if !no_peers {
             return Ok(false);
@@ -755,7 +746,16 @@ impl RabbitMq {
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
 
+    /// The `rabbit` application's `key` on the managed node, as text.
     async fn app_env(&self, key: &str) -> Result<Option<String>, FormationError> {
+        Ok(self
+            .app_env_term(key)
+            .await?
+            .and_then(|v| v.as_text().map(|s| s.into_owned())))
+    }
+
+    /// The `rabbit` application's `key` on the managed node (`None`: unset).
+    async fn app_env_term(&self, key: &str) -> Result<Option<Term>, FormationError> {
         let t = self
             .call(
                 "reading the rabbit application's environment",
@@ -766,7 +766,7 @@ impl RabbitMq {
             )
             .await?;
         Ok(match t.as_tuple() {
-            Some([ok, v]) if ok.is_atom("ok") => v.as_text().map(|s| s.into_owned()),
+            Some([ok, v]) if ok.is_atom("ok") => Some(v.clone()),
             _ => None,
         })
     }
@@ -1064,8 +1064,8 @@ impl ClusterTarget for RabbitMq {
         let version = self.version(&self.node).await?;
         if self.boot_undecided(&version).await? {
             // An empty node in its first boot: its boot joins the seed (RabbitMQ's own
-            // peer discovery, retried until the seed's database is up), with nothing to
-            // discard and no second boot.
+            // peer discovery, with its retries while the seed's database comes up), with
+            // nothing to discard and no second boot.
             self.set_boot_peers(std::slice::from_ref(seed)).await?;
             tracing::info!(node = %self.node, %seed, "booting for the first time: its boot joins the seed");
             return Ok(Stage::Decided);
