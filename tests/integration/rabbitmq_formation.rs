@@ -73,6 +73,18 @@ fn timeline(agent: &Agent) -> tokio::task::JoinHandle<Vec<(Instant, FormationEve
     })
 }
 
+/// The first event of a timeline that `what` accepts: its position and when it arrived.
+fn first_event(
+    events: &[(Instant, FormationEvent)],
+    what: impl Fn(&FormationEvent) -> bool,
+) -> Option<(usize, Instant)> {
+    events
+        .iter()
+        .enumerate()
+        .find(|(_, (_, e))| what(e))
+        .map(|(i, (t, _))| (i, *t))
+}
+
 /// Runs one agent per target, all released at the same instant.
 async fn run_together(agents: &[Agent]) -> Vec<Result<Formed, FormationError>> {
     let barrier = Arc::new(tokio::sync::Barrier::new(agents.len()));
@@ -246,7 +258,7 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
     };
     timelines.retain(|(node, _)| *node != first);
     let at = |events: &[(Instant, FormationEvent)], what: &dyn Fn(&FormationEvent) -> bool| {
-        events.iter().find(|(_, e)| what(e)).map(|(t, _)| *t)
+        first_event(events, what).map(|(_, t)| t)
     };
     let released = |e: &FormationEvent| *e == FormationEvent::LockReleased;
     let recorded = |e: &FormationEvent| matches!(e, FormationEvent::Decided(Some(_)));
@@ -503,23 +515,14 @@ async fn agents_started_with_their_brokers_join_during_the_first_boot() {
         );
         // A forming node is registered under the lock, for the others to join; a joining
         // one only after its boot has joined (a boot that went standalone is never seen).
-        let position = |what: &dyn Fn(&FormationEvent) -> bool| {
-            events
-                .iter()
-                .position(|(_, e)| what(e))
-                .unwrap_or(usize::MAX)
-        };
-        let registered = position(&|e| *e == FormationEvent::Registered);
-        let released = position(&|e| *e == FormationEvent::LockReleased);
-        assert!(registered != usize::MAX, "{me} registered: {events:?}");
+        let registered = first_event(&events, |e| *e == FormationEvent::Registered).map(|(i, _)| i);
+        let released = first_event(&events, |e| *e == FormationEvent::LockReleased).map(|(i, _)| i);
+        assert!(registered.is_some(), "{me} registered: {events:?}");
         if me == first {
             assert!(registered < released, "{me}: {events:?}");
-        } else {
-            assert!(registered > released, "{me}: {events:?}");
-        }
-        if me == first {
             assert_eq!(decided, Some(None), "{me} decided to form: {events:?}");
         } else {
+            assert!(registered > released, "{me}: {events:?}");
             assert!(
                 matches!(&decided, Some(Some(seed)) if *seed != me),
                 "{me} decided whom to join mid-boot: {events:?}"
