@@ -5,7 +5,8 @@
 //! the crate's embedded server as the `epmd_server` example (built in release by
 //! `benches/run.sh`). The clients run in this process, pinned to CPU 0: our
 //! `EpmdClient::port_please`, one TCP connection per lookup as the protocol wants, for a
-//! node registered in each server. Serial and 16 concurrent clients.
+//! node registered in each server. Serial and 16 concurrent clients, each round split
+//! into four short measurements of every server in turn.
 
 mod common;
 
@@ -21,6 +22,9 @@ use common::{
 use serde_json::json;
 
 const LEVELS: &[usize] = &[1, 16];
+
+/// Measurements per round (see `run`).
+const SLICES: usize = 4;
 
 struct Lookup {
     client: EpmdClient,
@@ -100,8 +104,14 @@ async fn run(settings: Settings, pinned: bool) {
                 .expect("register"),
         );
     }
-    for round in 0..settings.rounds {
-        progress(format!("round {} of {}", round + 1, settings.rounds));
+    // A lookup takes about 100 µs and the machine's load drifts over seconds: many short
+    // measurements, the servers in turn, pair the two servers more closely in time than
+    // a few long ones. Each round is split into SLICES rounds of a quarter of the window.
+    let rounds = settings.rounds * SLICES;
+    let window = settings.window / SLICES as u32;
+    let warmup = settings.warmup.min(Duration::from_millis(100));
+    for round in 0..rounds {
+        progress(format!("round {} of {rounds}", round + 1));
         for &level in LEVELS {
             for (which, port, pid) in servers {
                 let client = EpmdClient::new(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
@@ -112,7 +122,7 @@ async fn run(settings: Settings, pinned: bool) {
                     })
                     .collect();
                 let server_cpu0 = process_cpu_time(pid);
-                let (c, _) = throughput(workers, settings.warmup, settings.window).await;
+                let (c, _) = throughput(workers, warmup, window).await;
                 let server_cpu = process_cpu_time(pid).saturating_sub(server_cpu0);
                 let server_us = server_cpu.as_secs_f64() * 1e6 / c.ok.max(1) as f64;
                 progress(format!(

@@ -479,17 +479,32 @@ fn handshake_rust(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) 
 fn epmd(out: &mut String, doc: &Value) {
     let rates = by_impl_level(doc, "rate");
     let server = by_impl_level(doc, "server_cpu_us_per_op");
+    let client = by_impl_level(doc, "cpu_us_per_op");
+    // The share of one core a side kept busy: CPU per lookup × lookups per second, per
+    // round.
+    let busy = |cpu: &[(u64, f64)], rate: &[(u64, f64)]| -> f64 {
+        let rates: BTreeMap<u64, f64> = rate.iter().copied().collect();
+        let shares: Vec<f64> = cpu
+            .iter()
+            .filter_map(|(round, us)| rates.get(round).map(|r| us * r / 1e6))
+            .collect();
+        summarize(&shares).median
+    };
     let _ = writeln!(
         out,
         "\n## 3. EPMD lookups\n\n\
          `PORT_PLEASE2` for a registered node, one TCP connection per lookup; each server its \
-         own process on CPU 1, the clients (our `EpmdClient`) on CPU 0.\n"
+         own process on CPU 1, the clients (our `EpmdClient`) on CPU 0. Each round is four \
+         measurements of a quarter of the window, the two servers in turn, so there are four \
+         times as many paired ratios as rounds. The last two columns are the share of its \
+         core each side kept busy (CPU per lookup × lookups per second): near 100 % on the \
+         clients' side, the clients set the pace.\n"
     );
     let _ = writeln!(
         out,
-        "| server | concurrent clients | lookups/s | min–max | vs real epmd | server CPU µs/lookup |"
+        "| server | concurrent clients | lookups/s | min–max | vs real epmd | server CPU µs/lookup | client CPU µs/lookup | server core busy | client core busy |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     let mut verdicts = Vec::new();
     for ((name, level), r) in &rates {
         let s = summarize(&values(r));
@@ -505,9 +520,10 @@ fn epmd(out: &mut String, doc: &Value) {
         } else {
             "embedded (`epmd_server` example)"
         };
+        let key = (name.clone(), *level);
         let _ = writeln!(
             out,
-            "| {label} | {level} | {} | {} | {} | {:.1} |",
+            "| {label} | {level} | {} | {} | {} | {:.1} | {:.1} | {:.0} % | {:.0} % |",
             rate(&s),
             spread(&s),
             if name == "epmd" {
@@ -515,7 +531,10 @@ fn epmd(out: &mut String, doc: &Value) {
             } else {
                 vs.map(|v| ratio(&v)).unwrap_or_default()
             },
-            summarize(&values(&server[&(name.clone(), *level)])).median
+            summarize(&values(&server[&key])).median,
+            summarize(&values(&client[&key])).median,
+            100.0 * busy(&server[&key], r),
+            100.0 * busy(&client[&key], r),
         );
     }
     let _ = writeln!(out, "\n| target | measured | verdict |\n|---|---|---|");
