@@ -393,7 +393,14 @@ async fn run(settings: Settings) {
         .start()
         .await
         .expect("the probe node");
-        let runs = if settings.quick { 1 } else { 3 };
+        // A round launches three brokers three times (about a minute): `BENCH_ROUNDS`
+        // rounds, at least 3; the margin between the methods is a second or so in 15, so
+        // more rounds tell them apart better.
+        let runs = if settings.quick {
+            1
+        } else {
+            settings.rounds.max(3)
+        };
         for round in 0..runs {
             for kind in ["rabbitmq_own", "rabbitmq_ours_boot", "rabbitmq_ours"] {
                 progress(format!(
