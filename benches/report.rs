@@ -114,14 +114,19 @@ fn values(v: &[(u64, f64)]) -> Vec<f64> {
     v.iter().map(|(_, x)| *x).collect()
 }
 
+/// `f(a, b)` for every round both have (paired by round), summarized.
+fn paired(a: &[(u64, f64)], b: &[(u64, f64)], f: impl Fn(f64, f64) -> f64) -> Summary {
+    let bm: BTreeMap<u64, f64> = b.iter().copied().collect();
+    let values: Vec<f64> = a
+        .iter()
+        .filter_map(|(round, x)| bm.get(round).map(|y| f(*x, *y)))
+        .collect();
+    summarize(&values)
+}
+
 /// Per-round ratios a/b (paired by round), summarized.
 fn paired_ratio(a: &[(u64, f64)], b: &[(u64, f64)]) -> Summary {
-    let bm: BTreeMap<u64, f64> = b.iter().copied().collect();
-    let ratios: Vec<f64> = a
-        .iter()
-        .filter_map(|(round, x)| bm.get(round).map(|y| x / y))
-        .collect();
-    summarize(&ratios)
+    paired(a, b, |x, y| x / y)
 }
 
 fn rate(s: &Summary) -> String {
@@ -482,14 +487,8 @@ fn epmd(out: &mut String, doc: &Value) {
     let client = by_impl_level(doc, "cpu_us_per_op");
     // The share of one core a side kept busy: CPU per lookup × lookups per second, per
     // round.
-    let busy = |cpu: &[(u64, f64)], rate: &[(u64, f64)]| -> f64 {
-        let rates: BTreeMap<u64, f64> = rate.iter().copied().collect();
-        let shares: Vec<f64> = cpu
-            .iter()
-            .filter_map(|(round, us)| rates.get(round).map(|r| us * r / 1e6))
-            .collect();
-        summarize(&shares).median
-    };
+    let busy =
+        |cpu: &[(u64, f64)], rate: &[(u64, f64)]| paired(cpu, rate, |us, r| us * r / 1e6).median;
     let _ = writeln!(
         out,
         "\n## 3. EPMD lookups\n\n\
