@@ -518,6 +518,7 @@ async fn agents_started_with_their_brokers_join_during_the_first_boot() {
         let registered = first_event(&events, |e| *e == FormationEvent::Registered).map(|(i, _)| i);
         let released = first_event(&events, |e| *e == FormationEvent::LockReleased).map(|(i, _)| i);
         assert!(registered.is_some(), "{me} registered: {events:?}");
+        assert!(released.is_some(), "{me} released the lock: {events:?}");
         if me == first {
             assert!(registered < released, "{me}: {events:?}");
             assert_eq!(decided, Some(None), "{me} decided to form: {events:?}");
