@@ -1,4 +1,4 @@
-//! One distribution connection: a reader task and a writer task around a socket.
+//! One distribution connection: a reader and a writer around a socket, in one task.
 //!
 //! The writer owns the write half: it batches queued frames into one write and sends a
 //! tick whenever it has been idle for a quarter of `net_ticktime`, as OTP does. The
@@ -6,7 +6,7 @@
 //! [`crate::dist::frame`], never buffering more than the frame it is reading (whose
 //! length was checked against the maximum first), decodes control messages and hands
 //! them to the node. If nothing at all arrives for `net_ticktime`, the peer is declared
-//! dead. Whichever task ends first closes the connection and reports why.
+//! dead. Whichever ends first closes the connection and reports why.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -202,9 +202,12 @@ pub(crate) struct Setup<'a> {
     pub(crate) decode_limits: DecodeLimits,
     /// The listener slot of an accepted connection, held while it lives.
     pub(crate) permit: Option<crate::listener::ConnectionPermit>,
+    /// The clock that bounds the graceful close.
+    pub(crate) linger: Arc<super::linger::Linger>,
 }
 
-/// Starts the reader and writer tasks of a connection that finished its handshake.
+/// Starts the task of a connection that finished its handshake (reading, writing,
+/// closing) and returns its handle.
 pub(crate) fn spawn<R, W>(
     node: &Arc<NodeInner>,
     read: R,
@@ -213,7 +216,7 @@ pub(crate) fn spawn<R, W>(
 ) -> Arc<ConnHandle>
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: WriteHalf,
 {
     let Setup {
         id,
@@ -223,6 +226,7 @@ where
         timing,
         decode_limits,
         permit,
+        linger,
     } = setup;
     let (tx, rx) = mpsc::channel(1024);
     let conn = Arc::new(ConnHandle {
@@ -240,7 +244,7 @@ where
     });
     let weak = Arc::downgrade(node);
     let c = conn.clone();
-    tokio::spawn(async move {
+    let task = async move {
         let (mut read, mut write) = (read, write);
         let reason = tokio::select! {
             r = reader(&mut read, &weak, &c, leftover, timing, &decode_limits) => r,
@@ -256,20 +260,37 @@ where
             node.connection_closed(&c, c.reason());
         }
         if graceful {
-            close_gracefully(&mut read, &mut write).await;
+            let _ = linger.bound(close_gracefully(&mut read, &mut write)).await;
         }
-        drop((read, write));
+        write.release();
+        drop(read);
         // The listener slot is held for as long as the connection lives.
         drop(permit);
         if graceful && let Some(node) = weak.upgrade() {
             node.closing_finished(&c.peer);
         }
-    });
+    };
+    // Boxed: spawning moves a future several times, and this one is a few kilobytes.
+    tokio::spawn(Box::pin(task));
     conn
 }
 
-/// How long a locally closed connection waits for the peer to close its side.
-pub(crate) const GRACEFUL_CLOSE: Duration = Duration::from_millis(500);
+/// The write half of a connection's transport.
+pub(crate) trait WriteHalf: AsyncWrite + Unpin + Send + 'static {
+    /// Lets go of the write half once the connection is over. Closing the socket sends
+    /// the FIN anyway, so a TCP write half skips its own `shutdown` call on drop.
+    fn release(self);
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn release(self) {
+        self.forget();
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + 'static> WriteHalf for tokio::io::WriteHalf<T> {
+    fn release(self) {}
+}
 
 pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
     matches!(
@@ -278,23 +299,21 @@ pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
     )
 }
 
-/// Sends our FIN and waits (at most [`GRACEFUL_CLOSE`]) until the peer closes its side,
-/// discarding what it still sends. The peer has then taken the connection down, so a
-/// new connection to it is not met with `alive` (an Erlang node that still holds the
-/// old connection makes the initiator confirm and then tears the old one down first,
-/// which costs a round trip and, on OTP, milliseconds).
+/// Sends our FIN and waits until the peer closes its side, discarding what it still
+/// sends; the caller bounds the wait (see [`super::linger`]). The peer has then taken
+/// the connection down, so a new connection to it is not met with `alive` (an Erlang
+/// node that still holds the old connection makes the initiator confirm and then tears
+/// the old one down first, which costs a round trip and, on OTP, milliseconds).
 async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     read: &mut R,
     write: &mut W,
 ) {
-    let drain = async {
-        if write.shutdown().await.is_err() {
-            return;
-        }
-        let mut sink = [0u8; 1024];
-        while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
-    let _ = tokio::time::timeout(GRACEFUL_CLOSE, drain).await;
+    if write.shutdown().await.is_err() {
+        return;
+    }
+    // Small: what a peer still sends after our FIN is read only to be dropped.
+    let mut sink = [0u8; 64];
+    while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 async fn closed(c: &ConnHandle) {
@@ -369,7 +388,10 @@ async fn writer<W: AsyncWrite + Unpin>(
     timing: Timing,
 ) -> DisconnectReason {
     let tick_every = timing.net_ticktime / 4;
-    let mut batch = Vec::with_capacity(64 * 1024);
+    // Grown by the first frames, not up front: a connection that never sends (a probe,
+    // a health check) costs no buffer, and freeing a large one makes the allocator
+    // consolidate its free lists.
+    let mut batch = Vec::new();
     loop {
         match tokio::time::timeout(tick_every, rx.recv()).await {
             Err(_) => batch.extend_from_slice(&frame::TICK),
@@ -409,7 +431,7 @@ async fn writer<W: AsyncWrite + Unpin>(
             Ok(Ok(())) => {}
         }
         if batch.capacity() > 1024 * 1024 {
-            batch = Vec::with_capacity(64 * 1024);
+            batch = Vec::new();
         } else {
             batch.clear();
         }

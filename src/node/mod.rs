@@ -23,6 +23,7 @@
 mod builtin;
 mod connection;
 mod error;
+mod linger;
 mod process;
 
 use std::collections::HashMap;
@@ -463,6 +464,8 @@ pub(crate) struct NodeInner {
     tls: Option<crate::tls::TlsContext>,
     stopped: AtomicBool,
     stop: Notify,
+    /// Bounds the graceful closes of this node's connections.
+    linger: Arc<linger::Linger>,
 }
 
 impl Node {
@@ -591,6 +594,7 @@ impl Node {
             tls,
             stopped: AtomicBool::new(false),
             stop: Notify::new(),
+            linger: Arc::default(),
         });
         if let (Some(l), Some(limiter)) = (listener, inner.limiter.clone()) {
             tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter));
@@ -991,29 +995,40 @@ impl NodeInner {
     }
 
     /// A connection to `peer` that this node closed may still be closing (waiting for
-    /// the peer to close its side, see [`connection::GRACEFUL_CLOSE`]). Dialling before
-    /// the peer has taken it down is met with `alive`, which costs a round trip and, on
-    /// OTP, milliseconds of teardown: wait for it instead (bounded by the same limit).
+    /// the peer to close its side, see [`linger`]). Dialling before the peer has taken
+    /// it down is met with `alive`, which costs a round trip and, on OTP, milliseconds of
+    /// teardown: wait for it instead.
+    ///
+    /// The wait shares the node's linger clock instead of setting a timer of its own: a
+    /// close ends with [`Self::closing_finished`] (or, for a connection closed but not
+    /// yet handed to its task, [`Self::connection_closed`]) within the linger bound,
+    /// and the clock bounds this wait too, should a close never report back.
     async fn wait_for_teardown(&self, peer: &NodeName) {
-        let deadline =
-            tokio::time::Instant::now() + connection::GRACEFUL_CLOSE + Duration::from_millis(100);
-        loop {
-            let changed = self.peers_changed.notified();
-            let closing = {
-                let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-                // Closing, or closed locally a moment ago and not yet handed to the
-                // connection task (`Node::disconnect` only signals it).
-                peers.get(peer).is_some_and(|s| {
-                    s.closing > 0
-                        || s.conn.as_ref().is_some_and(|c| {
-                            !c.is_open() && connection::closed_locally(&c.reason())
-                        })
-                })
-            };
-            if !closing || tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return;
-            }
+        if !self.closing(peer) {
+            return;
         }
+        let torn_down = async {
+            loop {
+                let changed = self.peers_changed.notified();
+                if !self.closing(peer) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = self.linger.bound(torn_down).await;
+    }
+
+    /// Whether a connection to `peer` is closing, or was closed locally a moment ago
+    /// and not yet handed to its task (`Node::disconnect` only signals it).
+    fn closing(&self, peer: &NodeName) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer).is_some_and(|s| {
+            s.closing > 0
+                || s.conn
+                    .as_ref()
+                    .is_some_and(|c| !c.is_open() && connection::closed_locally(&c.reason()))
+        })
     }
 
     async fn wait_for_connection(
@@ -1304,7 +1319,9 @@ impl NodeInner {
         .await
     }
 
-    /// Registers a connection that finished its handshake.
+    /// Registers a connection that finished its handshake and starts its task. Returns
+    /// the connection kept for the peer (this one, or one that won a simultaneous
+    /// connect).
     fn install<R, W>(
         self: &Arc<Self>,
         read: R,
@@ -1315,7 +1332,7 @@ impl NodeInner {
     ) -> Arc<ConnHandle>
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        W: connection::WriteHalf,
     {
         let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let hs = outcome.handshaked;
@@ -1331,6 +1348,7 @@ impl NodeInner {
                 timing: self.timing(),
                 decode_limits: self.cfg.decode_limits.clone(),
                 permit,
+                linger: self.linger.clone(),
             },
         );
         let (kept, dropped) = {
@@ -1565,7 +1583,7 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
             limiter: limiter.clone(),
             id: permit.id(),
         };
-        tokio::spawn(async move {
+        let handshake = async move {
             let result = tokio::select! {
                 r = accept_connection(&node, stream, addr, &progress) => r,
                 reason = permit.closed() => {
@@ -1591,7 +1609,9 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
                     inner.install(read, write, outcome, false, Some(permit));
                 }
             }
-        });
+        };
+        // Boxed: spawning moves a future several times, and this one is large.
+        tokio::spawn(Box::pin(handshake));
     }
 }
 
@@ -1955,7 +1975,9 @@ impl NodeInner {
             Control::RegSend { from, to } => {
                 let message = message.unwrap_or_else(Term::nil);
                 if to.as_str() == "net_kernel" {
-                    builtin::net_kernel(self, conn, &from, message).await;
+                    // Boxed, as is `io_request` below: these rare requests would
+                    // otherwise size every connection's task for themselves.
+                    Box::pin(builtin::net_kernel(self, conn, &from, message)).await;
                 } else if let Some(id) = self.procs.whereis(&to) {
                     self.deliver_local(id, Some(from), message);
                 } else {
@@ -2128,7 +2150,7 @@ impl NodeInner {
                     tracing::debug!(node = %self.name, "late or unknown reply dropped");
                 }
             }
-            process::IO_ID => builtin::io_request(self, conn, message).await,
+            process::IO_ID => Box::pin(builtin::io_request(self, conn, message)).await,
             id => self.deliver_local(id, from, message),
         }
     }

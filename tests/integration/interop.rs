@@ -145,3 +145,44 @@ async fn our_initiator_with_a_wrong_cookie_is_told_so() {
     );
     assert!(task.await.unwrap().is_err());
 }
+
+/// A redial waits for the peer to close the old connection, but a peer that never does
+/// holds it up only for the linger bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redial_is_not_held_up_by_a_peer_that_never_closes_the_old_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let local = their_node("keeper");
+    let name: NodeName = local.name.to_string().parse().unwrap();
+    let acceptor = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut hs = ServerSideHandshake::new(stream.compat(), local.clone(), COOKIE);
+            hs.execute_recv_name().await.unwrap();
+            let (stream, _) = hs.execute_rest(HandshakeStatus::Ok).await.unwrap();
+            // Never read, never close: our FIN goes unanswered.
+            kept.push(stream);
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(kept);
+    });
+    let ours = Node::builder(
+        format!("{}@localhost", unique_name("ours"))
+            .parse()
+            .unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .start()
+    .await
+    .unwrap();
+    ours.connect_to(&name, addr).await.unwrap();
+    assert!(ours.disconnect(&name));
+    let redial = tokio::time::timeout(Duration::from_secs(10), ours.connect_to(&name, addr)).await;
+    assert!(
+        matches!(redial, Ok(Ok(()))),
+        "the redial was held up by the old connection: {redial:?}"
+    );
+    assert!(ours.is_connected(&name));
+    acceptor.abort();
+}

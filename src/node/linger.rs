@@ -1,0 +1,175 @@
+//! One clock for all the graceful closes of a node.
+//!
+//! A connection this node closes lingers until the peer has closed its side too, for at
+//! most [`LINGER`] (see `connection::close_gracefully`). A timer per closing connection
+//! would be simple, but every new timer that falls due before the runtime's next planned
+//! wake-up makes the runtime wake its timer thread (a system call and a thread hand-off),
+//! and a node that connects and disconnects in a loop would pay that on every
+//! connection. Instead, one clock task ticks every [`TICK`] while any close is in
+//! progress (or began during the last tick), and each close gives up after
+//! [`TICKS`] ticks. The clock task exists only while there are closes to bound: it is
+//! started by the first one and ends after a tick with none.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The longest a close waits for the peer. It waits between `LINGER - TICK` and
+/// `LINGER` (500–750 ms), depending on where in a tick it began.
+pub(crate) const LINGER: Duration = Duration::from_millis(750);
+
+/// How many ticks a close waits for the peer, counted from the tick it started in.
+pub(crate) const TICKS: u64 = 3;
+
+/// How often the clock ticks while closes are in progress.
+pub(crate) const TICK: Duration = Duration::from_millis(LINGER.as_millis() as u64 / TICKS);
+
+/// The shared clock of a node's graceful closes.
+#[derive(Default)]
+pub(crate) struct Linger {
+    /// Ticks so far.
+    epoch: AtomicU64,
+    /// Woken on every tick.
+    tick: Notify,
+    /// Closes in progress.
+    active: AtomicUsize,
+    /// Whether a close began since the last tick.
+    began: AtomicBool,
+    /// Whether the clock task is running.
+    running: AtomicBool,
+}
+
+impl Linger {
+    /// Runs `close` until it finishes or its time is up (`None`).
+    pub(crate) async fn bound<F: Future>(self: &Arc<Self>, close: F) -> Option<F::Output> {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let _done = Active(self);
+        self.began.store(true, Ordering::SeqCst);
+        if !self.running.swap(true, Ordering::SeqCst) {
+            tokio::spawn(clock(self.clone()));
+        }
+        let start = self.epoch.load(Ordering::SeqCst);
+        let mut close = std::pin::pin!(close);
+        loop {
+            let ticked = self.tick.notified();
+            if self.epoch.load(Ordering::SeqCst).wrapping_sub(start) >= TICKS {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                out = &mut close => return Some(out),
+                () = ticked => {}
+            }
+        }
+    }
+
+    /// Whether the clock should stop after this tick; clears `running` when it does.
+    fn idle(&self) -> bool {
+        if self.active.load(Ordering::SeqCst) > 0 || self.began.swap(false, Ordering::SeqCst) {
+            return false;
+        }
+        self.running.store(false, Ordering::SeqCst);
+        // A close that began just now saw `running` still set and started no clock:
+        // keep this one going for it.
+        if self.active.load(Ordering::SeqCst) > 0 && !self.running.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        true
+    }
+}
+
+/// Counts a close in progress until dropped.
+struct Active<'a>(&'a Linger);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn clock(linger: Arc<Linger>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick of an interval is immediate.
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        linger.epoch.fetch_add(1, Ordering::SeqCst);
+        linger.tick.notify_waiters();
+        if linger.idle() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_finishes_returns_its_output() {
+        let linger = Arc::new(Linger::default());
+        assert_eq!(linger.bound(async { 7 }).await, Some(7));
+        assert_eq!(linger.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_never_finishes_gives_up_within_the_linger_time() {
+        let linger = Arc::new(Linger::default());
+        let started = tokio::time::Instant::now();
+        let out = linger.bound(std::future::pending::<()>()).await;
+        let waited = started.elapsed();
+        assert_eq!(out, None);
+        assert!(waited >= LINGER - TICK, "gave up after {waited:?}");
+        assert!(waited <= LINGER, "gave up after {waited:?}");
+        assert_eq!(linger.active.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_stops_once_no_close_is_left_and_starts_again_for_the_next() {
+        let linger = Arc::new(Linger::default());
+        assert_eq!(linger.bound(std::future::pending::<()>()).await, None);
+        // One tick with no close in progress, then the clock task ends.
+        tokio::time::sleep(TICK * 3).await;
+        assert!(!linger.running.load(Ordering::SeqCst));
+        let epoch = linger.epoch.load(Ordering::SeqCst);
+        tokio::time::sleep(TICK * 4).await;
+        assert_eq!(
+            linger.epoch.load(Ordering::SeqCst),
+            epoch,
+            "an idle clock ticked"
+        );
+        // The next close starts it again, and is bounded as the first was.
+        let started = tokio::time::Instant::now();
+        assert_eq!(linger.bound(std::future::pending::<()>()).await, None);
+        assert!(started.elapsed() <= LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_closes_share_one_clock() {
+        let linger = Arc::new(Linger::default());
+        let closes: Vec<_> = (0..50)
+            .map(|i| {
+                let linger = linger.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                    let started = tokio::time::Instant::now();
+                    let out = linger.bound(std::future::pending::<()>()).await;
+                    (out, started.elapsed())
+                })
+            })
+            .collect();
+        for c in closes {
+            let (out, waited) = c.await.unwrap();
+            assert_eq!(out, None);
+            assert!(waited <= LINGER && waited >= LINGER - TICK, "{waited:?}");
+        }
+        // 50 closes over half a second: the clock ticked about as often as one close
+        // needs, not once per close.
+        let epoch = linger.epoch.load(Ordering::SeqCst);
+        assert!(epoch <= 6, "{epoch} ticks");
+    }
+}
