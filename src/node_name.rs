@@ -122,10 +122,40 @@ pub enum NodeNameError {
 /// Cheap to clone (the text is shared). Ordering is byte-wise, which is how Erlang
 /// orders atoms made of ASCII characters: the "alphabetically first" node of a cluster
 /// is the smallest `NodeName`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct NodeName {
     full: Arc<str>,
-    at: usize,
+    /// Where the `@` is (names are at most [`MAX_NODE_NAME_LEN`] bytes long).
+    at: u8,
+    /// Decided once: connecting checks it every time.
+    kind: NameKind,
+}
+
+// Everything else is derived from the text: compare and hash that alone.
+impl PartialEq for NodeName {
+    fn eq(&self, other: &Self) -> bool {
+        self.full == other.full
+    }
+}
+
+impl Eq for NodeName {}
+
+impl std::hash::Hash for NodeName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.full.hash(state);
+    }
+}
+
+impl PartialOrd for NodeName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NodeName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.full.cmp(&other.full)
+    }
 }
 
 impl NodeName {
@@ -142,7 +172,8 @@ impl NodeName {
         validate_host(host, name)?;
         Ok(NodeName {
             full: Arc::from(name),
-            at,
+            at: u8::try_from(at).map_err(|_| NodeNameError::TooLong { len: name.len() })?,
+            kind: host_kind(host),
         })
     }
 
@@ -158,12 +189,12 @@ impl NodeName {
 
     /// The part before `@` (the name registered in EPMD).
     pub fn alive(&self) -> &str {
-        &self.full[..self.at]
+        &self.full[..usize::from(self.at)]
     }
 
     /// The part after `@`.
     pub fn host(&self) -> &str {
-        &self.full[self.at + 1..]
+        &self.full[usize::from(self.at) + 1..]
     }
 
     /// The host as an IP address, when it is an IPv4 or IPv6 literal.
@@ -174,11 +205,7 @@ impl NodeName {
     /// Short or long name, decided the way OTP decides it: a host with a dot or an IP
     /// literal is long.
     pub fn kind(&self) -> NameKind {
-        if self.host().contains('.') || self.host_ip().is_some() {
-            NameKind::Long
-        } else {
-            NameKind::Short
-        }
+        self.kind
     }
 
     /// Checks that a node named `self` can connect to `peer`: both short or both long.
@@ -191,6 +218,14 @@ impl NodeName {
                 peer: peer.clone(),
             })
         }
+    }
+}
+
+fn host_kind(host: &str) -> NameKind {
+    if host.contains('.') || host.parse::<IpAddr>().is_ok() {
+        NameKind::Long
+    } else {
+        NameKind::Short
     }
 }
 
