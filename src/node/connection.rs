@@ -335,6 +335,9 @@ async fn reader<R: AsyncRead + Unpin>(
     limits: &DecodeLimits,
 ) -> DisconnectReason {
     let mut buf = bytes::BytesMut::from(&leftover[..]);
+    // Until the first message, only ticks (4 bytes) are expected: an idle connection
+    // keeps a small buffer.
+    let mut quiet = true;
     loop {
         loop {
             let (consumed, payload) = match frame::decode(&buf, timing.max_frame) {
@@ -348,6 +351,7 @@ async fn reader<R: AsyncRead + Unpin>(
                 }
             };
             bytes::Buf::advance(&mut buf, consumed);
+            quiet &= payload.is_none();
             match payload {
                 None => {}
                 Some(Ok(msg)) => {
@@ -363,9 +367,14 @@ async fn reader<R: AsyncRead + Unpin>(
         }
         // Grow the buffer progressively: a peer announcing a large frame must send it
         // before the memory for it is taken.
+        let (least, guess) = if quiet {
+            (64, 64)
+        } else {
+            (4 * 1024, 8 * 1024)
+        };
         let want =
-            frame::needed(&buf, timing.max_frame).map_or(8 * 1024, |n| n.saturating_sub(buf.len()));
-        buf.reserve(want.clamp(4 * 1024, 1024 * 1024));
+            frame::needed(&buf, timing.max_frame).map_or(guess, |n| n.saturating_sub(buf.len()));
+        buf.reserve(want.clamp(least, 1024 * 1024));
         match tokio::time::timeout(timing.net_ticktime, read.read_buf(&mut buf)).await {
             Err(_) => return DisconnectReason::TickTimeout(timing.net_ticktime),
             Ok(Ok(0)) => return DisconnectReason::ClosedByPeer,
