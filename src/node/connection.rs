@@ -277,8 +277,9 @@ where
 
 /// The write half of a connection's transport.
 pub(crate) trait WriteHalf: AsyncWrite + Unpin + Send + 'static {
-    /// Lets go of the write half once the connection is over. Closing the socket sends
-    /// the FIN anyway, so a TCP write half skips its own `shutdown` call on drop.
+    /// Lets go of the write half once the connection is over. Closing the socket ends
+    /// the connection anyway (a FIN, or a reset if the peer's bytes were left unread),
+    /// so a TCP write half skips its own `shutdown` call on drop.
     fn release(self);
 }
 

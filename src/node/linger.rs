@@ -91,6 +91,11 @@ impl Drop for Active<'_> {
 }
 
 async fn clock(linger: Arc<Linger>) {
+    let mut running = Running {
+        linger,
+        stopped: false,
+    };
+    let linger = &running.linger;
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick of an interval is immediate.
@@ -100,7 +105,24 @@ async fn clock(linger: Arc<Linger>) {
         linger.epoch.fetch_add(1, Ordering::SeqCst);
         linger.tick.notify_waiters();
         if linger.idle() {
+            running.stopped = true;
             return;
+        }
+    }
+}
+
+/// Held by the clock task. If the task is dropped before it stops by itself (its runtime
+/// shut down while the node lives on in another), the next close starts a new clock
+/// instead of waiting for ticks that never come.
+struct Running {
+    linger: Arc<Linger>,
+    stopped: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.linger.running.store(false, Ordering::SeqCst);
         }
     }
 }
@@ -146,6 +168,29 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert_eq!(linger.bound(std::future::pending::<()>()).await, None);
         assert!(started.elapsed() <= LINGER);
+    }
+
+    #[test]
+    fn a_clock_lost_with_its_runtime_is_started_again_by_the_next_close() {
+        let linger = Arc::new(Linger::default());
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        // A close in progress when the runtime goes: its clock task is dropped mid-tick.
+        let l = linger.clone();
+        first.spawn(async move { l.bound(std::future::pending::<()>()).await });
+        first.block_on(async { tokio::time::sleep(TICK / 2).await });
+        drop(first);
+        assert!(!linger.running.load(Ordering::SeqCst));
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let out = second.block_on(linger.bound(std::future::pending::<()>()));
+        assert_eq!(out, None);
     }
 
     #[tokio::test(start_paused = true)]
