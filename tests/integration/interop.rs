@@ -29,6 +29,19 @@ async fn our_listening_node() -> Node {
     .unwrap()
 }
 
+/// A client-only node of ours (no listener).
+async fn our_client_node() -> Node {
+    Node::builder(
+        format!("{}@localhost", unique_name("ours"))
+            .parse()
+            .unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .start()
+    .await
+    .unwrap()
+}
+
 fn their_node(prefix: &str) -> LocalNode {
     let name: erl_dist::node::NodeName = format!("{}@localhost", unique_name(prefix))
         .parse()
@@ -108,15 +121,7 @@ async fn their_acceptor(
 #[tokio::test(flavor = "multi_thread")]
 async fn our_initiator_against_an_erl_dist_acceptor() {
     let (addr, name, task) = their_acceptor(COOKIE).await;
-    let ours = Node::builder(
-        format!("{}@localhost", unique_name("ours"))
-            .parse()
-            .unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .start()
-    .await
-    .unwrap();
+    let ours = our_client_node().await;
     ours.connect_to(&name, addr).await.unwrap();
     assert!(ours.is_connected(&name));
     let seen = task.await.unwrap().unwrap();
@@ -126,15 +131,7 @@ async fn our_initiator_against_an_erl_dist_acceptor() {
 #[tokio::test(flavor = "multi_thread")]
 async fn our_initiator_with_a_wrong_cookie_is_told_so() {
     let (addr, name, task) = their_acceptor("their_cookie").await;
-    let ours = Node::builder(
-        format!("{}@localhost", unique_name("ours"))
-            .parse()
-            .unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .start()
-    .await
-    .unwrap();
+    let ours = our_client_node().await;
     let err = ours.connect_to(&name, addr).await.unwrap_err();
     assert!(
         matches!(
@@ -167,15 +164,7 @@ async fn a_redial_is_not_held_up_by_a_peer_that_never_closes_the_old_connection(
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(kept);
     });
-    let ours = Node::builder(
-        format!("{}@localhost", unique_name("ours"))
-            .parse()
-            .unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .start()
-    .await
-    .unwrap();
+    let ours = our_client_node().await;
     ours.connect_to(&name, addr).await.unwrap();
     assert!(ours.disconnect(&name));
     let redial = tokio::time::timeout(Duration::from_secs(10), ours.connect_to(&name, addr)).await;
