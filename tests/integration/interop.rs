@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use autocluster::handshake::HandshakeError;
 use autocluster::node::ConnectError;
+use autocluster::node::NodeBuilder;
 use autocluster::{Cookie, Node, NodeName};
 use erl_dist::handshake::{ClientSideHandshake, HandshakeStatus, ServerSideHandshake};
 use erl_dist::node::{Creation, LocalNode};
@@ -15,31 +16,28 @@ use crate::common::unique_name;
 
 const COOKIE: &str = "interop_cookie";
 
-async fn our_listening_node() -> Node {
+/// A node of ours with a fresh name and the test cookie.
+fn our_node() -> NodeBuilder {
     Node::builder(
         format!("{}@localhost", unique_name("ours"))
             .parse()
             .unwrap(),
         Cookie::new(COOKIE).unwrap(),
     )
-    .listen("127.0.0.1:0".parse().unwrap())
-    .register_in_epmd(false)
-    .start()
-    .await
-    .unwrap()
+}
+
+async fn our_listening_node() -> Node {
+    our_node()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .register_in_epmd(false)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// A client-only node of ours (no listener).
 async fn our_client_node() -> Node {
-    Node::builder(
-        format!("{}@localhost", unique_name("ours"))
-            .parse()
-            .unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .start()
-    .await
-    .unwrap()
+    our_node().start().await.unwrap()
 }
 
 fn their_node(prefix: &str) -> LocalNode {
