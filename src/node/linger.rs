@@ -96,10 +96,8 @@ async fn clock(linger: Arc<Linger>) {
         stopped: false,
     };
     let linger = &running.linger;
-    let mut interval = tokio::time::interval(TICK);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick of an interval is immediate.
-    interval.tick().await;
     loop {
         interval.tick().await;
         linger.epoch.fetch_add(1, Ordering::SeqCst);
