@@ -514,6 +514,81 @@ struct LimiterInner {
     table: ConnectionTable,
     signals: ConnMap<oneshot::Sender<CloseReason>>,
     stats: ListenerStats,
+    /// Whether the sweeper task (see [`sweep`]) is running.
+    sweeping: bool,
+}
+
+impl LimiterInner {
+    /// Counts the evictions and tells their permits.
+    fn evict(&mut self, evicted: impl IntoIterator<Item = Eviction>) {
+        for eviction in evicted {
+            match eviction.reason {
+                CloseReason::TimedOut => self.stats.timed_out += 1,
+                _ => self.stats.evicted += 1,
+            }
+            if let Some(signal) = self.signals.remove(&eviction.id) {
+                // The receiver may be gone already; nothing to do then.
+                let _ = signal.send(eviction.reason);
+            }
+        }
+    }
+}
+
+/// Closes the pending connections whose time is up, for all the permits of a limiter.
+///
+/// A timer per pending connection would be simpler, but a new timer that falls due
+/// before the runtime's next planned wake-up makes the runtime wake its timer thread (a
+/// system call and a thread hand-off), on every accepted connection. One task sleeps
+/// until the oldest pending deadline instead (every connection gets the same timeout, so
+/// that is the next one due), times out what is overdue, and goes back to sleep until the
+/// next; it ends when nothing is pending, and the next permit whose
+/// [`closed`](ConnectionPermit::closed) is awaited starts it again.
+async fn sweep(limiter: std::sync::Weak<Mutex<LimiterInner>>) {
+    let mut running = Sweeping(limiter.clone());
+    loop {
+        let Some(inner) = limiter.upgrade() else {
+            return;
+        };
+        let next = {
+            let mut inner = lock(&inner);
+            let now = tokio::time::Instant::now().into_std();
+            let expired = inner.table.expire(now);
+            inner.evict(expired.into_iter().map(|id| Eviction {
+                id,
+                reason: CloseReason::TimedOut,
+            }));
+            match inner.table.next_deadline() {
+                Some(next) => next,
+                None => {
+                    inner.sweeping = false;
+                    running.0 = std::sync::Weak::new();
+                    return;
+                }
+            }
+        };
+        drop(inner);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
+/// Clears [`LimiterInner::sweeping`] if the sweeper is dropped before it ends by itself
+/// (its runtime shut down while the limiter lives on), so that the next permit starts
+/// another.
+struct Sweeping(std::sync::Weak<Mutex<LimiterInner>>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            lock(&inner).sweeping = false;
+        }
+    }
+}
+
+/// Locks the limiter's state. A panic while holding this lock cannot leave the table
+/// half-updated in a way that matters more than refusing all service would, so this
+/// recovers from poisoning.
+fn lock(inner: &Mutex<LimiterInner>) -> MutexGuard<'_, LimiterInner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The async face of [`ConnectionTable`]: an accept loop calls [`admit`](Self::admit)
@@ -533,14 +608,23 @@ impl ConnectionLimiter {
                 table: ConnectionTable::new(limits),
                 signals: ConnMap::default(),
                 stats: ListenerStats::default(),
+                sweeping: false,
             })),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, LimiterInner> {
-        // A panic while holding this lock cannot leave the table half-updated in a way
-        // that matters more than refusing all service would, so recover from poisoning.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
+    }
+
+    /// Starts the sweeper unless it runs.
+    fn sweep(&self) {
+        let mut inner = self.lock();
+        if !inner.sweeping {
+            inner.sweeping = true;
+            drop(inner);
+            tokio::spawn(sweep(Arc::downgrade(&self.inner)));
+        }
     }
 
     /// The limits in force.
@@ -581,16 +665,7 @@ impl ConnectionLimiter {
                 deadline,
                 evicted,
             } => {
-                for eviction in evicted {
-                    match eviction.reason {
-                        CloseReason::TimedOut => inner.stats.timed_out += 1,
-                        _ => inner.stats.evicted += 1,
-                    }
-                    if let Some(signal) = inner.signals.remove(&eviction.id) {
-                        // The receiver may be gone already; nothing to do then.
-                        let _ = signal.send(eviction.reason);
-                    }
-                }
+                inner.evict(evicted);
                 inner.stats.admitted += 1;
                 let (tx, rx) = oneshot::channel();
                 inner.signals.insert(id, tx);
@@ -664,23 +739,15 @@ impl ConnectionPermit {
         if let Some(reason) = self.closed {
             return reason;
         }
-        let deadline = self.deadline;
-        let reason = tokio::select! {
-            reason = async {
-                match self.signal.as_mut() {
-                    Some(rx) => match rx.await {
-                        Ok(reason) => reason,
-                        Err(_) => std::future::pending().await,
-                    },
-                    None => std::future::pending().await,
-                }
-            } => reason,
-            () = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            } => CloseReason::TimedOut,
+        // Established (or promoted while this waited): never.
+        let Some(rx) = self.signal.as_mut() else {
+            return std::future::pending().await;
+        };
+        // The limiter's sweeper tells this permit when its time is up, as eviction does.
+        self.limiter.sweep();
+        let Ok(reason) = rx.await else {
+            // The limiter forgot the connection without a reason: it was promoted.
+            return std::future::pending().await;
         };
         self.signal = None;
         self.closed = Some(reason);
@@ -690,10 +757,9 @@ impl ConnectionPermit {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
+        // A connection timed out or evicted is gone from the table already (and counted).
         let mut inner = self.limiter.lock();
-        if inner.table.release(self.id) && self.closed == Some(CloseReason::TimedOut) {
-            inner.stats.timed_out += 1;
-        }
+        inner.table.release(self.id);
         inner.signals.remove(&self.id);
     }
 }
@@ -957,5 +1023,80 @@ mod tests {
         assert_eq!(limiter.stats().established, 1);
         drop(p);
         assert_eq!(limiter.stats().established, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_admitted_over_time_each_time_out_at_their_own_deadline() {
+        let limiter = ConnectionLimiter::new(limits(100, 100));
+        let waits: Vec<_> = (0..20u64)
+            .map(|i| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300 * i)).await;
+                    let mut permit = limiter.admit(ip(1)).unwrap();
+                    let admitted = tokio::time::Instant::now();
+                    let reason = permit.closed().await;
+                    (reason, admitted.elapsed())
+                })
+            })
+            .collect();
+        for wait in waits {
+            let (reason, waited) = wait.await.unwrap();
+            assert_eq!(reason, CloseReason::TimedOut);
+            assert_eq!(waited, Duration::from_secs(5));
+        }
+        let stats = limiter.stats();
+        assert_eq!((stats.pending, stats.timed_out), (0, 20));
+        // Nothing pending: the sweeper ends once it sees that.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!limiter.lock().sweeping);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_leaves_finished_connections_alone_and_stops_when_idle() {
+        let limiter = ConnectionLimiter::new(limits(100, 100));
+        let mut early = limiter.admit(ip(1)).unwrap();
+        // Awaited once, so the sweeper runs; then the connection finishes in time.
+        let waited = tokio::time::timeout(Duration::from_secs(1), early.closed()).await;
+        assert!(waited.is_err());
+        assert!(limiter.lock().sweeping);
+        drop(early);
+        let mut late = limiter.admit(ip(1)).unwrap();
+        late.promote().unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let stats = limiter.stats();
+        assert_eq!((stats.established, stats.timed_out), (1, 0));
+        assert!(!limiter.lock().sweeping);
+        let waited = tokio::time::timeout(Duration::from_secs(60), late.closed()).await;
+        assert!(waited.is_err(), "an established connection never times out");
+    }
+
+    #[test]
+    fn a_sweeper_lost_with_its_runtime_is_started_again_by_the_next_permit() {
+        let limiter = ConnectionLimiter::new(limits(10, 10));
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let first = paused();
+        let mut lost = limiter.admit(ip(1)).unwrap();
+        first.block_on(async {
+            let waited = tokio::time::timeout(Duration::from_secs(1), lost.closed()).await;
+            assert!(waited.is_err());
+        });
+        assert!(limiter.lock().sweeping);
+        // The runtime goes with the sweeper in it; the limiter and its permits live on.
+        drop(first);
+        assert!(!limiter.lock().sweeping);
+        let second = paused();
+        let mut next = limiter.admit(ip(2)).unwrap();
+        let both = second.block_on(async {
+            let both = async { tokio::join!(lost.closed(), next.closed()) };
+            tokio::time::timeout(Duration::from_secs(60), both).await
+        });
+        assert_eq!(both, Ok((CloseReason::TimedOut, CloseReason::TimedOut)));
     }
 }
