@@ -303,7 +303,9 @@ async fn serve_listener(
                         }
                         AtOnce::Pending(buf) => {
                             let shared = Arc::clone(shared);
-                            tokio::spawn(serve(stream, peer, local, permit, shared, buf));
+                            // Boxed: spawning moves a future several times, and this
+                            // one is large.
+                            tokio::spawn(Box::pin(serve(stream, peer, local, permit, shared, buf)));
                         }
                     },
                     Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
@@ -528,11 +530,12 @@ async fn serve(
             Decoded::Partial => {}
             Decoded::Invalid => return,
         }
-        let mut chunk = [0u8; 512];
+        // Into `buf` directly: a scratch array here would live in the task's future.
+        buf.reserve(512);
         tokio::select! {
-            read = stream.read(&mut chunk) => match read {
+            read = stream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
             },
             reason = permit.closed() => {
                 tracing::debug!(%peer, %reason, "closing pending EPMD connection");
