@@ -4,10 +4,11 @@
 //! and `-start_epmd false` so they do not try to start `epmd` themselves), look each
 //! other up through it, and `epmd -names` / `epmd -kill` talk to it as to epmd.
 //!
-//! The server is a thin tokio shell: each listener's accept loop asks the shared
-//! [`ConnectionLimiter`] for a permit and spawns one task per connection; the task reads
-//! one request with the pure [`codec`](super::codec), lets the pure [`Registry`] decide
-//! the reply and what comes next, and writes it. The access rules (local-only requests,
+//! The server is a thin tokio shell: each listener's accept loop answers a query whose
+//! bytes are there when the connection is accepted (nearly every `PORT_PLEASE2`) itself;
+//! for any other connection it asks the shared [`ConnectionLimiter`] for a permit and
+//! spawns a task, which reads one request with the pure [`codec`](super::codec), lets
+//! the pure [`Registry`] decide the reply and what comes next, and writes it. The access rules (local-only requests,
 //! `KILL` and `STOP`) are described in [`registry`](super::registry).
 //!
 //! A connection is *pending* until its request is complete and *established* once it
@@ -295,20 +296,30 @@ async fn serve_listener(
                 let Some(local) = local.or_else(|| stream.local_addr().ok()) else {
                     continue;
                 };
-                match shared.limiter.admit(peer.ip()) {
-                    Ok(permit) => match answer_at_once(&stream, peer, local, shared) {
-                        AtOnce::Answered => {}
-                        AtOnce::Rest(rest) => {
-                            tokio::spawn(finish_reply(stream, peer, permit, rest));
-                        }
-                        AtOnce::Pending(buf) => {
-                            let shared = Arc::clone(shared);
-                            // Boxed: spawning moves a future several times, and this
-                            // one is large.
-                            tokio::spawn(Box::pin(serve(stream, peer, local, permit, shared, buf)));
-                        }
-                    },
-                    Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
+                // A query answered at once is never pending, so it takes no slot in the
+                // limiter: only a connection that needs a task of its own is admitted.
+                let (task, rest) = match answer_at_once(&stream, peer, local, shared) {
+                    AtOnce::Answered => (None, Vec::new()),
+                    AtOnce::Rest(rest) => (Some(Task::FinishReply), rest),
+                    AtOnce::Pending(buf) => (Some(Task::Serve), buf),
+                };
+                if let Some(task) = task {
+                    match shared.limiter.admit(peer.ip()) {
+                        Ok(permit) => match task {
+                            Task::FinishReply => {
+                                tokio::spawn(finish_reply(stream, peer, permit, rest));
+                            }
+                            Task::Serve => {
+                                let shared = Arc::clone(shared);
+                                // Boxed: spawning moves a future several times, and
+                                // this one is large.
+                                tokio::spawn(Box::pin(serve(
+                                    stream, peer, local, permit, shared, rest,
+                                )));
+                            }
+                        },
+                        Err(refusal) => tracing::debug!(%peer, %refusal, "connection refused"),
+                    }
                 }
                 // Let the connection tasks run every few accepts: a client that sent its
                 // request at once is then served long before a burst of newer
@@ -407,6 +418,14 @@ enum AtOnce {
     /// No complete query arrived yet, or the request needs a task of its own (`ALIVE2`,
     /// `KILL`, `STOP`): serve the connection from these bytes on.
     Pending(Vec<u8>),
+}
+
+/// The task a connection needs after [`answer_at_once`].
+enum Task {
+    /// [`finish_reply`]: write the rest of the reply.
+    FinishReply,
+    /// [`serve`]: read the rest of the request, and answer it.
+    Serve,
 }
 
 /// `send` flags: no `SIGPIPE` when the client has gone (where the flag exists; Rust
