@@ -74,6 +74,22 @@ impl Embedded {
 }
 
 fn main() {
+    if let Ok(port) = std::env::var("BENCH_EPMD_PORT") {
+        // For benches/profile.sh: lookups against a server it started (and pinned).
+        let port: u16 = port.parse().expect("BENCH_EPMD_PORT: a port");
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let pid = env("BENCH_EPMD_PID", 0) as u32;
+        let ops = env("BENCH_PROFILE_OPS", 20_000);
+        let clients = env("BENCH_PROFILE_CLIENTS", 1);
+        let delay = Duration::from_micros(env("BENCH_PROFILE_DELAY_US", 0) as u64);
+        common::runtime_current_thread().block_on(profile(port, pid, ops, clients, delay));
+        return;
+    }
     let settings = Settings::from_env();
     progress("epmd: starting");
     let pinned = settings.bench && common::cpus() >= 2 && common::pin_self("0");
@@ -146,4 +162,104 @@ async fn run(settings: Settings, pinned: bool) {
     }
     drop(registrations);
     results.write(&settings);
+}
+
+/// A lookup whose request is sent `delay` after the connection is made, so that the
+/// server has accepted the connection before its request arrives.
+struct DelayedLookup {
+    addr: SocketAddr,
+    request: Vec<u8>,
+    delay: Duration,
+}
+
+impl Worker for DelayedLookup {
+    async fn op(&mut self) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::time::sleep(self.delay).await;
+        stream
+            .write_all(&self.request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reply = Vec::new();
+        stream
+            .read_to_end(&mut reply)
+            .await
+            .map_err(|e| e.to_string())?;
+        match reply.get(..2) {
+            Some([b'w', 0]) => Ok(()),
+            _ => Err(format!("unexpected reply {reply:?}")),
+        }
+    }
+}
+
+/// `ops` lookups by `clients` concurrent clients against the server on `port` (process
+/// `pid`), with a node registered for the time; prints the wall time and both sides' CPU
+/// time per lookup, user and system apart. With a `delay`, each client sends its request
+/// that long after connecting (see [`DelayedLookup`]).
+async fn profile(port: u16, pid: u32, ops: usize, clients: usize, delay: Duration) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let _registration = EpmdClient::new(addr)
+        .register(NodeEntry::new("bench", 45678).hidden())
+        .await
+        .expect("register");
+    let client = EpmdClient::new(addr).with_timeout(Duration::from_secs(5));
+    let request = autocluster::epmd::codec::Request::PortPlease2 {
+        name: "bench".into(),
+    }
+    .encode()
+    .expect("a valid request");
+    // Warm up (first connections, allocator), then measure.
+    for _ in 0..200 {
+        Lookup {
+            client: client.clone(),
+        }
+        .op()
+        .await
+        .expect("lookup");
+    }
+    let (server_user0, server_system0) = common::process_cpu_times(pid);
+    let (user0, system0) = common::cpu_times();
+    let t0 = std::time::Instant::now();
+    let per_client = ops / clients.max(1);
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut lookup = Lookup {
+                client: client.clone(),
+            };
+            let mut delayed = DelayedLookup {
+                addr,
+                request: request.clone(),
+                delay,
+            };
+            tokio::spawn(async move {
+                for _ in 0..per_client {
+                    if delay.is_zero() {
+                        lookup.op().await.expect("lookup");
+                    } else {
+                        delayed.op().await.expect("lookup");
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let wall = t0.elapsed();
+    let done = per_client * clients;
+    let (user1, system1) = common::cpu_times();
+    let (server_user1, server_system1) = common::process_cpu_times(pid);
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / done.max(1) as f64;
+    println!(
+        "{done} lookups, {clients} clients, {:.0}/s, {:.1} us each; client CPU us per lookup: user {:.1}, system {:.1}; server CPU us per lookup: user {:.1}, system {:.1}",
+        done as f64 / wall.as_secs_f64(),
+        per(wall),
+        per(user1.saturating_sub(user0)),
+        per(system1.saturating_sub(system0)),
+        per(server_user1.saturating_sub(server_user0)),
+        per(server_system1.saturating_sub(server_system0)),
+    );
 }

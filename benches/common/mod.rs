@@ -134,11 +134,18 @@ pub fn cpu_times() -> (Duration, Duration) {
 /// CPU time (user + system) another process has used, from `/proc/PID/stat` (clock
 /// ticks, 10 ms here; measurements last long enough for that to be fine).
 pub fn process_cpu_time(pid: u32) -> Duration {
+    let (user, system) = process_cpu_times(pid);
+    user + system
+}
+
+/// CPU time another process has used, from `/proc/PID/stat`: (user, system).
+pub fn process_cpu_times(pid: u32) -> (Duration, Duration) {
+    let zero = (Duration::ZERO, Duration::ZERO);
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
+        return zero;
     };
     let Some((_, rest)) = stat.rsplit_once(')') else {
-        return Duration::ZERO;
+        return zero;
     };
     // After "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt
     // cmajflt utime stime ...: utime and stime are the 12th and 13th fields.
@@ -149,7 +156,8 @@ pub fn process_cpu_time(pid: u32) -> Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / clock_ticks_per_second())
+    let ms = |t: u64| Duration::from_millis(t * 1000 / clock_ticks_per_second());
+    (ms(ticks(11)), ms(ticks(12)))
 }
 
 fn clock_ticks_per_second() -> u64 {
