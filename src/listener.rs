@@ -27,7 +27,8 @@
 //! [`ConnectionTable`] is the pure state machine (no clock, no I/O: the caller passes
 //! `now`), and [`ConnectionLimiter`] is the small async wrapper a tokio accept loop uses:
 //! it hands out an RAII [`ConnectionPermit`] whose [`closed`](ConnectionPermit::closed)
-//! future fires when the connection is evicted or its pending time is up.
+//! future fires when the connection is evicted or its pending time is up (the deadlines
+//! are kept by one task per limiter, not by a timer per connection).
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
@@ -54,10 +55,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// Limits applied by a listener to the connections it accepts.
 ///
@@ -499,7 +500,9 @@ pub struct ListenerStats {
     pub pending: usize,
     /// Connections established now.
     pub established: usize,
-    /// Connections admitted since the start.
+    /// Connections admitted since the start. (The embedded EPMD answers a query whose
+    /// request is there when it accepts the connection without admitting it: such a
+    /// connection is never pending.)
     pub admitted: u64,
     /// Pending connections closed because their time was up.
     pub timed_out: u64,
@@ -534,6 +537,15 @@ impl LimiterInner {
     }
 }
 
+/// What the clones of a [`ConnectionLimiter`] and its sweeper share.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<LimiterInner>,
+    /// Woken when the sweeper is dropped before it ends by itself (its runtime shut
+    /// down): the permits waiting on it start another.
+    sweeper_lost: Notify,
+}
+
 /// Closes the pending connections whose time is up, for all the permits of a limiter.
 ///
 /// A timer per pending connection would be simpler, but a new timer that falls due
@@ -543,14 +555,13 @@ impl LimiterInner {
 /// that is the next one due), times out what is overdue, and goes back to sleep until the
 /// next; it ends when nothing is pending, and the next permit whose
 /// [`closed`](ConnectionPermit::closed) is awaited starts it again.
-async fn sweep(limiter: std::sync::Weak<Mutex<LimiterInner>>) {
-    let mut running = Sweeping(limiter.clone());
+async fn sweep(mut running: Sweeping) {
     loop {
-        let Some(inner) = limiter.upgrade() else {
+        let Some(shared) = running.0.upgrade() else {
             return;
         };
         let next = {
-            let mut inner = lock(&inner);
+            let mut inner = lock(&shared.state);
             let now = tokio::time::Instant::now().into_std();
             let expired = inner.table.expire(now);
             inner.evict(expired.into_iter().map(|id| Eviction {
@@ -561,25 +572,27 @@ async fn sweep(limiter: std::sync::Weak<Mutex<LimiterInner>>) {
                 Some(next) => next,
                 None => {
                     inner.sweeping = false;
-                    running.0 = std::sync::Weak::new();
+                    running.0 = Weak::new();
                     return;
                 }
             }
         };
-        drop(inner);
+        drop(shared);
         tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
     }
 }
 
-/// Clears [`LimiterInner::sweeping`] if the sweeper is dropped before it ends by itself
-/// (its runtime shut down while the limiter lives on), so that the next permit starts
-/// another.
-struct Sweeping(std::sync::Weak<Mutex<LimiterInner>>);
+/// Owned by the sweeper's future from its spawn (before its first poll): if the future
+/// is dropped before the sweeper ends by itself (its runtime shut down while the limiter
+/// lives on), clears [`LimiterInner::sweeping`] and wakes the permits that were waiting
+/// on it, so that they start another.
+struct Sweeping(Weak<Shared>);
 
 impl Drop for Sweeping {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade() {
-            lock(&inner).sweeping = false;
+        if let Some(shared) = self.0.upgrade() {
+            lock(&shared.state).sweeping = false;
+            shared.sweeper_lost.notify_waiters();
         }
     }
 }
@@ -587,8 +600,8 @@ impl Drop for Sweeping {
 /// Locks the limiter's state. A panic while holding this lock cannot leave the table
 /// half-updated in a way that matters more than refusing all service would, so this
 /// recovers from poisoning.
-fn lock(inner: &Mutex<LimiterInner>) -> MutexGuard<'_, LimiterInner> {
-    inner.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(state: &Mutex<LimiterInner>) -> MutexGuard<'_, LimiterInner> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The async face of [`ConnectionTable`]: an accept loop calls [`admit`](Self::admit)
@@ -597,33 +610,45 @@ fn lock(inner: &Mutex<LimiterInner>) -> MutexGuard<'_, LimiterInner> {
 /// Cloning is cheap and shares the same table.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimiter {
-    inner: Arc<Mutex<LimiterInner>>,
+    shared: Arc<Shared>,
 }
 
 impl ConnectionLimiter {
     /// A limiter enforcing `limits`.
     pub fn new(limits: ListenerLimits) -> Self {
         ConnectionLimiter {
-            inner: Arc::new(Mutex::new(LimiterInner {
-                table: ConnectionTable::new(limits),
-                signals: ConnMap::default(),
-                stats: ListenerStats::default(),
-                sweeping: false,
-            })),
+            shared: Arc::new(Shared {
+                state: Mutex::new(LimiterInner {
+                    table: ConnectionTable::new(limits),
+                    signals: ConnMap::default(),
+                    stats: ListenerStats::default(),
+                    sweeping: false,
+                }),
+                sweeper_lost: Notify::new(),
+            }),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, LimiterInner> {
-        lock(&self.inner)
+        lock(&self.shared.state)
     }
 
     /// Starts the sweeper unless it runs.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or in one without the time driver, as a timer would.
     fn sweep(&self) {
         let mut inner = self.lock();
         if !inner.sweeping {
+            // A runtime without timers panics here, in the caller, rather than in a
+            // sweeper that would then be started again and again.
+            drop(tokio::time::sleep(Duration::ZERO));
             inner.sweeping = true;
             drop(inner);
-            tokio::spawn(sweep(Arc::downgrade(&self.inner)));
+            // The guard goes into the future now, so that a sweeper dropped before its
+            // first poll also clears the flag.
+            tokio::spawn(sweep(Sweeping(Arc::downgrade(&self.shared))));
         }
     }
 
@@ -710,7 +735,9 @@ impl ConnectionPermit {
 
     /// Marks the connection established: it is no longer subject to the pending timeout
     /// or to eviction. Fails when the established limits are reached (close it then), or
-    /// when the connection was evicted already.
+    /// when the connection was evicted or timed out already ([`PromoteError::Unknown`],
+    /// even if [`closed`](Self::closed) has not said so yet: the slot is given up at the
+    /// deadline or eviction itself).
     pub fn promote(&mut self) -> Result<(), PromoteError> {
         if self.closed.is_some() {
             return Err(PromoteError::Unknown);
@@ -724,6 +751,15 @@ impl ConnectionPermit {
                 self.signal = None;
                 Ok(())
             }
+            Err(PromoteError::Unknown) => {
+                // Timed out or evicted (counted as such) before this promotion.
+                drop(inner);
+                if let Some(reason) = self.signal.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                    self.signal = None;
+                    self.closed = Some(reason);
+                }
+                Err(PromoteError::Unknown)
+            }
             Err(e) => {
                 inner.stats.refused += 1;
                 Err(e)
@@ -734,20 +770,39 @@ impl ConnectionPermit {
     /// Resolves when the limits want this connection closed: evicted by a newer one, or
     /// still pending at its deadline. Never resolves for an established connection.
     ///
+    /// Deadlines are kept by one task per limiter, which the first `closed` awaited
+    /// starts on the current runtime (and the next one starts again if that runtime
+    /// shuts down while the limiter lives on). A pending connection whose `closed` is
+    /// never awaited is still removed from the limiter at its deadline.
+    ///
     /// Cancel-safe: use it as a branch of `tokio::select!` around every read and write.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with the time driver enabled.
     pub async fn closed(&mut self) -> CloseReason {
         if let Some(reason) = self.closed {
             return reason;
         }
+        let limiter = &self.limiter;
         // Established (or promoted while this waited): never.
         let Some(rx) = self.signal.as_mut() else {
             return std::future::pending().await;
         };
-        // The limiter's sweeper tells this permit when its time is up, as eviction does.
-        self.limiter.sweep();
-        let Ok(reason) = rx.await else {
-            // The limiter forgot the connection without a reason: it was promoted.
-            return std::future::pending().await;
+        let reason = loop {
+            // Created before the sweeper is checked, so that losing it after the check
+            // still wakes this permit.
+            let lost = limiter.shared.sweeper_lost.notified();
+            // The sweeper tells this permit when its time is up, as eviction does.
+            limiter.sweep();
+            tokio::select! {
+                reason = &mut *rx => match reason {
+                    Ok(reason) => break reason,
+                    // The limiter forgot the connection without a reason: promoted.
+                    Err(_) => return std::future::pending().await,
+                },
+                () = lost => {}
+            }
         };
         self.signal = None;
         self.closed = Some(reason);
@@ -1098,5 +1153,83 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(60), both).await
         });
         assert_eq!(both, Ok((CloseReason::TimedOut, CloseReason::TimedOut)));
+    }
+
+    #[test]
+    fn a_sweeper_dropped_before_it_ever_ran_is_started_again() {
+        let limiter = ConnectionLimiter::new(limits(10, 10));
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let first = paused();
+        let mut permit = limiter.admit(ip(1)).unwrap();
+        // One poll of `closed` spawns the sweeper; the runtime goes before running it.
+        first.block_on(async {
+            let waited = tokio::time::timeout(Duration::ZERO, permit.closed()).await;
+            assert!(waited.is_err());
+        });
+        drop(first);
+        assert!(!limiter.lock().sweeping);
+        let second = paused();
+        let reason = second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), permit.closed()).await
+        });
+        assert_eq!(reason, Ok(CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn a_permit_waiting_on_a_sweeper_that_is_lost_starts_another() {
+        let limiter = ConnectionLimiter::new(ListenerLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..limits(10, 10)
+        });
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        // The sweeper runs on the first runtime, which then stops being driven.
+        let first = runtime();
+        let mut early = limiter.admit(ip(1)).unwrap();
+        first.block_on(async {
+            let waited = tokio::time::timeout(Duration::from_millis(10), early.closed()).await;
+            assert!(waited.is_err());
+        });
+        assert!(limiter.lock().sweeping);
+        // A permit on another runtime waits on that sweeper...
+        let mut waiting = limiter.admit(ip(2)).unwrap();
+        let other = std::thread::spawn(move || {
+            runtime().block_on(async {
+                let started = tokio::time::Instant::now();
+                let reason = tokio::time::timeout(Duration::from_secs(10), waiting.closed()).await;
+                (reason, started.elapsed())
+            })
+        });
+        // ...which goes with its runtime before that permit's deadline.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(first);
+        let (reason, waited) = other.join().unwrap();
+        assert_eq!(reason, Ok(CloseReason::TimedOut));
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        drop(early);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_promotion_after_the_deadline_fails_and_counts_as_a_timeout_only() {
+        let limiter = ConnectionLimiter::new(limits(10, 10));
+        let mut waiter = limiter.admit(ip(1)).unwrap();
+        let mut late = limiter.admit(ip(2)).unwrap();
+        // The sweeper (started by the first permit) times both out at their deadline,
+        // before the second one's holder has looked.
+        assert_eq!(waiter.closed().await, CloseReason::TimedOut);
+        assert_eq!(late.promote(), Err(PromoteError::Unknown));
+        assert_eq!(late.closed().await, CloseReason::TimedOut);
+        let stats = limiter.stats();
+        assert_eq!((stats.timed_out, stats.refused), (2, 0));
     }
 }
