@@ -103,6 +103,9 @@ struct Shared {
     state: Mutex<ServerState>,
     limiter: ConnectionLimiter,
     relaxed_command_check: bool,
+    /// Whether the limits admit any connection: a listener configured to take none
+    /// (a pending limit of 0) answers no query either.
+    takes_connections: bool,
     shutdown: watch::Sender<bool>,
     /// Accept loops still running (holding their listening socket).
     listening: watch::Sender<usize>,
@@ -130,8 +133,11 @@ impl EpmdServer {
         let listeners = bind_all(&config.addrs)?;
         let (shutdown, _) = watch::channel(false);
         let (listening, _) = watch::channel(listeners.len());
+        let takes_connections =
+            config.limits.max_pending > 0 && config.limits.max_pending_per_source > 0;
         let shared = Arc::new(Shared {
             state: Mutex::new(ServerState::default()),
+            takes_connections,
             limiter: ConnectionLimiter::new(config.limits),
             relaxed_command_check: config.relaxed_command_check,
             shutdown,
@@ -163,7 +169,9 @@ impl EpmdServer {
         self.local_addrs.first().map_or(0, SocketAddr::port)
     }
 
-    /// Connection counters (pending, established, evicted, timed out...).
+    /// Connection counters (pending, established, evicted, timed out...). A query whose
+    /// request is there when its connection is accepted is answered without being
+    /// admitted (it is never pending), so it is not counted.
     pub fn stats(&self) -> ListenerStats {
         self.shared.limiter.stats()
     }
@@ -298,10 +306,14 @@ async fn serve_listener(
                 };
                 // A query answered at once is never pending, so it takes no slot in the
                 // limiter: only a connection that needs a task of its own is admitted.
-                let (task, rest) = match answer_at_once(&stream, peer, local, shared) {
-                    AtOnce::Answered => (None, Vec::new()),
-                    AtOnce::Rest(rest) => (Some(Task::FinishReply), rest),
-                    AtOnce::Pending(buf) => (Some(Task::Serve), buf),
+                let (task, rest) = if !shared.takes_connections {
+                    (Some(Task::Serve), Vec::new()) // refused by the limiter below
+                } else {
+                    match answer_at_once(&stream, peer, local, shared) {
+                        AtOnce::Answered => (None, Vec::new()),
+                        AtOnce::Rest(rest) => (Some(Task::FinishReply), rest),
+                        AtOnce::Pending(buf) => (Some(Task::Serve), buf),
+                    }
                 };
                 if let Some(task) = task {
                     match shared.limiter.admit(peer.ip()) {
@@ -721,5 +733,35 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn a_server_whose_limits_take_no_connection_answers_no_query() {
+        use crate::listener::ListenerLimits;
+        let server = EpmdServer::bind(EpmdServerConfig {
+            addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            limits: ListenerLimits {
+                max_pending: 0,
+                ..ListenerLimits::default()
+            },
+            ..EpmdServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let request = Request::PortPlease2 {
+            name: "anyone".into(),
+        }
+        .encode()
+        .unwrap();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(server.local_addrs()[0]).await.unwrap();
+            // The request goes with the connect, so it is there when the server accepts.
+            let _ = stream.write_all(&request).await;
+            let mut reply = Vec::new();
+            let _ = stream.read_to_end(&mut reply).await;
+            assert!(reply.is_empty(), "answered: {reply:?}");
+        }
+        assert_eq!(server.stats().refused, 3);
+        server.shutdown().await;
     }
 }
