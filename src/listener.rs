@@ -849,6 +849,15 @@ mod tests {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
     }
 
+    /// A current-thread runtime with timers, its clock paused or real.
+    fn runtime(paused: bool) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(paused)
+            .build()
+            .unwrap()
+    }
+
     fn limits(pending: usize, per_source: usize) -> ListenerLimits {
         ListenerLimits {
             max_connections: 3,
@@ -1129,14 +1138,7 @@ mod tests {
     #[test]
     fn a_sweeper_lost_with_its_runtime_is_started_again_by_the_next_permit() {
         let limiter = ConnectionLimiter::new(limits(10, 10));
-        let paused = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap()
-        };
-        let first = paused();
+        let first = runtime(true);
         let mut lost = limiter.admit(ip(1)).unwrap();
         first.block_on(async {
             let waited = tokio::time::timeout(Duration::from_secs(1), lost.closed()).await;
@@ -1146,7 +1148,7 @@ mod tests {
         // The runtime goes with the sweeper in it; the limiter and its permits live on.
         drop(first);
         assert!(!limiter.lock().sweeping);
-        let second = paused();
+        let second = runtime(true);
         let mut next = limiter.admit(ip(2)).unwrap();
         let both = second.block_on(async {
             let both = async { tokio::join!(lost.closed(), next.closed()) };
@@ -1158,14 +1160,7 @@ mod tests {
     #[test]
     fn a_sweeper_dropped_before_it_ever_ran_is_started_again() {
         let limiter = ConnectionLimiter::new(limits(10, 10));
-        let paused = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .start_paused(true)
-                .build()
-                .unwrap()
-        };
-        let first = paused();
+        let first = runtime(true);
         let mut permit = limiter.admit(ip(1)).unwrap();
         // One poll of `closed` spawns the sweeper; the runtime goes before running it.
         first.block_on(async {
@@ -1174,7 +1169,7 @@ mod tests {
         });
         drop(first);
         assert!(!limiter.lock().sweeping);
-        let second = paused();
+        let second = runtime(true);
         let reason = second.block_on(async {
             tokio::time::timeout(Duration::from_secs(60), permit.closed()).await
         });
@@ -1187,14 +1182,8 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
             ..limits(10, 10)
         });
-        let runtime = || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap()
-        };
         // The sweeper runs on the first runtime, which then stops being driven.
-        let first = runtime();
+        let first = runtime(false);
         let mut early = limiter.admit(ip(1)).unwrap();
         first.block_on(async {
             let waited = tokio::time::timeout(Duration::from_millis(10), early.closed()).await;
@@ -1204,7 +1193,7 @@ mod tests {
         // A permit on another runtime waits on that sweeper...
         let mut waiting = limiter.admit(ip(2)).unwrap();
         let other = std::thread::spawn(move || {
-            runtime().block_on(async {
+            runtime(false).block_on(async {
                 let started = tokio::time::Instant::now();
                 let reason = tokio::time::timeout(Duration::from_secs(10), waiting.closed()).await;
                 (reason, started.elapsed())
