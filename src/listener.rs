@@ -83,6 +83,14 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
 }
 
+impl ListenerLimits {
+    /// Whether these limits admit any connection: a pending limit of 0 refuses all
+    /// ([`Refusal::NoPendingSlots`]).
+    pub fn takes_connections(&self) -> bool {
+        self.max_pending > 0 && self.max_pending_per_source > 0
+    }
+}
+
 impl Default for ListenerLimits {
     fn default() -> Self {
         ListenerLimits {
@@ -288,7 +296,7 @@ impl ConnectionTable {
     /// oldest pending one when all have: a connection that has sent nothing goes before
     /// one in the middle of its handshake.
     pub fn admit(&mut self, source: IpAddr, now: Instant) -> Decision {
-        if self.limits.max_pending == 0 || self.limits.max_pending_per_source == 0 {
+        if !self.limits.takes_connections() {
             return Decision::Refuse(Refusal::NoPendingSlots);
         }
         let mut evicted: Vec<Eviction> = self

@@ -8,8 +8,9 @@
 //! bytes are there when the connection is accepted (nearly every `PORT_PLEASE2`) itself;
 //! for any other connection it asks the shared [`ConnectionLimiter`] for a permit and
 //! spawns a task, which reads one request with the pure [`codec`](super::codec), lets
-//! the pure [`Registry`] decide the reply and what comes next, and writes it. The access rules (local-only requests,
-//! `KILL` and `STOP`) are described in [`registry`](super::registry).
+//! the pure [`Registry`] decide the reply and what comes next, and writes it. The access
+//! rules (local-only requests, `KILL` and `STOP`) are described in
+//! [`registry`](super::registry).
 //!
 //! A connection is *pending* until its request is complete and *established* once it
 //! holds a registration; the [`ListenerLimits`] bound both, and
@@ -103,8 +104,8 @@ struct Shared {
     state: Mutex<ServerState>,
     limiter: ConnectionLimiter,
     relaxed_command_check: bool,
-    /// Whether the limits admit any connection: a listener configured to take none
-    /// (a pending limit of 0) answers no query either.
+    /// [`ListenerLimits::takes_connections`]: a listener configured to take no
+    /// connection answers no query either.
     takes_connections: bool,
     shutdown: watch::Sender<bool>,
     /// Accept loops still running (holding their listening socket).
@@ -133,8 +134,7 @@ impl EpmdServer {
         let listeners = bind_all(&config.addrs)?;
         let (shutdown, _) = watch::channel(false);
         let (listening, _) = watch::channel(listeners.len());
-        let takes_connections =
-            config.limits.max_pending > 0 && config.limits.max_pending_per_source > 0;
+        let takes_connections = config.limits.takes_connections();
         let shared = Arc::new(Shared {
             state: Mutex::new(ServerState::default()),
             takes_connections,
@@ -306,27 +306,24 @@ async fn serve_listener(
                 };
                 // A query answered at once is never pending, so it takes no slot in the
                 // limiter: only a connection that needs a task of its own is admitted.
-                let (task, rest) = if !shared.takes_connections {
-                    (Some(Task::Serve), Vec::new()) // refused by the limiter below
+                let at_once = if shared.takes_connections {
+                    answer_at_once(&stream, peer, local, shared)
                 } else {
-                    match answer_at_once(&stream, peer, local, shared) {
-                        AtOnce::Answered => (None, Vec::new()),
-                        AtOnce::Rest(rest) => (Some(Task::FinishReply), rest),
-                        AtOnce::Pending(buf) => (Some(Task::Serve), buf),
-                    }
+                    AtOnce::Pending(Vec::new()) // refused by the limiter below
                 };
-                if let Some(task) = task {
+                if !matches!(at_once, AtOnce::Answered) {
                     match shared.limiter.admit(peer.ip()) {
-                        Ok(permit) => match task {
-                            Task::FinishReply => {
+                        Ok(permit) => match at_once {
+                            AtOnce::Answered => {}
+                            AtOnce::Rest(rest) => {
                                 tokio::spawn(finish_reply(stream, peer, permit, rest));
                             }
-                            Task::Serve => {
+                            AtOnce::Pending(buf) => {
                                 let shared = Arc::clone(shared);
                                 // Boxed: spawning moves a future several times, and
                                 // this one is large.
                                 tokio::spawn(Box::pin(serve(
-                                    stream, peer, local, permit, shared, rest,
+                                    stream, peer, local, permit, shared, buf,
                                 )));
                             }
                         },
@@ -430,14 +427,6 @@ enum AtOnce {
     /// No complete query arrived yet, or the request needs a task of its own (`ALIVE2`,
     /// `KILL`, `STOP`): serve the connection from these bytes on.
     Pending(Vec<u8>),
-}
-
-/// The task a connection needs after [`answer_at_once`].
-enum Task {
-    /// [`finish_reply`]: write the rest of the reply.
-    FinishReply,
-    /// [`serve`]: read the rest of the request, and answer it.
-    Serve,
 }
 
 /// `send` flags: no `SIGPIPE` when the client has gone (where the flag exists; Rust
