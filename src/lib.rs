@@ -38,3 +38,16 @@ pub use term::{Atom, Pid, Port, Reference, Term};
 #[cfg(all(doctest, feature = "etcd", feature = "tls"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod test_support {
+    /// A current-thread runtime with timers, its clock paused or real.
+    pub(crate) fn runtime(paused: bool) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(paused)
+            .build()
+            .unwrap()
+    }
+}

@@ -48,13 +48,19 @@ impl Linger {
         self.active.fetch_add(1, Ordering::SeqCst);
         let _done = Active(self);
         self.began.store(true, Ordering::SeqCst);
-        if !self.running.swap(true, Ordering::SeqCst) {
-            tokio::spawn(clock(self.clone()));
-        }
         let start = self.epoch.load(Ordering::SeqCst);
         let mut close = std::pin::pin!(close);
         loop {
             let ticked = self.tick.notified();
+            // Started by the first close, and again by a close whose clock was lost
+            // (see `Running`), which wakes it.
+            if !self.running.swap(true, Ordering::SeqCst) {
+                let running = Running {
+                    linger: self.clone(),
+                    stopped: false,
+                };
+                tokio::spawn(clock(running));
+            }
             if self.epoch.load(Ordering::SeqCst).wrapping_sub(start) >= TICKS {
                 return None;
             }
@@ -90,11 +96,7 @@ impl Drop for Active<'_> {
     }
 }
 
-async fn clock(linger: Arc<Linger>) {
-    let mut running = Running {
-        linger,
-        stopped: false,
-    };
+async fn clock(mut running: Running) {
     let linger = &running.linger;
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -109,9 +111,10 @@ async fn clock(linger: Arc<Linger>) {
     }
 }
 
-/// Held by the clock task. If the task is dropped before it stops by itself (its runtime
-/// shut down while the node lives on in another), the next close starts a new clock
-/// instead of waiting for ticks that never come.
+/// Owned by the clock task's future from its spawn (before its first poll). If the task
+/// is dropped before it stops by itself (its runtime shut down while the node lives on
+/// in another), the closes waiting for its ticks are woken and start a new clock, as
+/// the next close does, instead of waiting for ticks that never come.
 struct Running {
     linger: Arc<Linger>,
     stopped: bool,
@@ -121,6 +124,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         if !self.stopped {
             self.linger.running.store(false, Ordering::SeqCst);
+            self.linger.tick.notify_waiters();
         }
     }
 }
@@ -128,6 +132,7 @@ impl Drop for Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::runtime;
 
     #[tokio::test(start_paused = true)]
     async fn a_close_that_finishes_returns_its_output() {
@@ -171,22 +176,14 @@ mod tests {
     #[test]
     fn a_clock_lost_with_its_runtime_is_started_again_by_the_next_close() {
         let linger = Arc::new(Linger::default());
-        let first = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let first = runtime(true);
         // A close in progress when the runtime goes: its clock task is dropped mid-tick.
         let l = linger.clone();
         first.spawn(async move { l.bound(std::future::pending::<()>()).await });
         first.block_on(async { tokio::time::sleep(TICK / 2).await });
         drop(first);
         assert!(!linger.running.load(Ordering::SeqCst));
-        let second = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let second = runtime(true);
         let out = second.block_on(linger.bound(std::future::pending::<()>()));
         assert_eq!(out, None);
     }
@@ -214,5 +211,54 @@ mod tests {
         // needs, not once per close.
         let epoch = linger.epoch.load(Ordering::SeqCst);
         assert!(epoch <= 6, "{epoch} ticks");
+    }
+
+    #[test]
+    fn a_clock_dropped_before_it_ever_ran_is_started_again() {
+        let linger = Arc::new(Linger::default());
+        let first = runtime(true);
+        // One poll of a close spawns the clock; the runtime goes before running it.
+        first.block_on(async {
+            let close = linger.bound(std::future::pending::<()>());
+            assert!(tokio::time::timeout(Duration::ZERO, close).await.is_err());
+        });
+        drop(first);
+        assert!(!linger.running.load(Ordering::SeqCst));
+        let out = runtime(true).block_on(async {
+            let close = linger.bound(std::future::pending::<()>());
+            tokio::time::timeout(Duration::from_secs(60), close).await
+        });
+        assert_eq!(out, Ok(None));
+    }
+
+    #[test]
+    fn a_close_waiting_on_a_clock_that_is_lost_starts_another() {
+        let linger = Arc::new(Linger::default());
+        // The clock runs on the first runtime, which then stops being driven.
+        let first = runtime(false);
+        first.block_on(async {
+            let close = linger.bound(std::future::pending::<()>());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(10), close)
+                    .await
+                    .is_err()
+            );
+        });
+        // A close on another runtime waits for that clock's ticks...
+        let l = linger.clone();
+        let other = std::thread::spawn(move || {
+            runtime(false).block_on(async {
+                let started = tokio::time::Instant::now();
+                let close = l.bound(std::future::pending::<()>());
+                let out = tokio::time::timeout(Duration::from_secs(10), close).await;
+                (out, started.elapsed())
+            })
+        });
+        // ...and the clock goes with its runtime before that close is bounded.
+        std::thread::sleep(Duration::from_millis(50));
+        drop(first);
+        let (out, waited) = other.join().unwrap();
+        assert_eq!(out, Ok(None));
+        assert!(waited <= LINGER + Duration::from_millis(500), "{waited:?}");
     }
 }
