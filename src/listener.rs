@@ -851,19 +851,11 @@ pub(crate) fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::runtime;
     use std::net::Ipv4Addr;
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-    }
-
-    /// A current-thread runtime with timers, its clock paused or real.
-    fn runtime(paused: bool) -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(paused)
-            .build()
-            .unwrap()
     }
 
     fn limits(pending: usize, per_source: usize) -> ListenerLimits {
