@@ -779,8 +779,8 @@ impl ConnectionPermit {
     /// still pending at its deadline. Never resolves for an established connection.
     ///
     /// Deadlines are kept by one task per limiter, which the first `closed` awaited
-    /// starts on the current runtime (and the next one starts again if that runtime
-    /// shuts down while the limiter lives on). A pending connection whose `closed` is
+    /// starts on the current runtime (and the next one starts again, in a later poll,
+    /// if that runtime shuts down while the limiter lives on). A pending connection whose `closed` is
     /// never awaited is still removed from the limiter at its deadline.
     ///
     /// Cancel-safe: use it as a branch of `tokio::select!` around every read and write.
@@ -809,7 +809,12 @@ impl ConnectionPermit {
                     // The limiter forgot the connection without a reason: promoted.
                     Err(_) => return std::future::pending().await,
                 },
-                () = lost => {}
+                () = lost => {
+                    // Lost, perhaps at once: a runtime that is shutting down drops a task
+                    // spawned on it before its first poll. Start another only in a later
+                    // poll, so that a task being shut down is never held in this one.
+                    tokio::task::yield_now().await;
+                }
             }
         };
         self.signal = None;
@@ -1174,6 +1179,31 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(60), permit.closed()).await
         });
         assert_eq!(reason, Ok(CloseReason::TimedOut));
+    }
+
+    #[test]
+    fn one_poll_of_closed_on_a_dropped_multi_thread_runtime_returns() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        drop(rt);
+        let limiter = ConnectionLimiter::new(limits(10, 10));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _entered = handle.enter();
+            let mut permit = limiter.admit(ip(1)).unwrap();
+            let closed = permit.closed();
+            let mut closed = std::pin::pin!(closed);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = done.send(closed.as_mut().poll(&mut cx).is_pending());
+        });
+        let pending = finished
+            .recv_timeout(Duration::from_secs(1))
+            .expect("one poll of `closed` on a dropped runtime did not return within 1 s");
+        assert!(pending, "the deadline is not up");
     }
 
     #[test]

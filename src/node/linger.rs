@@ -9,6 +9,13 @@
 //! progress (or began during the last tick), and each close gives up after
 //! [`TICKS`] ticks. The clock task exists only while there are closes to bound: it is
 //! started by the first one and ends after a tick with none.
+//!
+//! A clock task can be lost: dropped by a runtime that is shutting down (tokio drops a
+//! task spawned on such a runtime at once, before its first poll) while the node lives
+//! on. Every close in progress then gives up its wait (the peer is not waited for, the
+//! socket is closed all the same) instead of starting another clock: a close polled on
+//! a runtime that is going away must end in that poll, not spawn clock after clock.
+//! A close that begins later starts a new clock.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,20 +47,24 @@ pub(crate) struct Linger {
     began: AtomicBool,
     /// Whether the clock task is running.
     running: AtomicBool,
+    /// How many clock tasks were lost (dropped before they stopped by themselves).
+    lost: AtomicU64,
 }
 
 impl Linger {
-    /// Runs `close` until it finishes or its time is up (`None`).
+    /// Runs `close` until it finishes or its time is up (`None`). Also `None` at once
+    /// when the clock is lost while it waits (see the module's documentation).
     pub(crate) async fn bound<F: Future>(self: &Arc<Self>, close: F) -> Option<F::Output> {
         self.active.fetch_add(1, Ordering::SeqCst);
         let _done = Active(self);
         self.began.store(true, Ordering::SeqCst);
         let start = self.epoch.load(Ordering::SeqCst);
+        let lost = self.lost.load(Ordering::SeqCst);
         let mut close = std::pin::pin!(close);
         loop {
             let ticked = self.tick.notified();
-            // Started by the first close, and again by a close whose clock was lost
-            // (see `Running`), which wakes it.
+            // Started by the first close, and by the first close after the clock
+            // stopped or was lost.
             if !self.running.swap(true, Ordering::SeqCst) {
                 let running = Running {
                     linger: self.clone(),
@@ -61,7 +72,8 @@ impl Linger {
                 };
                 tokio::spawn(clock(running));
             }
-            if self.epoch.load(Ordering::SeqCst).wrapping_sub(start) >= TICKS {
+            let expired = self.epoch.load(Ordering::SeqCst).wrapping_sub(start) >= TICKS;
+            if expired || self.lost.load(Ordering::SeqCst) != lost {
                 return None;
             }
             tokio::select! {
@@ -112,9 +124,9 @@ async fn clock(mut running: Running) {
 }
 
 /// Owned by the clock task's future from its spawn (before its first poll). If the task
-/// is dropped before it stops by itself (its runtime shut down while the node lives on
-/// in another), the closes waiting for its ticks are woken and start a new clock, as
-/// the next close does, instead of waiting for ticks that never come.
+/// is dropped before it stops by itself (its runtime shut down, or is shutting down,
+/// while the node lives on), the closes waiting for its ticks are woken and give up
+/// instead of waiting for ticks that never come; the next close starts a new clock.
 struct Running {
     linger: Arc<Linger>,
     stopped: bool,
@@ -123,6 +135,7 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.stopped {
+            self.linger.lost.fetch_add(1, Ordering::SeqCst);
             self.linger.running.store(false, Ordering::SeqCst);
             self.linger.tick.notify_waiters();
         }
@@ -231,8 +244,67 @@ mod tests {
         assert_eq!(out, Ok(None));
     }
 
+    fn multi_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Runs `f` on a thread of its own and waits at most `limit` for it; `None` when it
+    /// did not finish by then (the thread is left to run).
+    fn within<T: Send + 'static>(
+        limit: Duration,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(f());
+        });
+        finished.recv_timeout(limit).ok()
+    }
+
     #[test]
-    fn a_close_waiting_on_a_clock_that_is_lost_starts_another() {
+    fn one_poll_of_a_close_on_a_dropped_multi_thread_runtime_returns() {
+        let rt = multi_thread_runtime();
+        let handle = rt.handle().clone();
+        drop(rt);
+        let linger = Arc::new(Linger::default());
+        let polled = within(Duration::from_secs(1), move || {
+            let _entered = handle.enter();
+            let close = linger.bound(std::future::pending::<()>());
+            let mut close = std::pin::pin!(close);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            close.as_mut().poll(&mut cx).is_ready()
+        });
+        let ready =
+            polled.expect("one poll of a close on a dropped runtime did not return within 1 s");
+        assert!(ready, "a close whose clock cannot run gives up");
+    }
+
+    #[test]
+    fn dropping_a_multi_thread_runtime_with_lingering_closes_always_finishes() {
+        for round in 0..1_000 {
+            let linger = Arc::new(Linger::default());
+            let rt = multi_thread_runtime();
+            for _ in 0..100 {
+                let linger = linger.clone();
+                rt.spawn(async move { linger.bound(std::future::pending::<()>()).await });
+            }
+            // The closes start, the clock with them.
+            rt.block_on(tokio::task::yield_now());
+            let dropped = within(LINGER + Duration::from_secs(1), move || drop(rt));
+            assert!(
+                dropped.is_some(),
+                "round {round}: dropping the runtime did not finish within {:?}",
+                LINGER + Duration::from_secs(1)
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_waiting_on_a_clock_that_is_lost_gives_up() {
         let linger = Arc::new(Linger::default());
         // The clock runs on the first runtime, which then stops being driven.
         let first = runtime(false);
