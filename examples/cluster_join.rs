@@ -368,6 +368,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     // Registrations are kept until the agents exit; the nodes keep their connections.
     drop(formed);
+    probe.shutdown().await;
     Ok(one_cluster && ok)
 }
 

@@ -163,9 +163,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Err(e) => return Err(e.to_string()),
     };
     let target: Arc<dyn ClusterTarget> = if args.rabbitmq {
-        Arc::new(RabbitMq::new(probe, args.node.clone()).with_timeout(args.call_timeout))
+        Arc::new(RabbitMq::new(probe.clone(), args.node.clone()).with_timeout(args.call_timeout))
     } else {
-        Arc::new(ErlangMesh::new(probe, args.node.clone()).with_timeout(args.call_timeout))
+        Arc::new(ErlangMesh::new(probe.clone(), args.node.clone()).with_timeout(args.call_timeout))
     };
     let backend = if args.backend.is_set() {
         Some(args.backend.build().await.map_err(|e| e.to_string())?)
@@ -178,6 +178,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         println!("{report}");
     }
+    probe.shutdown().await;
     Ok(if report.healthy {
         ExitCode::SUCCESS
     } else {

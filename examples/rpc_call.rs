@@ -205,7 +205,7 @@ async fn run(args: Args, ip: IpAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match node
+    let result = node
         .call(
             &args.node,
             &args.module,
@@ -213,8 +213,9 @@ async fn run(args: Args, ip: IpAddr) -> ExitCode {
             args.args,
             args.timeout,
         )
-        .await
-    {
+        .await;
+    node.shutdown().await;
+    match result {
         Ok(result) => {
             println!("{result}");
             ExitCode::SUCCESS

@@ -254,33 +254,26 @@ impl PendingCalls {
         }
     }
 
-    /// A `SPAWN_REPLY` arrived.
+    /// A `SPAWN_REPLY` arrived. Returns the kill to send to the worker it names when
+    /// the caller gave up before the worker started.
     pub(crate) fn spawn_reply(
         &self,
         node: &Arc<NodeInner>,
-        conn: &Arc<crate::node::ConnHandleRef>,
         req_id: &Reference,
         result: Term,
-    ) {
+    ) -> Option<Control> {
         let mut map = self.lock();
-        let Some(entry) = map.get_mut(req_id) else {
-            return;
-        };
+        let entry = map.get_mut(req_id)?;
         match (result, entry.tx.is_some()) {
             (Term::Pid(pid), true) => entry.spawned = Some(*pid),
             (Term::Pid(pid), false) => {
                 // The caller gave up before the worker started: stop it.
                 map.remove(req_id);
-                drop(map);
-                let from = node.procs.pid(crate::node::RPC_PROCESS_ID);
-                conn.send_nowait(
-                    Control::Exit2 {
-                        from,
-                        to: *pid,
-                        reason: Term::atom("kill"),
-                    },
-                    None,
-                );
+                return Some(Control::Exit2 {
+                    from: node.procs.pid(crate::node::RPC_PROCESS_ID),
+                    to: *pid,
+                    reason: Term::atom("kill"),
+                });
             }
             (reason, _) => {
                 if let Some(tx) = map.remove(req_id).and_then(|entry| entry.tx) {
@@ -288,6 +281,7 @@ impl PendingCalls {
                 }
             }
         }
+        None
     }
 
     /// A monitor signal arrived; returns whether it belonged to a call.
@@ -462,7 +456,7 @@ async fn erpc_call(
                     to: worker,
                     reason: Term::atom("kill"),
                 };
-                conn.send_nowait(kill, None);
+                conn.try_send(kill, None);
             }
             return Err(site.timeout(timeout));
         }

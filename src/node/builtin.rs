@@ -52,13 +52,11 @@ pub(super) async fn io_request(node: &Arc<NodeInner>, conn: &Arc<ConnHandle>, me
     let reply = io_reply(&conn.peer, request, 0);
     let me = node.procs.pid(IO_ID);
     let answer = Term::Tuple(vec![Term::atom("io_reply"), reply_as.clone(), reply]);
-    conn.send_nowait(
-        Control::Send {
-            from: Some(me),
-            to: from.clone(),
-        },
-        Some(answer),
-    );
+    let send = Control::Send {
+        from: Some(me),
+        to: from.clone(),
+    };
+    conn.reply(send, Some(answer)).await;
 }
 
 fn io_reply(peer: &crate::NodeName, request: &Term, depth: usize) -> Term {

@@ -49,6 +49,24 @@ pub enum DisconnectReason {
     Replaced,
     /// The local node stopped.
     NodeStopped,
+    /// The peer asked for more than the node holds for one connection.
+    Overloaded(Overload),
+}
+
+/// What a peer overloaded (see [`DisconnectReason::Overloaded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overload {
+    /// The peer sent requests whose replies it did not read: the reply to one of them
+    /// could not be queued for this long (`net_ticktime`), while reading from the peer
+    /// was paused.
+    RepliesUnread(Duration),
+    /// The peer monitors one local process more times than the limit
+    /// ([`MAX_MONITORS_PER_PROCESS`](crate::node::MAX_MONITORS_PER_PROCESS)).
+    Monitors {
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -69,6 +87,14 @@ impl std::fmt::Display for DisconnectReason {
             DisconnectReason::Local => f.write_str("disconnected locally"),
             DisconnectReason::Replaced => f.write_str("replaced by a newer connection"),
             DisconnectReason::NodeStopped => f.write_str("the local node stopped"),
+            DisconnectReason::Overloaded(Overload::RepliesUnread(t)) => write!(
+                f,
+                "overloaded: the peer sent requests but read none of the replies for {t:?}"
+            ),
+            DisconnectReason::Overloaded(Overload::Monitors { max }) => write!(
+                f,
+                "overloaded: the peer monitors one process more than {max} times"
+            ),
         }
     }
 }
@@ -88,6 +114,10 @@ pub(crate) struct ConnHandle {
     pub(crate) initiated_locally: bool,
     tx: mpsc::Sender<Outbound>,
     max_frame: usize,
+    /// How long a reply may wait for room in the writer's queue.
+    net_ticktime: Duration,
+    /// Whether the peer has already been told, in the log, that its replies wait.
+    backpressured: AtomicBool,
     closed: AtomicBool,
     close_signal: Notify,
     reason: std::sync::Mutex<Option<DisconnectReason>>,
@@ -107,25 +137,50 @@ impl ConnHandle {
             .map_err(|_| SendError::ConnectionClosed(self.peer.clone()))
     }
 
-    /// Queues a message the node itself produced while handling input (replies, monitor
-    /// notices) without waiting: the reader must never block on its own writer.
-    pub(crate) fn send_nowait(self: &Arc<Self>, control: Control, message: Option<Term>) {
-        let buf = match self.encode(&control, message.as_ref()) {
-            Ok(buf) => buf,
-            Err(e) => {
-                tracing::warn!(peer = %self.peer, error = %e, "cannot encode a reply");
-                return;
-            }
+    /// Queues a reply the peer provoked (the answer to a request, the notice of a
+    /// monitor or link that cannot be set up) from the connection's reader.
+    ///
+    /// The replies a peer provokes are bounded by the writer's queue: when it is full,
+    /// this waits for room, and while it waits the reader reads nothing more from the
+    /// peer. A peer that sends requests faster than it reads the replies is slowed to the
+    /// pace it reads at (logged once per connection); one that reads nothing is
+    /// disconnected by the write timeout, or here after `net_ticktime`
+    /// ([`Overload::RepliesUnread`]). No task is spawned per reply.
+    pub(crate) async fn reply(&self, control: Control, message: Option<Term>) {
+        let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
+            return;
         };
-        match self.tx.try_send(Outbound::Frame(buf)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(frame)) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(frame).await;
-                });
-            }
+        let frame = match self.tx.try_send(Outbound::Frame(buf)) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+            Err(mpsc::error::TrySendError::Full(frame)) => frame,
+        };
+        if !self.backpressured.swap(true, Ordering::Relaxed) {
+            tracing::warn!(peer = %self.peer, "the peer sends requests faster than it reads the replies: reading from it is paused while its replies wait");
         }
+        match tokio::time::timeout(self.net_ticktime, self.tx.send(frame)).await {
+            Ok(_) => {}
+            Err(_) => self.close(DisconnectReason::Overloaded(Overload::RepliesUnread(
+                self.net_ticktime,
+            ))),
+        }
+    }
+
+    /// Queues a message if the writer's queue has room, and drops it otherwise: for a
+    /// notice that is not worth waiting for, such as the kill of a remote call's worker
+    /// after its caller gave up.
+    pub(crate) fn try_send(&self, control: Control, message: Option<Term>) {
+        let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Frame(buf)) {
+            tracing::debug!(peer = %self.peer, "writer queue full: notice dropped");
+        }
+    }
+
+    fn encode_reply(&self, control: &Control, message: Option<&Term>) -> Option<Vec<u8>> {
+        self.encode(control, message)
+            .inspect_err(|e| tracing::warn!(peer = %self.peer, error = %e, "cannot encode a reply"))
+            .ok()
     }
 
     fn encode(&self, control: &Control, message: Option<&Term>) -> Result<Vec<u8>, SendError> {
@@ -204,6 +259,8 @@ pub(crate) struct Setup<'a> {
     pub(crate) permit: Option<crate::listener::ConnectionPermit>,
     /// The clock that bounds the graceful close.
     pub(crate) linger: Arc<super::linger::Linger>,
+    /// Counts the connection's task among the node's until it ends.
+    pub(crate) tracked: super::tasks::Tracked,
 }
 
 /// Starts the task of a connection that finished its handshake (reading, writing,
@@ -227,6 +284,7 @@ where
         decode_limits,
         permit,
         linger,
+        tracked,
     } = setup;
     let (tx, rx) = mpsc::channel(1024);
     let conn = Arc::new(ConnHandle {
@@ -238,6 +296,8 @@ where
         initiated_locally,
         tx,
         max_frame: timing.max_frame,
+        net_ticktime: timing.net_ticktime,
+        backpressured: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         close_signal: Notify::new(),
         reason: std::sync::Mutex::new(None),
@@ -269,6 +329,7 @@ where
         if graceful && let Some(node) = weak.upgrade() {
             node.closing_finished(&c.peer);
         }
+        drop(tracked);
     };
     // Boxed: spawning moves a future several times, and this one is a few kilobytes.
     tokio::spawn(Box::pin(task));

@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::tasks::{Tasks, Tracked};
+
 /// The longest a close waits for the peer. It waits between `LINGER - TICK` and
 /// `LINGER` (500–750 ms), depending on where in a tick it began.
 pub(crate) const LINGER: Duration = Duration::from_millis(750);
@@ -49,9 +51,30 @@ pub(crate) struct Linger {
     running: AtomicBool,
     /// How many clock tasks were lost (dropped before they stopped by themselves).
     lost: AtomicU64,
+    /// Set when the node stops: the clock then ends as soon as no close is left,
+    /// instead of after one more tick.
+    stopping: AtomicBool,
+    /// Woken, once stopping, when the last close ends.
+    quiet: Notify,
+    /// The node's tasks, which count the clock task among them.
+    tasks: Option<Arc<Tasks>>,
 }
 
 impl Linger {
+    /// A clock whose task counts among `tasks`.
+    pub(crate) fn counted_in(tasks: Arc<Tasks>) -> Linger {
+        Linger {
+            tasks: Some(tasks),
+            ..Linger::default()
+        }
+    }
+
+    /// The node stops: from now on the clock task ends as soon as no close is left.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.quiet.notify_one();
+    }
+
     /// Runs `close` until it finishes or its time is up (`None`). Also `None` at once
     /// when the clock is lost while it waits (see the module's documentation).
     pub(crate) async fn bound<F: Future>(self: &Arc<Self>, close: F) -> Option<F::Output> {
@@ -69,6 +92,7 @@ impl Linger {
                 let running = Running {
                     linger: self.clone(),
                     stopped: false,
+                    _tracked: self.tasks.as_ref().map(|t| t.track()),
                 };
                 tokio::spawn(clock(running));
             }
@@ -84,9 +108,13 @@ impl Linger {
         }
     }
 
-    /// Whether the clock should stop after this tick; clears `running` when it does.
-    fn idle(&self) -> bool {
-        if self.active.load(Ordering::SeqCst) > 0 || self.began.swap(false, Ordering::SeqCst) {
+    /// Whether the clock should stop now (after a tick, or woken once stopping with no
+    /// close left); clears `running` when it does. After a tick, a close that began
+    /// during it keeps the clock for one more.
+    fn idle(&self, ticked: bool) -> bool {
+        if self.active.load(Ordering::SeqCst) > 0
+            || (ticked && self.began.swap(false, Ordering::SeqCst))
+        {
             return false;
         }
         self.running.store(false, Ordering::SeqCst);
@@ -104,7 +132,11 @@ struct Active<'a>(&'a Linger);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        if self.0.active.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.stopping.load(Ordering::SeqCst)
+        {
+            self.0.quiet.notify_one();
+        }
     }
 }
 
@@ -113,10 +145,17 @@ async fn clock(mut running: Running) {
     let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        interval.tick().await;
-        linger.epoch.fetch_add(1, Ordering::SeqCst);
-        linger.tick.notify_waiters();
-        if linger.idle() {
+        let stop = tokio::select! {
+            _ = interval.tick() => {
+                linger.epoch.fetch_add(1, Ordering::SeqCst);
+                linger.tick.notify_waiters();
+                linger.idle(true)
+            }
+            () = linger.quiet.notified() => {
+                linger.stopping.load(Ordering::SeqCst) && linger.idle(false)
+            }
+        };
+        if stop {
             running.stopped = true;
             return;
         }
@@ -130,6 +169,7 @@ async fn clock(mut running: Running) {
 struct Running {
     linger: Arc<Linger>,
     stopped: bool,
+    _tracked: Option<Tracked>,
 }
 
 impl Drop for Running {
@@ -242,6 +282,29 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(60), close).await
         });
         assert_eq!(out, Ok(None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_stopping_the_clock_task_ends_with_the_last_close() {
+        let tasks = Arc::new(Tasks::default());
+        let linger = Arc::new(Linger::counted_in(tasks.clone()));
+        // A close that ends at once still started the clock, which counts as a task.
+        assert_eq!(linger.bound(async { 7 }).await, Some(7));
+        assert_eq!(tasks.live(), 1);
+        // Stopping with no close left ends it without waiting for a tick.
+        linger.stop();
+        let ended = tokio::time::timeout(TICK / 10, tasks.all_ended()).await;
+        assert!(ended.is_ok(), "the clock outlived the stop");
+        // A close in progress when the node stops: the clock ends when it does.
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let l = linger.clone();
+        let close = tokio::spawn(async move { l.bound(finished).await });
+        tokio::task::yield_now().await;
+        assert_eq!(tasks.live(), 1);
+        finish.send(()).unwrap();
+        assert!(close.await.unwrap().is_some());
+        let ended = tokio::time::timeout(TICK / 10, tasks.all_ended()).await;
+        assert!(ended.is_ok(), "the clock outlived the last close");
     }
 
     fn multi_thread_runtime() -> tokio::runtime::Runtime {

@@ -25,19 +25,20 @@ mod connection;
 mod error;
 mod linger;
 mod process;
+mod tasks;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, mpsc};
 
-pub use connection::DisconnectReason;
+pub use connection::{DisconnectReason, Overload};
 pub use error::{ClientStartError, ConnectError, RegisterError, SendError, StartError, TlsError};
-pub use process::{Envelope, GenCall};
+pub use process::{Envelope, GenCall, MAX_MONITORS_PER_PROCESS};
 
 use crate::dist::control::{Control, DistMessage, ProcessRef};
 use crate::epmd::{self, EpmdClient, EpmdRegistration, NodeEntry};
@@ -50,7 +51,7 @@ use crate::term::{Atom, DecodeLimits, Pid, Reference, Term};
 use crate::{Cookie, NodeName};
 pub(crate) use connection::ConnHandle as ConnHandleRef;
 use connection::{ConnHandle, Timing};
-use process::{Delivery, Processes};
+use process::{Delivery, Monitored, Processes};
 pub(crate) use process::{IO_ID as IO_PROCESS_ID, RPC_ID as RPC_PROCESS_ID};
 
 /// How remote calls are made. See [`crate::rpc`].
@@ -462,8 +463,8 @@ pub(crate) struct NodeInner {
     limiter: Option<ConnectionLimiter>,
     #[cfg(feature = "tls")]
     tls: Option<crate::tls::TlsContext>,
-    stopped: AtomicBool,
-    stop: Notify,
+    /// The stop signal, and the count of the node's tasks that `Node::shutdown` awaits.
+    tasks: Arc<tasks::Tasks>,
     /// Bounds the graceful closes of this node's connections.
     linger: Arc<linger::Linger>,
 }
@@ -568,6 +569,7 @@ impl Node {
         }
         let (events, _) = broadcast::channel(1024);
         let cfg_limits = cfg.limits.clone();
+        let tasks = Arc::new(tasks::Tasks::default());
         let inner = Arc::new(NodeInner {
             name: cfg.name.clone(),
             procs: Processes::new(
@@ -592,12 +594,12 @@ impl Node {
                 .map(|_| ConnectionLimiter::new(cfg_limits)),
             #[cfg(feature = "tls")]
             tls,
-            stopped: AtomicBool::new(false),
-            stop: Notify::new(),
-            linger: Arc::default(),
+            linger: Arc::new(linger::Linger::counted_in(tasks.clone())),
+            tasks,
         });
         if let (Some(l), Some(limiter)) = (listener, inner.limiter.clone()) {
-            tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter));
+            let tracked = inner.tasks.track();
+            tokio::spawn(accept_loop(Arc::downgrade(&inner), l, limiter, tracked));
         }
         #[cfg(feature = "tls")]
         let tls = inner.tls.is_some();
@@ -787,10 +789,38 @@ impl Node {
         self.inner.send_named_from(&from, node, name, message).await
     }
 
-    /// Stops the node: closes every connection and the listener, and deregisters from
-    /// EPMD.
+    /// Stops the node: closes every connection and the listener, deregisters from EPMD,
+    /// and returns once every task of the node has ended: connections (their graceful
+    /// closes included, which wait at most 750 ms for the peer), incoming
+    /// handshakes and the accept loop. Calls waiting on a connection fail with
+    /// [`RpcError::ConnectionLost`](crate::rpc::RpcError::ConnectionLost).
+    ///
+    /// Call it before a program exits, so that the peers see the connections closed
+    /// rather than reset. Dropping the last handle stops the node too, without waiting.
+    ///
+    /// ```no_run
+    /// # use autocluster::{Cookie, Node};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = Node::builder("tool@localhost".parse()?, Cookie::from_default_file()?)
+    ///     .start()
+    ///     .await?;
+    /// // ...
+    /// node.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn shutdown(&self) {
         self.inner.shutdown();
+        let tasks = &self.inner.tasks;
+        // The tasks end within the linger bound; should one not, say so rather than
+        // wait on.
+        let limit = linger::LINGER + Duration::from_secs(1);
+        if tokio::time::timeout(limit, tasks.all_ended())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %self.inner.name, running = tasks.live(), "node stopped; some of its tasks did not end within {limit:?}");
+        }
     }
 
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
@@ -914,7 +944,7 @@ impl NodeInner {
     }
 
     fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.tasks.is_stopped()
     }
 
     fn our_flags(&self) -> DistFlags {
@@ -1349,6 +1379,7 @@ impl NodeInner {
                 decode_limits: self.cfg.decode_limits.clone(),
                 permit,
                 linger: self.linger.clone(),
+                tracked: self.tasks.track(),
             },
         );
         let (kept, dropped) = {
@@ -1381,6 +1412,11 @@ impl NodeInner {
         };
         if let Some((c, reason)) = dropped {
             c.close(reason);
+        }
+        // Stopped while this connection was being set up: `shutdown` closed the
+        // connections it found, perhaps before this one was in the table.
+        if self.is_stopped() {
+            conn.close(DisconnectReason::NodeStopped);
         }
         if Arc::ptr_eq(&kept, &conn) {
             tracing::info!(node = %self.name, peer = %hs.peer, hidden = conn.is_hidden(), flags = %hs.flags, "connection up");
@@ -1517,10 +1553,10 @@ impl NodeInner {
     }
 
     fn shutdown(&self) {
-        if self.stopped.swap(true, Ordering::AcqRel) {
+        if !self.tasks.stop() {
             return;
         }
-        self.stop.notify_waiters();
+        self.linger.stop();
         let conns: Vec<Arc<ConnHandle>> = {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             peers.values().filter_map(|s| s.conn.clone()).collect()
@@ -1544,7 +1580,13 @@ impl Drop for NodeInner {
     }
 }
 
-async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: ConnectionLimiter) {
+async fn accept_loop(
+    node: Weak<NodeInner>,
+    listener: TcpListener,
+    limiter: ConnectionLimiter,
+    tracked: tasks::Tracked,
+) {
+    let tasks = tracked.tasks();
     let mut accepted_count = 0u32;
     loop {
         // Under a flood, let the handshakes already admitted make progress before
@@ -1553,15 +1595,12 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
         if accepted_count.is_multiple_of(16) {
             tokio::task::yield_now().await;
         }
-        let stop = match node.upgrade() {
-            Some(n) if !n.is_stopped() => n,
-            _ => return,
-        };
+        // Only the stop signal is held while waiting, not the node: dropping its last
+        // handle stops it, and this loop with it.
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            () = stop.stop.notified() => return,
+            () = tasks.stopped() => return,
         };
-        drop(stop);
         let (stream, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -1583,6 +1622,7 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
             limiter: limiter.clone(),
             id: permit.id(),
         };
+        let tracked = tasks.track();
         let handshake = async move {
             let result = tokio::select! {
                 r = accept_connection(&node, stream, addr, &progress) => r,
@@ -1590,6 +1630,7 @@ async fn accept_loop(node: Weak<NodeInner>, listener: TcpListener, limiter: Conn
                     tracing::debug!(%addr, %reason, "handshake closed by the listener limits");
                     None
                 }
+                () = tracked.tasks().stopped() => None,
             };
             let Some((inner, stream, outcome)) = result else {
                 return;
@@ -1955,7 +1996,9 @@ impl NodeInner {
             ));
         }
         let node = self.clone();
+        let tracked = self.tasks.track();
         tokio::spawn(async move {
+            let _tracked = tracked;
             for (peer, control) in outgoing {
                 if let Some(conn) = node.node_of(&peer).ok().and_then(|n| node.connection(&n)) {
                     let _ = conn.send(&control, None).await;
@@ -2003,25 +2046,28 @@ impl NodeInner {
                     }
                     ProcessRef::Name(n) => self.procs.whereis(n),
                 };
-                let recorded = target.is_some_and(|id| {
-                    if id < 100 {
-                        // The node's own processes never exit while it runs.
-                        return true;
+                let recorded = match target {
+                    // The node's own processes never exit while it runs.
+                    Some(id) if id < 100 => Monitored::Recorded,
+                    Some(id) => self.procs.add_monitor(id, reference.clone(), from.clone()),
+                    None => Monitored::NoProcess,
+                };
+                match recorded {
+                    Monitored::Recorded => {}
+                    Monitored::NoProcess => {
+                        let exit = Control::MonitorExit {
+                            from: to,
+                            to: from,
+                            reference,
+                            reason: Term::atom("noproc"),
+                        };
+                        conn.reply(exit, None).await;
                     }
-                    let mut t = self.procs.lock();
-                    t.by_id
-                        .get_mut(&id)
-                        .map(|p| p.monitored_by.insert(reference.clone(), from.clone()))
-                        .is_some()
-                });
-                if !recorded {
-                    let exit = Control::MonitorExit {
-                        from: to,
-                        to: from,
-                        reference,
-                        reason: Term::atom("noproc"),
-                    };
-                    conn.send_nowait(exit, None);
+                    Monitored::TooMany => {
+                        let max = process::MAX_MONITORS_PER_PROCESS;
+                        tracing::warn!(node = %self.name, peer = %conn.peer, max, "the peer monitors one process more than {max} times: disconnecting it");
+                        conn.close(DisconnectReason::Overloaded(Overload::Monitors { max }));
+                    }
                 }
             }
             Control::Demonitor { to, reference, .. } => {
@@ -2078,14 +2124,12 @@ impl NodeInner {
                         .is_some()
                 };
                 if !linked && to.id >= 100 {
-                    conn.send_nowait(
-                        Control::Exit {
-                            from: to,
-                            to: from,
-                            reason: Term::atom("noproc"),
-                        },
-                        None,
-                    );
+                    let exit = Control::Exit {
+                        from: to,
+                        to: from,
+                        reason: Term::atom("noproc"),
+                    };
+                    conn.reply(exit, None).await;
                 }
             }
             Control::UnlinkId { id, from, to } => {
@@ -2094,14 +2138,12 @@ impl NodeInner {
                 {
                     p.links.remove(&from);
                 }
-                conn.send_nowait(
-                    Control::UnlinkIdAck {
-                        id,
-                        from: to,
-                        to: from,
-                    },
-                    None,
-                );
+                let ack = Control::UnlinkIdAck {
+                    id,
+                    from: to,
+                    to: from,
+                };
+                conn.reply(ack, None).await;
             }
             Control::UnlinkIdAck { .. } | Control::GroupLeader { .. } => {}
             Control::Exit { from, to, reason } | Control::Exit2 { from, to, reason } => {
@@ -2114,18 +2156,18 @@ impl NodeInner {
             }
             Control::SpawnRequest { req_id, from, .. } => {
                 // This node runs no Erlang code.
-                conn.send_nowait(
-                    Control::SpawnReply {
-                        req_id,
-                        to: from,
-                        flags: 0,
-                        result: Term::atom("notsup"),
-                    },
-                    None,
-                );
+                let refusal = Control::SpawnReply {
+                    req_id,
+                    to: from,
+                    flags: 0,
+                    result: Term::atom("notsup"),
+                };
+                conn.reply(refusal, None).await;
             }
             Control::SpawnReply { req_id, result, .. } => {
-                self.calls.spawn_reply(self, conn, &req_id, result);
+                if let Some(kill) = self.calls.spawn_reply(self, &req_id, result) {
+                    conn.reply(kill, None).await;
+                }
             }
             Control::Unknown { op, control } => {
                 tracing::debug!(node = %self.name, peer = %conn.peer, op, control = %control, "unknown control message ignored");

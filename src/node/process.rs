@@ -26,6 +26,21 @@ pub(crate) const RPC_ID: u32 = 2;
 pub(crate) const IO_ID: u32 = 3;
 const FIRST_USER_ID: u32 = 100;
 
+/// How many remote monitors one local process (a [`Mailbox`](crate::Mailbox)) holds at
+/// most. A peer whose `MONITOR` would go past it is disconnected with
+/// [`Overload::Monitors`](crate::node::Overload::Monitors); the monitors of a peer are
+/// forgotten when its connection goes down. At about 150 bytes a monitor, a process
+/// holds at most about 2.5 MB of them.
+pub const MAX_MONITORS_PER_PROCESS: usize = 16_384;
+
+/// What recording a remote monitor found.
+pub(crate) enum Monitored {
+    Recorded,
+    NoProcess,
+    /// The process holds [`MAX_MONITORS_PER_PROCESS`] already.
+    TooMany,
+}
+
 /// Names the node answers for itself.
 pub(crate) const RESERVED_NAMES: &[&str] = &["net_kernel"];
 
@@ -157,6 +172,21 @@ impl Processes {
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NoProcess,
         }
+    }
+
+    /// Records that `watcher` (a remote process) monitors process `id`.
+    pub(crate) fn add_monitor(&self, id: u32, reference: Reference, watcher: Pid) -> Monitored {
+        let mut t = self.lock();
+        let Some(p) = t.by_id.get_mut(&id) else {
+            return Monitored::NoProcess;
+        };
+        if p.monitored_by.len() >= MAX_MONITORS_PER_PROCESS
+            && !p.monitored_by.contains_key(&reference)
+        {
+            return Monitored::TooMany;
+        }
+        p.monitored_by.insert(reference, watcher);
+        Monitored::Recorded
     }
 
     /// Removes process `id`; returns who must hear of its exit.

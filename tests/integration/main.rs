@@ -15,9 +15,11 @@ mod hostile;
 mod interop;
 mod kubernetes_backend;
 mod node;
+mod overload;
 mod rabbitmq_etcd;
 mod rabbitmq_formation;
 mod secrets;
+mod stop;
 mod term_text;
 #[cfg(feature = "tls")]
 mod tls;

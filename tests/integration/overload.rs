@@ -1,0 +1,285 @@
+//! Work a peer provokes is bounded: a connected peer that floods the node with requests
+//! and reads the replies slowly, or not at all, makes the node stop reading from it
+//! (backpressure) instead of spawning a task per reply; a peer that monitors one process
+//! past the limit is disconnected with a typed reason. Throughout, the node's other
+//! connections keep serving calls, its task count stays flat and its memory bounded.
+
+use std::time::{Duration, Instant};
+
+use autocluster::handshake::LengthPrefix;
+use autocluster::node::{DisconnectReason, MAX_MONITORS_PER_PROCESS, Overload};
+use autocluster::term::{Atom, Pid, Reference, Term};
+use autocluster::{Cookie, Node, NodeEvent, NodeName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::common::{Epmd, ErlNode, ErlOptions, initiator_config, rss_kib, unique_name};
+
+const COOKIE: &str = "autocluster_test_cookie";
+
+/// How long each flood may write for: a node that applies backpressure makes a peer
+/// that does not read block long before it has sent everything.
+const FLOOD_FOR: Duration = Duration::from_secs(4);
+
+/// The most tasks the flood may add to the runtime (the flooding peer's connection
+/// and the linger clock, with room to spare); a task per reply would add thousands.
+const EXTRA_TASKS: usize = 8;
+
+/// The most memory the flood may add to this test process.
+const EXTRA_RSS_MIB: u64 = 64;
+
+/// How quickly a call on another connection must answer during the flood.
+const CALL_WITHIN: Duration = Duration::from_millis(100);
+
+/// The node under test (listening, not in EPMD) and a real `erl` node it calls.
+async fn server_and_erl(epmd: &Epmd) -> (Node, ErlNode, NodeName) {
+    let erl = ErlNode::start(ErlOptions::new(epmd.port())).await;
+    let host = erl.name().split_once('@').unwrap().1.to_owned();
+    let server = Node::builder(
+        format!("{}@{host}", unique_name("srv")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(epmd.port())
+    .listen("127.0.0.1:0".parse().unwrap())
+    .register_in_epmd(false)
+    .start()
+    .await
+    .unwrap();
+    let peer: NodeName = erl.name().parse().unwrap();
+    // The connection to the `erl` node is up before the flood starts.
+    server
+        .call(&peer, "erlang", "node", vec![], Duration::from_secs(5))
+        .await
+        .unwrap();
+    (server, erl, peer)
+}
+
+/// A raw peer connected to `server` through a real handshake, with a small receive
+/// buffer so that replies it does not read back up into the node quickly.
+async fn raw_peer(server: &Node) -> (TcpStream, NodeName) {
+    let host = server.name().as_str().split_once('@').unwrap().1.to_owned();
+    let me: NodeName = format!("{}@{host}", unique_name("flood")).parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(server.local_addr().unwrap()).await.unwrap();
+    let cfg = initiator_config(&me, server, COOKIE);
+    autocluster::handshake::initiate(
+        &mut stream,
+        LengthPrefix::U16,
+        cfg,
+        Duration::from_secs(5),
+        || true,
+    )
+    .await
+    .expect("handshake");
+    (stream, me)
+}
+
+/// `MONITOR_P` (19) from a process of `me` of the process `target`, as one frame.
+fn monitor_frame(me: &NodeName, target: Term, n: u32) -> Vec<u8> {
+    let from = Term::Pid(Box::new(Pid {
+        node: Atom::from(me.as_str()),
+        id: 1,
+        serial: 0,
+        creation: 7,
+    }));
+    let reference = Term::Reference(Box::new(Reference {
+        node: Atom::from(me.as_str()),
+        creation: 7,
+        id: vec![n, 1, 2],
+    }));
+    let control = Term::Tuple(vec![Term::Integer(19), from, target, reference]);
+    let mut payload = vec![112];
+    payload.extend(autocluster::term::encode(&control).unwrap());
+    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+    frame.extend(payload);
+    frame
+}
+
+/// What was seen while a flood ran.
+#[derive(Debug, Default)]
+struct Seen {
+    sent: u32,
+    max_tasks: usize,
+    max_rss_growth_mib: u64,
+    calls: u32,
+    slowest_call: Duration,
+}
+
+/// Writes up to `count` frames made by `frame` for at most [`FLOOD_FOR`], while calling
+/// the `erl` node on the other connection and sampling the runtime's task count and the
+/// process's memory.
+async fn flood(
+    server: &Node,
+    erl: &NodeName,
+    write: &mut (impl AsyncWriteExt + Unpin),
+    count: u32,
+    frame: impl Fn(u32) -> Vec<u8>,
+) -> Seen {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let rss_before = rss_kib();
+    let mut seen = Seen::default();
+    let deadline = tokio::time::Instant::now() + FLOOD_FOR;
+    let mut sent = 0u32;
+    let writing = async {
+        // A few frames per write, as a peer in a hurry would send them.
+        while sent < count {
+            let batch: Vec<u8> = (sent..count.min(sent + 16)).flat_map(&frame).collect();
+            if write.write_all(&batch).await.is_err() {
+                return;
+            }
+            sent = count.min(sent + 16);
+        }
+    };
+    let mut sampling = Box::pin(async {
+        loop {
+            seen.max_tasks = seen.max_tasks.max(metrics.num_alive_tasks());
+            let growth = rss_kib().saturating_sub(rss_before) / 1024;
+            seen.max_rss_growth_mib = seen.max_rss_growth_mib.max(growth);
+            let started = Instant::now();
+            let answer = server
+                .call(erl, "erlang", "node", vec![], Duration::from_secs(5))
+                .await;
+            assert_eq!(answer.unwrap(), Term::atom(erl.as_str()));
+            seen.calls += 1;
+            seen.slowest_call = seen.slowest_call.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::select! {
+        () = writing => {}
+        () = &mut sampling => unreachable!(),
+        () = tokio::time::sleep_until(deadline) => {}
+    }
+    // The replies already provoked are still being handled: keep sampling a moment.
+    let _ = tokio::time::timeout(Duration::from_millis(500), &mut sampling).await;
+    drop(sampling);
+    seen.sent = sent;
+    seen
+}
+
+/// How the flooding peer reads the replies.
+#[derive(Clone, Copy, Debug)]
+enum Reads {
+    Never,
+    OneKibPerSecond,
+}
+
+async fn monitors_of_a_missing_process_are_answered_with_backpressure(reads: Reads) {
+    let epmd = Epmd::start().await;
+    let (server, _erl_node, erl) = server_and_erl(&epmd).await;
+    let (raw, me) = raw_peer(&server).await;
+    let (mut read, mut write) = raw.into_split();
+    let reader = match reads {
+        Reads::Never => None,
+        Reads::OneKibPerSecond => Some(tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })),
+    };
+    // Settle, then count what runs before the flood (this test's own tasks included).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let missing = Term::Pid(Box::new(Pid {
+        node: Atom::from(server.name().as_str()),
+        id: 999_999,
+        serial: 0,
+        creation: server.creation(),
+    }));
+    for count in [10_000, 100_000] {
+        let seen = flood(&server, &erl, &mut write, count, |n| {
+            monitor_frame(&me, missing.clone(), n)
+        })
+        .await;
+        eprintln!("{reads:?}, {count} MONITORs: baseline {baseline} tasks; {seen:?}");
+        assert!(
+            seen.max_tasks <= baseline + EXTRA_TASKS,
+            "{reads:?}, {count} MONITORs: {} tasks alive, {baseline} before the flood",
+            seen.max_tasks
+        );
+        assert!(
+            seen.max_rss_growth_mib <= EXTRA_RSS_MIB,
+            "{reads:?}, {count} MONITORs: memory grew by {} MiB",
+            seen.max_rss_growth_mib
+        );
+        assert!(seen.calls > 0);
+        assert!(
+            seen.slowest_call < CALL_WITHIN,
+            "{reads:?}, {count} MONITORs: a call on another connection took {:?}",
+            seen.slowest_call
+        );
+    }
+    // The peer is still connected: backpressure, not a disconnection, within the
+    // write timeout (`net_ticktime`, 60 s).
+    assert!(server.is_connected(&me));
+    if let Some(reader) = reader {
+        reader.abort();
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_replies_is_backpressured_not_served_by_new_tasks() {
+    monitors_of_a_missing_process_are_answered_with_backpressure(Reads::Never).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reads_its_replies_at_one_kib_per_second_is_backpressured() {
+    monitors_of_a_missing_process_are_answered_with_backpressure(Reads::OneKibPerSecond).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_monitoring_one_process_past_the_limit_is_disconnected_as_overloaded() {
+    let epmd = Epmd::start().await;
+    let (server, _erl_node, erl) = server_and_erl(&epmd).await;
+    let mailbox = server.register("watched").unwrap();
+    let mut events = server.monitor_nodes();
+    let (raw, me) = raw_peer(&server).await;
+    // This peer reads (and drops) everything: only the monitors count here.
+    let (mut read, mut write) = raw.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let target = Term::Pid(Box::new(mailbox.pid().clone()));
+    let seen = flood(&server, &erl, &mut write, 100_000, |n| {
+        monitor_frame(&me, target.clone(), n)
+    })
+    .await;
+    eprintln!("100,000 MONITORs of one process: {seen:?}");
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Down { node, reason }) if node == me => return reason,
+                Ok(_) => {}
+                Err(e) => panic!("node events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the peer was not disconnected");
+    assert_eq!(
+        reason,
+        DisconnectReason::Overloaded(Overload::Monitors {
+            max: MAX_MONITORS_PER_PROCESS
+        })
+    );
+    assert!(seen.max_rss_growth_mib <= EXTRA_RSS_MIB, "{seen:?}");
+    assert!(seen.slowest_call < CALL_WITHIN, "{seen:?}");
+    // The node serves on, and the process's monitors went with the peer: a new peer
+    // may monitor it again.
+    let (raw, me) = raw_peer(&server).await;
+    let (_read, mut write) = raw.into_split();
+    write
+        .write_all(&monitor_frame(&me, target.clone(), 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.is_connected(&me));
+    reader.abort();
+    server.shutdown().await;
+}
