@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::dist::control::Control;
+use crate::handshake::DistFlags;
 use crate::term::{Pid, Term};
 
 use super::NodeInner;
@@ -31,10 +32,26 @@ pub(super) async fn net_kernel(
             Term::Tuple(vec![Term::atom("error"), Term::atom("not_supported")])
         }
     };
-    let me = node.procs.pid(NET_KERNEL_ID);
-    if let Err(e) = node.gen_reply(&me, &call, reply).await {
-        tracing::debug!(peer = %conn.peer, error = %e, "cannot answer net_kernel call");
+    // Answered on this connection only: a call naming a process of another node as
+    // its caller would make this node dial that node.
+    if call.from.node != conn.peer_atom {
+        tracing::debug!(peer = %conn.peer, from = ?call.from, "net_kernel call from another node's process ignored");
+        return;
     }
+    let me = node.procs.pid(NET_KERNEL_ID);
+    let control = match call.reply_alias() {
+        Some(alias) if alias.node == conn.peer_atom && conn.flags.contains(DistFlags::ALIAS) => {
+            Control::AliasSend {
+                from: me,
+                alias: alias.clone(),
+            }
+        }
+        _ => Control::Send {
+            from: Some(me),
+            to: call.from.clone(),
+        },
+    };
+    conn.reply(control, Some(call.reply_message(reply))).await;
 }
 
 /// A message to the group leader we give remote calls: `{io_request, From, ReplyAs,

@@ -49,21 +49,17 @@ pub enum DisconnectReason {
     Replaced,
     /// The local node stopped.
     NodeStopped,
-    /// The peer asked for more than the node holds for one connection.
+    /// The peer asked the node to hold more for it than the node's limits allow.
     Overloaded(Overload),
 }
 
-/// What a peer overloaded (see [`DisconnectReason::Overloaded`]).
+/// What a peer asked too much of (see [`DisconnectReason::Overloaded`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Overload {
-    /// The peer sent requests whose replies it did not read: the reply to one of them
-    /// could not be queued for this long (`net_ticktime`), while reading from the peer
-    /// was paused.
-    RepliesUnread(Duration),
-    /// The peer monitors one local process more times than the limit
-    /// ([`MAX_MONITORS_PER_PROCESS`](crate::node::MAX_MONITORS_PER_PROCESS)).
-    Monitors {
+    /// Monitors and links of one local process: the peer would have held more than
+    /// [`MAX_MONITORS_AND_LINKS_PER_PEER`](crate::node::MAX_MONITORS_AND_LINKS_PER_PEER).
+    MonitorsAndLinks {
         /// The limit.
         max: usize,
     },
@@ -87,13 +83,9 @@ impl std::fmt::Display for DisconnectReason {
             DisconnectReason::Local => f.write_str("disconnected locally"),
             DisconnectReason::Replaced => f.write_str("replaced by a newer connection"),
             DisconnectReason::NodeStopped => f.write_str("the local node stopped"),
-            DisconnectReason::Overloaded(Overload::RepliesUnread(t)) => write!(
+            DisconnectReason::Overloaded(Overload::MonitorsAndLinks { max }) => write!(
                 f,
-                "overloaded: the peer sent requests but read none of the replies for {t:?}"
-            ),
-            DisconnectReason::Overloaded(Overload::Monitors { max }) => write!(
-                f,
-                "overloaded: the peer monitors one process more than {max} times"
+                "overloaded: the peer monitored or linked one local process more than {max} times"
             ),
         }
     }
@@ -114,8 +106,6 @@ pub(crate) struct ConnHandle {
     pub(crate) initiated_locally: bool,
     tx: mpsc::Sender<Outbound>,
     max_frame: usize,
-    /// How long a reply may wait for room in the writer's queue.
-    net_ticktime: Duration,
     /// Whether the peer has already been told, in the log, that its replies wait.
     backpressured: AtomicBool,
     closed: AtomicBool,
@@ -144,8 +134,8 @@ impl ConnHandle {
     /// this waits for room, and while it waits the reader reads nothing more from the
     /// peer. A peer that sends requests faster than it reads the replies is slowed to the
     /// pace it reads at (logged once per connection); one that reads nothing is
-    /// disconnected by the write timeout, or here after `net_ticktime`
-    /// ([`Overload::RepliesUnread`]). No task is spawned per reply.
+    /// disconnected by the writer's timeout (`net_ticktime`). No task is spawned per
+    /// reply.
     pub(crate) async fn reply(&self, control: Control, message: Option<Term>) {
         let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
             return;
@@ -157,12 +147,9 @@ impl ConnHandle {
         if !self.backpressured.swap(true, Ordering::Relaxed) {
             tracing::warn!(peer = %self.peer, "the peer sends requests faster than it reads the replies: reading from it is paused while its replies wait");
         }
-        match tokio::time::timeout(self.net_ticktime, self.tx.send(frame)).await {
-            Ok(_) => {}
-            Err(_) => self.close(DisconnectReason::Overloaded(Overload::RepliesUnread(
-                self.net_ticktime,
-            ))),
-        }
+        // Ends when the writer takes a frame, or with the connection: a writer that
+        // cannot write for `net_ticktime` ends it.
+        let _ = self.tx.send(frame).await;
     }
 
     /// Queues a message if the writer's queue has room, and drops it otherwise: for a
@@ -206,6 +193,18 @@ impl ConnHandle {
             });
         }
         Ok(buf)
+    }
+
+    /// Whether `pid`, named as the sender of a signal that arrived on this connection,
+    /// is a process of the peer, as the protocol requires; a signal that names another
+    /// node's process is ignored (it would make this node hold state, or send, for a
+    /// node that did not ask).
+    pub(crate) fn sent_by_peer(&self, pid: &crate::term::Pid) -> bool {
+        let ok = pid.node == self.peer_atom;
+        if !ok {
+            tracing::debug!(peer = %self.peer, sender = ?pid, "signal naming a process of another node as its sender ignored");
+        }
+        ok
     }
 
     /// Whether the connection is still up.
@@ -296,7 +295,6 @@ where
         initiated_locally,
         tx,
         max_frame: timing.max_frame,
-        net_ticktime: timing.net_ticktime,
         backpressured: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         close_signal: Notify::new(),
@@ -421,6 +419,10 @@ async fn reader<R: AsyncRead + Unpin>(
                         return DisconnectReason::NodeStopped;
                     };
                     node.dispatch(conn, msg).await;
+                    // Closed by what it sent (over a limit): the rest is not read.
+                    if !conn.is_open() {
+                        return conn.reason();
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(peer = %conn.peer, error = %e, "ignoring an undecodable distribution frame");

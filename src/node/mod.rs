@@ -38,7 +38,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 
 pub use connection::{DisconnectReason, Overload};
 pub use error::{ClientStartError, ConnectError, RegisterError, SendError, StartError, TlsError};
-pub use process::{Envelope, GenCall, MAX_MONITORS_PER_PROCESS};
+pub use process::{Envelope, GenCall, MAX_MONITORS_AND_LINKS_PER_PEER};
 
 use crate::dist::control::{Control, DistMessage, ProcessRef};
 use crate::epmd::{self, EpmdClient, EpmdRegistration, NodeEntry};
@@ -51,7 +51,7 @@ use crate::term::{Atom, DecodeLimits, Pid, Reference, Term};
 use crate::{Cookie, NodeName};
 pub(crate) use connection::ConnHandle as ConnHandleRef;
 use connection::{ConnHandle, Timing};
-use process::{Delivery, Monitored, Processes};
+use process::{Delivery, Processes, Watched};
 pub(crate) use process::{IO_ID as IO_PROCESS_ID, RPC_ID as RPC_PROCESS_ID};
 
 /// How remote calls are made. See [`crate::rpc`].
@@ -790,9 +790,10 @@ impl Node {
     }
 
     /// Stops the node: closes every connection and the listener, deregisters from EPMD,
-    /// and returns once every task of the node has ended: connections (their graceful
-    /// closes included, which wait at most 750 ms for the peer), incoming
-    /// handshakes and the accept loop. Calls waiting on a connection fail with
+    /// and returns once every task of the node has ended (connections, their graceful
+    /// closes included, which wait at most 750 ms for the peer; incoming handshakes; the
+    /// accept loop) and EPMD has forgotten the node. Should that take over 1.75 s, it
+    /// logs a warning and returns. Calls waiting on a connection fail with
     /// [`RpcError::ConnectionLost`](crate::rpc::RpcError::ConnectionLost).
     ///
     /// Call it before a program exits, so that the peers see the connections closed
@@ -810,16 +811,19 @@ impl Node {
     /// # }
     /// ```
     pub async fn shutdown(&self) {
-        self.inner.shutdown();
+        let registration = self.inner.shutdown();
         let tasks = &self.inner.tasks;
-        // The tasks end within the linger bound; should one not, say so rather than
-        // wait on.
+        let deregistered = async {
+            if let Some(registration) = registration {
+                registration.deregister().await;
+            }
+        };
+        // The tasks end within the linger bound and EPMD answers at once; should either
+        // not, say so rather than wait on.
         let limit = linger::LINGER + Duration::from_secs(1);
-        if tokio::time::timeout(limit, tasks.all_ended())
-            .await
-            .is_err()
-        {
-            tracing::warn!(node = %self.inner.name, running = tasks.live(), "node stopped; some of its tasks did not end within {limit:?}");
+        let both = async { tokio::join!(tasks.all_ended(), deregistered) };
+        if tokio::time::timeout(limit, both).await.is_err() {
+            tracing::warn!(node = %self.inner.name, running = tasks.live(), "node stopped; some of its tasks, or the EPMD deregistration, did not end within {limit:?}");
         }
     }
 
@@ -1287,7 +1291,7 @@ impl NodeInner {
                 e => ConnectError::Handshake(e),
             })?;
         let (read, write) = stream.into_split();
-        Ok(self.install(read, write, outcome, true, None))
+        self.install(read, write, outcome, true, None)
     }
 
     /// TLS first, then the distribution handshake inside it.
@@ -1320,7 +1324,7 @@ impl NodeInner {
                 _ => ConnectError::Handshake(e),
             })?;
         let (read, write) = tokio::io::split(stream);
-        Ok(self.install(read, write, outcome, true, None))
+        self.install(read, write, outcome, true, None)
     }
 
     async fn initiate<S>(
@@ -1351,7 +1355,7 @@ impl NodeInner {
 
     /// Registers a connection that finished its handshake and starts its task. Returns
     /// the connection kept for the peer (this one, or one that won a simultaneous
-    /// connect).
+    /// connect); a node that has stopped drops the connection instead.
     fn install<R, W>(
         self: &Arc<Self>,
         read: R,
@@ -1359,13 +1363,16 @@ impl NodeInner {
         outcome: handshake::HandshakeOutcome,
         initiated_locally: bool,
         permit: Option<ConnectionPermit>,
-    ) -> Arc<ConnHandle>
+    ) -> Result<Arc<ConnHandle>, ConnectError>
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: connection::WriteHalf,
     {
-        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let hs = outcome.handshaked;
+        let Some(tracked) = self.tasks.track_running() else {
+            return Err(ConnectError::NodeStopped(self.name.clone()));
+        };
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let conn = connection::spawn(
             self,
             read,
@@ -1379,7 +1386,7 @@ impl NodeInner {
                 decode_limits: self.cfg.decode_limits.clone(),
                 permit,
                 linger: self.linger.clone(),
-                tracked: self.tasks.track(),
+                tracked,
             },
         );
         let (kept, dropped) = {
@@ -1417,6 +1424,7 @@ impl NodeInner {
         // connections it found, perhaps before this one was in the table.
         if self.is_stopped() {
             conn.close(DisconnectReason::NodeStopped);
+            return Err(ConnectError::NodeStopped(self.name.clone()));
         }
         if Arc::ptr_eq(&kept, &conn) {
             tracing::info!(node = %self.name, peer = %hs.peer, hidden = conn.is_hidden(), flags = %hs.flags, "connection up");
@@ -1426,7 +1434,7 @@ impl NodeInner {
             });
         }
         self.peers_changed.notify_waiters();
-        kept
+        Ok(kept)
     }
 
     /// Called by the connection task when it starts closing a connection gracefully
@@ -1492,15 +1500,7 @@ impl NodeInner {
         {
             let mut t = self.procs.lock();
             for (id, p) in t.by_id.iter_mut() {
-                p.monitored_by.retain(|_, pid| &pid.node != node);
-                let links: Vec<Pid> = p
-                    .links
-                    .iter()
-                    .filter(|pid| &pid.node == node)
-                    .cloned()
-                    .collect();
-                for pid in links {
-                    p.links.remove(&pid);
+                for pid in p.forget_node(node) {
                     notices.push((
                         *id,
                         exit_message(&pid, Term::atom("noconnection")),
@@ -1552,9 +1552,10 @@ impl NodeInner {
         }
     }
 
-    fn shutdown(&self) {
+    /// Stops the node; returns its EPMD registration, for the caller to end.
+    fn shutdown(&self) -> Option<EpmdRegistration> {
         if !self.tasks.stop() {
-            return;
+            return None;
         }
         self.linger.stop();
         let conns: Vec<Arc<ConnHandle>> = {
@@ -1564,19 +1565,17 @@ impl NodeInner {
         for c in conns {
             c.close(DisconnectReason::NodeStopped);
         }
-        drop(
-            self.registration
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
         tracing::info!(node = %self.name, "node stopped");
+        self.registration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
 impl Drop for NodeInner {
     fn drop(&mut self) {
-        self.shutdown();
+        drop(self.shutdown());
     }
 }
 
@@ -1622,7 +1621,9 @@ async fn accept_loop(
             limiter: limiter.clone(),
             id: permit.id(),
         };
-        let tracked = tasks.track();
+        let Some(tracked) = tasks.track_running() else {
+            return;
+        };
         let handshake = async move {
             let result = tokio::select! {
                 r = accept_connection(&node, stream, addr, &progress) => r,
@@ -1642,12 +1643,12 @@ async fn accept_loop(
             match stream {
                 Accepted::Tcp(stream) => {
                     let (read, write) = stream.into_split();
-                    inner.install(read, write, outcome, false, Some(permit));
+                    let _ = inner.install(read, write, outcome, false, Some(permit));
                 }
                 #[cfg(feature = "tls")]
                 Accepted::Tls(stream) => {
                     let (read, write) = tokio::io::split(*stream);
-                    inner.install(read, write, outcome, false, Some(permit));
+                    let _ = inner.install(read, write, outcome, false, Some(permit));
                 }
             }
         };
@@ -1949,7 +1950,7 @@ impl NodeInner {
         {
             let mut t = self.procs.lock();
             if let Some(p) = t.by_id.get_mut(&from.id) {
-                p.links.insert(target.clone());
+                p.add_link(target.clone(), true);
             }
         }
         let node = self.node_of(&target.node)?;
@@ -1965,13 +1966,15 @@ impl NodeInner {
         let Some(p) = self.procs.remove(id) else {
             return;
         };
-        if p.monitored_by.is_empty() && p.links.is_empty() {
+        if !p.is_watched() {
             return;
         }
         let me = self.procs.pid(id);
+        let name = p.name.clone();
+        let (monitored_by, links) = p.into_watchers();
         let mut outgoing = Vec::new();
-        for (reference, watcher) in p.monitored_by {
-            let to = match &p.name {
+        for (reference, watcher) in monitored_by {
+            let to = match &name {
                 Some(name) => ProcessRef::Name(name.clone()),
                 None => ProcessRef::Pid(me.clone()),
             };
@@ -1985,7 +1988,7 @@ impl NodeInner {
                 },
             ));
         }
-        for linked in p.links {
+        for linked in links {
             outgoing.push((
                 linked.node.clone(),
                 Control::Exit {
@@ -1995,8 +1998,11 @@ impl NodeInner {
                 },
             ));
         }
+        // Once the node stops, its connections are closing: nothing to tell.
+        let Some(tracked) = self.tasks.track_running() else {
+            return;
+        };
         let node = self.clone();
-        let tracked = self.tasks.track();
         tokio::spawn(async move {
             let _tracked = tracked;
             for (peer, control) in outgoing {
@@ -2005,6 +2011,19 @@ impl NodeInner {
                 }
             }
         });
+    }
+
+    /// A peer went past [`MAX_MONITORS_AND_LINKS_PER_PEER`] on one process: it is
+    /// disconnected, which forgets what it held.
+    fn overloaded(&self, conn: &ConnHandle) {
+        if !conn.is_open() {
+            return;
+        }
+        let max = MAX_MONITORS_AND_LINKS_PER_PEER;
+        tracing::warn!(node = %self.name, peer = %conn.peer, max, "the peer monitored or linked one process more than {max} times: disconnecting it");
+        conn.close(DisconnectReason::Overloaded(Overload::MonitorsAndLinks {
+            max,
+        }));
     }
 
     /// Handles one message from a connection.
@@ -2038,6 +2057,9 @@ impl NodeInner {
                 to,
                 reference,
             } => {
+                if !conn.sent_by_peer(&from) {
+                    return;
+                }
                 let target = match &to {
                     ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
                     ProcessRef::Pid(_) => None,
@@ -2048,13 +2070,13 @@ impl NodeInner {
                 };
                 let recorded = match target {
                     // The node's own processes never exit while it runs.
-                    Some(id) if id < 100 => Monitored::Recorded,
+                    Some(id) if id < 100 => Watched::Recorded,
                     Some(id) => self.procs.add_monitor(id, reference.clone(), from.clone()),
-                    None => Monitored::NoProcess,
+                    None => Watched::NoProcess,
                 };
                 match recorded {
-                    Monitored::Recorded => {}
-                    Monitored::NoProcess => {
+                    Watched::Recorded => {}
+                    Watched::NoProcess => {
                         let exit = Control::MonitorExit {
                             from: to,
                             to: from,
@@ -2063,14 +2085,17 @@ impl NodeInner {
                         };
                         conn.reply(exit, None).await;
                     }
-                    Monitored::TooMany => {
-                        let max = process::MAX_MONITORS_PER_PROCESS;
-                        tracing::warn!(node = %self.name, peer = %conn.peer, max, "the peer monitors one process more than {max} times: disconnecting it");
-                        conn.close(DisconnectReason::Overloaded(Overload::Monitors { max }));
-                    }
+                    Watched::TooMany => self.overloaded(conn),
                 }
             }
-            Control::Demonitor { to, reference, .. } => {
+            Control::Demonitor {
+                from,
+                to,
+                reference,
+            } => {
+                if !conn.sent_by_peer(&from) {
+                    return;
+                }
                 let target = match &to {
                     ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
                     ProcessRef::Pid(_) => None,
@@ -2079,7 +2104,7 @@ impl NodeInner {
                 if let Some(id) = target
                     && let Some(p) = self.procs.lock().by_id.get_mut(&id)
                 {
-                    p.monitored_by.remove(&reference);
+                    p.remove_monitor(&reference);
                 }
             }
             Control::MonitorExit {
@@ -2116,27 +2141,39 @@ impl NodeInner {
                 }
             }
             Control::Link { from, to } => {
-                let linked = self.procs.is_local(&to) && {
-                    let mut t = self.procs.lock();
-                    t.by_id
-                        .get_mut(&to.id)
-                        .map(|p| p.links.insert(from.clone()))
-                        .is_some()
+                if !conn.sent_by_peer(&from) {
+                    return;
+                }
+                let linked = if self.procs.is_local(&to) {
+                    match self.procs.lock().by_id.get_mut(&to.id) {
+                        Some(p) => p.add_link(from.clone(), false),
+                        None => Watched::NoProcess,
+                    }
+                } else {
+                    Watched::NoProcess
                 };
-                if !linked && to.id >= 100 {
-                    let exit = Control::Exit {
-                        from: to,
-                        to: from,
-                        reason: Term::atom("noproc"),
-                    };
-                    conn.reply(exit, None).await;
+                match linked {
+                    Watched::Recorded => {}
+                    Watched::NoProcess if to.id >= 100 => {
+                        let exit = Control::Exit {
+                            from: to,
+                            to: from,
+                            reason: Term::atom("noproc"),
+                        };
+                        conn.reply(exit, None).await;
+                    }
+                    Watched::NoProcess => {}
+                    Watched::TooMany => self.overloaded(conn),
                 }
             }
             Control::UnlinkId { id, from, to } => {
+                if !conn.sent_by_peer(&from) {
+                    return;
+                }
                 if self.procs.is_local(&to)
                     && let Some(p) = self.procs.lock().by_id.get_mut(&to.id)
                 {
-                    p.links.remove(&from);
+                    p.remove_link(&from);
                 }
                 let ack = Control::UnlinkIdAck {
                     id,
@@ -2147,9 +2184,12 @@ impl NodeInner {
             }
             Control::UnlinkIdAck { .. } | Control::GroupLeader { .. } => {}
             Control::Exit { from, to, reason } | Control::Exit2 { from, to, reason } => {
+                if !conn.sent_by_peer(&from) {
+                    return;
+                }
                 if self.procs.is_local(&to) {
                     if let Some(p) = self.procs.lock().by_id.get_mut(&to.id) {
-                        p.links.remove(&from);
+                        p.remove_link(&from);
                     }
                     self.deliver_local(to.id, Some(from.clone()), exit_message(&from, reason));
                 }

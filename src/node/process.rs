@@ -26,18 +26,18 @@ pub(crate) const RPC_ID: u32 = 2;
 pub(crate) const IO_ID: u32 = 3;
 const FIRST_USER_ID: u32 = 100;
 
-/// How many remote monitors one local process (a [`Mailbox`](crate::Mailbox)) holds at
-/// most. A peer whose `MONITOR` would go past it is disconnected with
-/// [`Overload::Monitors`](crate::node::Overload::Monitors); the monitors of a peer are
-/// forgotten when its connection goes down. At about 150 bytes a monitor, a process
-/// holds at most about 2.5 MB of them.
-pub const MAX_MONITORS_PER_PROCESS: usize = 16_384;
+/// How many monitors and links one peer node holds at most on one local process (a
+/// [`Mailbox`](crate::Mailbox)). A peer whose `MONITOR` or `LINK` would go past it is
+/// disconnected with [`Overload::MonitorsAndLinks`](crate::node::Overload); what a peer
+/// holds is forgotten when its connection goes down. At about 150 bytes each, one peer
+/// holds at most about 2.5 MB on one process.
+pub const MAX_MONITORS_AND_LINKS_PER_PEER: usize = 16_384;
 
-/// What recording a remote monitor found.
-pub(crate) enum Monitored {
+/// What recording a remote monitor or link found.
+pub(crate) enum Watched {
     Recorded,
     NoProcess,
-    /// The process holds [`MAX_MONITORS_PER_PROCESS`] already.
+    /// The peer holds [`MAX_MONITORS_AND_LINKS_PER_PEER`] on the process already.
     TooMany,
 }
 
@@ -47,12 +47,105 @@ pub(crate) const RESERVED_NAMES: &[&str] = &["net_kernel"];
 pub(crate) struct LocalProcess {
     pub(crate) tx: mpsc::Sender<Envelope>,
     pub(crate) name: Option<Atom>,
-    /// Remote monitors on this process: reference -> monitoring pid.
-    pub(crate) monitored_by: HashMap<Reference, Pid>,
-    /// Remote processes linked to this one.
-    pub(crate) links: HashSet<Pid>,
+    /// Remote monitors on this process: reference -> monitoring pid. Changed only
+    /// through the methods below, which keep `held` in step.
+    monitored_by: HashMap<Reference, Pid>,
+    /// Remote processes linked to this one (changed only through the methods below).
+    links: HashSet<Pid>,
+    /// How many of `monitored_by` and `links` each remote node holds.
+    held: HashMap<Atom, usize>,
     /// Monitors this process holds on remote processes: reference -> (target, node).
     pub(crate) monitors: HashMap<Reference, Term>,
+}
+
+impl LocalProcess {
+    /// Whether `node` may hold one more monitor or link on this process.
+    fn has_room_for(&self, node: &Atom) -> bool {
+        self.held.get(node).copied().unwrap_or(0) < MAX_MONITORS_AND_LINKS_PER_PEER
+    }
+
+    fn hold(&mut self, node: &Atom) {
+        *self.held.entry(node.clone()).or_default() += 1;
+    }
+
+    fn release(&mut self, node: &Atom) {
+        if let Some(n) = self.held.get_mut(node) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(node);
+            }
+        }
+    }
+
+    /// Records that the remote `watcher` monitors this process under `reference`.
+    pub(crate) fn add_monitor(&mut self, reference: Reference, watcher: Pid) -> Watched {
+        if self.monitored_by.contains_key(&reference) {
+            return Watched::Recorded;
+        }
+        if !self.has_room_for(&watcher.node) {
+            return Watched::TooMany;
+        }
+        self.hold(&watcher.node);
+        self.monitored_by.insert(reference, watcher);
+        Watched::Recorded
+    }
+
+    /// Forgets the remote monitor `reference`.
+    pub(crate) fn remove_monitor(&mut self, reference: &Reference) {
+        if let Some(watcher) = self.monitored_by.remove(reference) {
+            self.release(&watcher.node);
+        }
+    }
+
+    /// Records a link with the remote process `pid`. A link this node's side asked for
+    /// (`local`) is always recorded; one a peer asked for counts against its limit.
+    pub(crate) fn add_link(&mut self, pid: Pid, local: bool) -> Watched {
+        if self.links.contains(&pid) {
+            return Watched::Recorded;
+        }
+        if !local && !self.has_room_for(&pid.node) {
+            return Watched::TooMany;
+        }
+        self.hold(&pid.node);
+        self.links.insert(pid);
+        Watched::Recorded
+    }
+
+    /// Forgets the link with `pid`.
+    pub(crate) fn remove_link(&mut self, pid: &Pid) {
+        if self.links.remove(pid) {
+            self.release(&pid.node);
+        }
+    }
+
+    /// Forgets every monitor and link that processes of `node` hold; returns the pids
+    /// that were linked.
+    pub(crate) fn forget_node(&mut self, node: &Atom) -> Vec<Pid> {
+        if self.held.remove(node).is_none() {
+            return Vec::new();
+        }
+        self.monitored_by.retain(|_, pid| &pid.node != node);
+        let linked: Vec<Pid> = self
+            .links
+            .iter()
+            .filter(|p| &p.node == node)
+            .cloned()
+            .collect();
+        for pid in &linked {
+            self.links.remove(pid);
+        }
+        linked
+    }
+
+    /// Whether any remote process monitors or links this one.
+    pub(crate) fn is_watched(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// The remote monitors and links, taken when the process ends.
+    pub(crate) fn into_watchers(self) -> (HashMap<Reference, Pid>, HashSet<Pid>) {
+        (self.monitored_by, self.links)
+    }
 }
 
 /// The node's process table.
@@ -150,6 +243,7 @@ impl Processes {
                 name,
                 monitored_by: HashMap::new(),
                 links: HashSet::new(),
+                held: HashMap::new(),
                 monitors: HashMap::new(),
             },
         );
@@ -174,19 +268,12 @@ impl Processes {
         }
     }
 
-    /// Records that `watcher` (a remote process) monitors process `id`.
-    pub(crate) fn add_monitor(&self, id: u32, reference: Reference, watcher: Pid) -> Monitored {
-        let mut t = self.lock();
-        let Some(p) = t.by_id.get_mut(&id) else {
-            return Monitored::NoProcess;
-        };
-        if p.monitored_by.len() >= MAX_MONITORS_PER_PROCESS
-            && !p.monitored_by.contains_key(&reference)
-        {
-            return Monitored::TooMany;
+    /// Records that the remote `watcher` monitors process `id`.
+    pub(crate) fn add_monitor(&self, id: u32, reference: Reference, watcher: Pid) -> Watched {
+        match self.lock().by_id.get_mut(&id) {
+            Some(p) => p.add_monitor(reference, watcher),
+            None => Watched::NoProcess,
         }
-        p.monitored_by.insert(reference, watcher);
-        Monitored::Recorded
     }
 
     /// Removes process `id`; returns who must hear of its exit.

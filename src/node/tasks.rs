@@ -30,6 +30,15 @@ impl Tasks {
         Tracked(self.clone())
     }
 
+    /// Counts one more task, unless the node has stopped (`None`): a task that starts
+    /// after `Node::shutdown` has seen the count fall to zero would outlive it.
+    pub(crate) fn track_running(self: &Arc<Self>) -> Option<Tracked> {
+        // Counted before the stop flag is read, and `stop` sets the flag before the
+        // count is awaited: either this sees the node stopped, or the stop sees this.
+        let tracked = self.track();
+        (!self.is_stopped()).then_some(tracked)
+    }
+
     /// How many tasks are running.
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::SeqCst)

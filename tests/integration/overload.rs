@@ -1,13 +1,14 @@
 //! Work a peer provokes is bounded: a connected peer that floods the node with requests
 //! and reads the replies slowly, or not at all, makes the node stop reading from it
-//! (backpressure) instead of spawning a task per reply; a peer that monitors one process
-//! past the limit is disconnected with a typed reason. Throughout, the node's other
-//! connections keep serving calls, its task count stays flat and its memory bounded.
+//! (backpressure) instead of spawning a task per reply; a peer that monitors or links one
+//! process past the limit is disconnected with a typed reason, and signals naming another
+//! node's process as their sender are ignored. Throughout, the node's other connections
+//! keep serving calls, its task count stays flat and its memory bounded.
 
 use std::time::{Duration, Instant};
 
 use autocluster::handshake::LengthPrefix;
-use autocluster::node::{DisconnectReason, MAX_MONITORS_PER_PROCESS, Overload};
+use autocluster::node::{DisconnectReason, MAX_MONITORS_AND_LINKS_PER_PEER, Overload};
 use autocluster::term::{Atom, Pid, Reference, Term};
 use autocluster::{Cookie, Node, NodeEvent, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,10 +60,14 @@ async fn server_and_erl(epmd: &Epmd) -> (Node, ErlNode, NodeName) {
 async fn raw_peer(server: &Node) -> (TcpStream, NodeName) {
     let host = server.name().as_str().split_once('@').unwrap().1.to_owned();
     let me: NodeName = format!("{}@{host}", unique_name("flood")).parse().unwrap();
+    (raw_peer_named(server, &me).await, me)
+}
+
+async fn raw_peer_named(server: &Node, me: &NodeName) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(server.local_addr().unwrap()).await.unwrap();
-    let cfg = initiator_config(&me, server, COOKIE);
+    let cfg = initiator_config(me, server, COOKIE);
     autocluster::handshake::initiate(
         &mut stream,
         LengthPrefix::U16,
@@ -72,25 +77,42 @@ async fn raw_peer(server: &Node) -> (TcpStream, NodeName) {
     )
     .await
     .expect("handshake");
-    (stream, me)
+    stream
 }
 
-/// `MONITOR_P` (19) from a process of `me` of the process `target`, as one frame.
-fn monitor_frame(me: &NodeName, target: Term, n: u32) -> Vec<u8> {
-    let from = Term::Pid(Box::new(Pid {
-        node: Atom::from(me.as_str()),
-        id: 1,
+/// A pid of node `node`.
+fn pid_of(node: &NodeName, id: u32) -> Term {
+    Term::Pid(Box::new(Pid {
+        node: Atom::from(node.as_str()),
+        id,
         serial: 0,
         creation: 7,
-    }));
+    }))
+}
+
+/// `MONITOR_P` (19) from a process of `from` of the process `target`, as one frame.
+fn monitor_frame(from: &NodeName, target: Term, n: u32) -> Vec<u8> {
     let reference = Term::Reference(Box::new(Reference {
-        node: Atom::from(me.as_str()),
+        node: Atom::from(from.as_str()),
         creation: 7,
         id: vec![n, 1, 2],
     }));
-    let control = Term::Tuple(vec![Term::Integer(19), from, target, reference]);
+    let control = Term::Tuple(vec![Term::Integer(19), pid_of(from, 1), target, reference]);
+    control_frame(&control)
+}
+
+/// `LINK` (1) from process number `n` of `from` to the process `target`, as one frame.
+fn link_frame(from: &NodeName, target: Term, n: u32) -> Vec<u8> {
+    control_frame(&Term::Tuple(vec![
+        Term::Integer(1),
+        pid_of(from, n),
+        target,
+    ]))
+}
+
+fn control_frame(control: &Term) -> Vec<u8> {
     let mut payload = vec![112];
-    payload.extend(autocluster::term::encode(&control).unwrap());
+    payload.extend(autocluster::term::encode(control).unwrap());
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend(payload);
     frame
@@ -232,14 +254,27 @@ async fn a_peer_that_reads_its_replies_at_one_kib_per_second_is_backpressured() 
     monitors_of_a_missing_process_are_answered_with_backpressure(Reads::OneKibPerSecond).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_monitoring_one_process_past_the_limit_is_disconnected_as_overloaded() {
+/// What a peer sends to watch one live process 100,000 times.
+#[derive(Clone, Copy, Debug)]
+enum Watch {
+    Monitors,
+    Links,
+}
+
+fn watch_frame(watch: Watch, from: &NodeName, target: Term, n: u32) -> Vec<u8> {
+    match watch {
+        Watch::Monitors => monitor_frame(from, target, n),
+        Watch::Links => link_frame(from, target, n),
+    }
+}
+
+async fn a_peer_watching_one_process_past_the_limit_is_disconnected(watch: Watch) {
     let epmd = Epmd::start().await;
     let (server, _erl_node, erl) = server_and_erl(&epmd).await;
     let mailbox = server.register("watched").unwrap();
     let mut events = server.monitor_nodes();
     let (raw, me) = raw_peer(&server).await;
-    // This peer reads (and drops) everything: only the monitors count here.
+    // This peer reads (and drops) everything: only what it asks the node to hold counts.
     let (mut read, mut write) = raw.into_split();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -247,10 +282,10 @@ async fn a_peer_monitoring_one_process_past_the_limit_is_disconnected_as_overloa
     });
     let target = Term::Pid(Box::new(mailbox.pid().clone()));
     let seen = flood(&server, &erl, &mut write, 100_000, |n| {
-        monitor_frame(&me, target.clone(), n)
+        watch_frame(watch, &me, target.clone(), n)
     })
     .await;
-    eprintln!("100,000 MONITORs of one process: {seen:?}");
+    eprintln!("100,000 {watch:?} of one process: {seen:?}");
     let reason = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match events.recv().await {
@@ -264,20 +299,61 @@ async fn a_peer_monitoring_one_process_past_the_limit_is_disconnected_as_overloa
     .expect("the peer was not disconnected");
     assert_eq!(
         reason,
-        DisconnectReason::Overloaded(Overload::Monitors {
-            max: MAX_MONITORS_PER_PROCESS
+        DisconnectReason::Overloaded(Overload::MonitorsAndLinks {
+            max: MAX_MONITORS_AND_LINKS_PER_PEER
         })
     );
     assert!(seen.max_rss_growth_mib <= EXTRA_RSS_MIB, "{seen:?}");
     assert!(seen.slowest_call < CALL_WITHIN, "{seen:?}");
-    // The node serves on, and the process's monitors went with the peer: a new peer
-    // may monitor it again.
-    let (raw, me) = raw_peer(&server).await;
+    // The node serves on, and what the peer held went with its connection: back under
+    // the same name, it may watch the process again.
+    let raw = raw_peer_named(&server, &me).await;
     let (_read, mut write) = raw.into_split();
     write
-        .write_all(&monitor_frame(&me, target.clone(), 1))
+        .write_all(&watch_frame(watch, &me, target.clone(), 1))
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.is_connected(&me));
+    reader.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_monitoring_one_process_past_the_limit_is_disconnected_as_overloaded() {
+    a_peer_watching_one_process_past_the_limit_is_disconnected(Watch::Monitors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_linking_one_process_past_the_limit_is_disconnected_as_overloaded() {
+    a_peer_watching_one_process_past_the_limit_is_disconnected(Watch::Links).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_and_links_naming_another_nodes_process_as_sender_are_ignored() {
+    let epmd = Epmd::start().await;
+    let (server, _erl_node, erl) = server_and_erl(&epmd).await;
+    let mailbox = server.register("watched").unwrap();
+    let (raw, me) = raw_peer(&server).await;
+    let (mut read, mut write) = raw.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    // Forged senders: processes of a node that is not this peer. Held for that node,
+    // they would have gone past its limit (and outlived this connection).
+    let other: NodeName = "elsewhere@nohost".parse().unwrap();
+    let target = Term::Pid(Box::new(mailbox.pid().clone()));
+    for watch in [Watch::Monitors, Watch::Links] {
+        let seen = flood(&server, &erl, &mut write, 40_000, |n| {
+            watch_frame(watch, &other, target.clone(), n)
+        })
+        .await;
+        eprintln!("40,000 forged {watch:?}: {seen:?}");
+        assert_eq!(seen.sent, 40_000, "{watch:?}: {seen:?}");
+        assert!(seen.max_rss_growth_mib <= EXTRA_RSS_MIB, "{seen:?}");
+    }
+    // Ignored, not held: the peer is still connected.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(server.is_connected(&me));
     reader.abort();
