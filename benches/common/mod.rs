@@ -8,6 +8,8 @@
 //! of a few iterations, so CI stays quick.
 #![allow(dead_code, unused_imports)]
 
+#[path = "../../tests/integration/common/env.rs"]
+mod env;
 #[path = "../../tests/integration/common/epmd.rs"]
 mod epmd;
 #[path = "../../tests/integration/common/erl.rs"]

@@ -15,11 +15,10 @@ mod hostile;
 mod interop;
 mod kubernetes_backend;
 mod node;
-mod overload;
+mod peers;
 mod rabbitmq_etcd;
 mod rabbitmq_formation;
 mod secrets;
-mod stop;
 mod term_text;
 #[cfg(feature = "tls")]
 mod tls;

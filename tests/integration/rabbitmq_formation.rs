@@ -1108,12 +1108,7 @@ async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
     let pki = Pki::generate();
     let optfile = pki.mutual("rabbit_dist.conf", "ca", "node");
     // The broker runs as user `rabbitmq`: it must read the optfile, certificates and key.
-    let status = std::process::Command::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(pki.dir.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::common::peers().chown_rabbitmq(pki.dir.path());
     let epmd = Epmd::start().await;
     let optfile_arg = optfile.display().to_string();
     let tls_args = [

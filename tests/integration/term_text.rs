@@ -9,7 +9,6 @@
 //! `ok <hex ~0p text> <hex term_to_binary bytes>` or `error`.
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use autocluster::term::{self, Atom, ExternalFun, Pid, Port, Reference, Term};
 use num_bigint::BigInt;
@@ -77,8 +76,7 @@ enum Query {
 
 /// Runs one `erl` over all queries; one reply per query.
 fn ask_erl(queries: &[Query]) -> Vec<Reply> {
-    let erl = common::require_binary("erl", "erlang-nox");
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
     let path = dir.path().join("queries.txt");
     let mut input = String::new();
     for q in queries {
@@ -89,7 +87,8 @@ fn ask_erl(queries: &[Query]) -> Vec<Reply> {
         .expect("write to string");
     }
     std::fs::write(&path, input).expect("write queries");
-    let out = Command::new(erl)
+    let out = common::peers()
+        .std_command("erl", "erlang-nox", Some(dir.path()))
         .args([
             "-noshell", "-eval", ERL_SCRIPT, "-s", "init", "stop", "-extra",
         ])

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use autocluster::epmd::EpmdClient;
 use tokio::process::{Child, Command};
 
-use super::process::require_binary;
+use super::env::peers;
 use super::process::{free_port, kill_process_group};
 
 /// A real `epmd -port P` child process on a free port.
@@ -26,11 +26,11 @@ impl Epmd {
 
     /// The same with extra `epmd` arguments, e.g. `-relaxed_command_check`.
     pub async fn start_with(args: &[&str]) -> Epmd {
-        let binary = require_binary("epmd", "erlang-base");
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&binary)
+            let child = peers()
+                .command("epmd", "erlang-base", None)
                 .args(["-port", &port.to_string(), "-address", "127.0.0.1"])
                 .args(args)
                 .env_remove("ERL_EPMD_PORT")
@@ -40,7 +40,7 @@ impl Epmd {
                 .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+                .unwrap_or_else(|e| panic!("cannot start epmd ({}): {e}", peers().name()));
             let pgid = child.id().expect("epmd has a pid");
             let mut epmd = Epmd { port, child, pgid };
             let client = EpmdClient::new(epmd.addr()).with_timeout(Duration::from_secs(1));
@@ -103,10 +103,10 @@ impl Drop for Epmd {
 /// against whatever listens on `port` (real epmd or the crate's server) and returns its
 /// exit status and standard output.
 pub async fn epmd_cli(port: u16, args: &[&str]) -> (std::process::ExitStatus, String) {
-    let binary = require_binary("epmd", "erlang-base");
     let output = tokio::time::timeout(
         Duration::from_secs(20),
-        Command::new(&binary)
+        peers()
+            .command("epmd", "erlang-base", None)
             .args(["-port", &port.to_string()])
             .args(args)
             .env_remove("ERL_EPMD_PORT")

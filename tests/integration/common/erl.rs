@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use super::process::require_binary;
+use super::env::peers;
 use super::process::{OutputLog, kill_process_group, unique_name};
 
 /// The evaluation loop run by every node (one line of Erlang).
@@ -129,14 +129,13 @@ impl ErlNode {
     /// Like [`start`](Self::start), returning the node's output as the error when it does
     /// not come up (e.g. because it could not register with EPMD).
     pub async fn try_start(opts: ErlOptions) -> Result<ErlNode, String> {
-        let erl = require_binary("erl", "erlang-nox");
         let alive = unique_name(&opts.name_prefix);
         // Its own working directory: crash dumps and any file it writes stay apart.
         let dir = tempfile::Builder::new()
             .prefix(&format!("erl_{alive}_"))
-            .tempdir()
+            .tempdir_in("/tmp")
             .unwrap_or_else(|e| panic!("cannot create a temporary directory: {e}"));
-        let mut cmd = Command::new(&erl);
+        let mut cmd = peers().command("erl", "erlang-nox", Some(dir.path()));
         if opts.long_names {
             let host = if opts.inet6 { "::1" } else { "127.0.0.1" };
             cmd.args(["-name", &format!("{alive}@{host}")]);
@@ -166,7 +165,7 @@ impl ErlNode {
         .kill_on_drop(true);
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", erl.display()));
+            .unwrap_or_else(|e| panic!("cannot start erl ({}): {e}", peers().name()));
         let pgid = child.id().expect("erl has a pid");
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");

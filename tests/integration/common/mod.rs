@@ -25,6 +25,7 @@
 pub mod conformance;
 mod consul;
 mod dnsmasq;
+mod env;
 mod epmd;
 mod erl;
 mod etcd;
@@ -40,6 +41,7 @@ mod rabbit;
 
 pub use consul::{ConsulOptions, ConsulServer, UnknownCheck};
 pub use dnsmasq::Dnsmasq;
+pub use env::{PeerEnv, peers};
 pub use epmd::{Epmd, epmd_cli};
 pub use erl::{ErlNode, ErlOptions};
 pub use etcd::{EtcdServer, Fake, FakeServer, TestCerts};
@@ -51,7 +53,7 @@ pub use logs::{LogBuffer, capture_logs};
 #[cfg(feature = "tls")]
 pub use pki::{Pki, set_private, short_hostname};
 pub use process::{
-    OutputLog, descendants, free_port, kill_process_group, kill_process_tree, require_binary,
-    rss_kib, unique_name,
+    OutputLog, descendants, flood_alone, free_port, kill_process_group, kill_process_tree,
+    require_binary, rss_kib, unique_name,
 };
 pub use rabbit::{RabbitNode, RabbitOptions};

@@ -35,7 +35,7 @@ impl Pki {
     pub fn generate() -> Pki {
         let dir = tempfile::Builder::new()
             .prefix("autocluster-tls-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .expect("temporary directory");
         let host = short_hostname();
         let pki = Pki { dir, host };

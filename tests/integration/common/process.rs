@@ -164,3 +164,11 @@ pub fn require_binary(binary: &str, package: &str) -> PathBuf {
          apt-get install -y {package}"
     );
 }
+
+/// Taken by the tests that flood a listener or a connection and measure how the node
+/// copes (latencies, task counts, memory): they run one at a time, so that one flood's
+/// load is not read as another's result. Other tests still run beside them.
+pub async fn flood_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    FLOODS.lock().await
+}

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 use super::Epmd;
-use super::process::require_binary;
+use super::env::peers;
 use super::process::{free_port, kill_process_tree, unique_name};
 
 /// How to start a [`RabbitNode`].
@@ -123,15 +123,6 @@ pub struct RabbitNode {
     child: Option<(Child, u32)>,
 }
 
-fn chown_rabbitmq(path: &Path) {
-    let status = std::process::Command::new("chown")
-        .args(["-R", "rabbitmq:rabbitmq"])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(status.success(), "chown -R rabbitmq {}", path.display());
-}
-
 impl RabbitNode {
     /// Starts a node and waits until it has booted (`rabbitmqctl await_startup`).
     /// Panics, with the node's log, if it does not.
@@ -144,8 +135,6 @@ impl RabbitNode {
 
     /// Starts a node without waiting for it to boot (for timing the boot itself).
     pub async fn launch(options: RabbitOptions) -> RabbitNode {
-        require_binary("rabbitmq-server", "rabbitmq-server");
-        require_binary("rabbitmqctl", "rabbitmq-server");
         let own_epmd = match options.epmd_port {
             Some(_) => None,
             None => Some(Epmd::start().await),
@@ -157,7 +146,7 @@ impl RabbitNode {
         };
         let dir = tempfile::Builder::new()
             .prefix("autocluster-rabbit-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .expect("temporary directory");
         let alive = unique_name(&options.name_prefix);
         let node = format!("{alive}@localhost");
@@ -179,7 +168,7 @@ impl RabbitNode {
             format!("[{}].\n", options.plugins.join(",")),
         )
         .expect("enabled_plugins");
-        chown_rabbitmq(base);
+        peers().chown_rabbitmq(base);
         let mut rabbit = RabbitNode {
             node,
             cookie: options.cookie.clone(),
@@ -238,10 +227,10 @@ impl RabbitNode {
     async fn spawn(&mut self) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let log2 = log.try_clone().expect("log file");
-        let mut command = Command::new(require_binary("rabbitmq-server", "rabbitmq-server"));
+        let mut command =
+            peers().command("rabbitmq-server", "rabbitmq-server", Some(self.dir.path()));
         self.env(&mut command);
         let child = command
-            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
@@ -327,14 +316,13 @@ impl RabbitNode {
 
     /// Runs `rabbitmqctl -n NODE ARGS...`; returns success and combined output.
     pub async fn rabbitmqctl(&self, args: &[&str], timeout: Duration) -> (bool, String) {
-        let mut command = Command::new(require_binary("rabbitmqctl", "rabbitmq-server"));
+        let mut command = peers().command("rabbitmqctl", "rabbitmq-server", Some(self.dir.path()));
         self.env(&mut command);
         let output = tokio::time::timeout(
             timeout,
             command
                 .args(["-n", &self.node])
                 .args(args)
-                .current_dir(self.dir.path())
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
