@@ -765,7 +765,8 @@ fn display_matches_otp_examples() {
         ("fun lists:map/2", "fun lists:map/2"),
         ("fun ok:'and'/0", "fun ok:and/0"),
         ("fun 'a@b':'C'/0", "fun 'a@b':'C'/0"),
-        ("maybe", "maybe"),
+        ("'maybe'", "'maybe'"),
+        ("'else'", "'else'"),
         ("[97,98|99]", "[97,98|99]"),
         ("''", "''"),
         ("'\\x{65E5}\\x{672C}'", "'\\x{65E5}\\x{672C}'"),
@@ -847,7 +848,10 @@ fn parse_accepts_erlang_literals() {
         ("ä@b", Term::atom("ä@b")),
         ("'\\x{1F600}'", Term::atom("😀")),
         ("\"\\777\"", Term::list(vec![511.into()])),
-        ("\"\\^ \"", Term::list(vec![0.into()])),
+        (
+            "\"\\^@\\^?\\^z\"",
+            Term::list(vec![0.into(), 127.into(), 26.into()]),
+        ),
         ("# {a=>1}", Term::map(vec![(Term::atom("a"), 1.into())])),
         ("#{a=>1,a=>2}", Term::map(vec![(Term::atom("a"), 2.into())])),
         ("[1|[2]]", Term::list(vec![1.into(), 2.into()])),
@@ -1160,4 +1164,16 @@ fn nested_maps_compare_in_reasonable_time() {
     assert_eq!(a.to_string(), b.to_string());
     assert_eq!(decode(&enc(&a)), Ok(b.clone()));
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn maybe_and_else_are_reserved_words_as_on_otp_27_and_later() {
+    for word in ["maybe", "else", "case"] {
+        assert!(crate::term::parse_term(word).is_err(), "{word}");
+        assert_eq!(Term::atom(word).to_string(), format!("'{word}'"));
+        assert_eq!(
+            crate::term::parse_term(&format!("'{word}'")).unwrap(),
+            Term::atom(word)
+        );
+    }
 }

@@ -284,11 +284,15 @@ fn is_name_char(c: char) -> bool {
         || (('À'..='Þ').contains(&c) && c != '×')
 }
 
-/// `erl_scan:reserved_word/1` on OTP 25 (no optional features enabled).
+/// `erl_scan:reserved_word/1` on OTP 27 and later, where the `maybe` expression is on
+/// by default and makes `maybe` and `else` reserved (OTP 25 and 26 take both as plain
+/// atoms; a quoted `'maybe'` reads the same on every release).
 fn is_reserved_word(name: &str) -> bool {
     matches!(
         name,
-        "after"
+        "maybe"
+            | "else"
+            | "after"
             | "begin"
             | "case"
             | "try"
@@ -828,10 +832,13 @@ impl<'a> Scanner<'a> {
                     v
                 }
             }
-            '^' => {
-                let c = self.bump().ok_or(at.error(ParseErrorKind::UnexpectedEnd))?;
-                u32::from(c) & 31
-            }
+            // Control characters as OTP 27 and later read them: `\^?` is DEL, and only
+            // `@`..`_` and letters name one (OTP 25 took any character, `?` as 31).
+            '^' => match self.bump().ok_or(at.error(ParseErrorKind::UnexpectedEnd))? {
+                '?' => 127,
+                c @ ('@'..='_' | 'a'..='z') => u32::from(c) & 31,
+                _ => return Err(bad()),
+            },
             'n' => 10,
             'r' => 13,
             't' => 9,

@@ -17,6 +17,7 @@ mod kubernetes_backend;
 mod node;
 mod peers;
 mod rabbitmq_etcd;
+mod rabbitmq_example;
 mod rabbitmq_formation;
 mod secrets;
 mod term_text;

@@ -9,15 +9,6 @@ use autocluster::{Cookie, Node, NodeName, Term};
 
 use crate::common::{Epmd, ErlNode, ErlOptions, peers, unique_name};
 
-/// The OTP release each environment runs.
-fn expected_otp() -> &'static str {
-    match peers().name() {
-        "trixie" => "27",
-        "sid" => "29",
-        _ => "25",
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_erl_nodes_run_the_environments_otp_release() {
     let epmd = Epmd::start().await;
@@ -25,7 +16,7 @@ async fn the_erl_nodes_run_the_environments_otp_release() {
     let release = erl.eval("erlang:system_info(otp_release)").await;
     assert_eq!(
         release,
-        format!("\"{}\"", expected_otp()),
+        format!("\"{}\"", peers().otp_release()),
         "in {}",
         peers().name()
     );

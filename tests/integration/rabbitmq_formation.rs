@@ -25,7 +25,7 @@ use crate::common::{
 };
 
 /// RabbitMQ tests take turns: two sets of booting nodes on 2 cores slow both down.
-static RABBIT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static RABBIT_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const COOKIE: &str = "autocluster_rabbit_cookie";
 

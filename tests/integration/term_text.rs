@@ -117,6 +117,26 @@ fn ask_erl(queries: &[Query]) -> Vec<Reply> {
         .collect()
 }
 
+/// Whether erl printed and encoded `term` with its map keys in another order than the
+/// crate's (term order): from OTP 26 on, maps are printed, and from OTP 27 on also
+/// encoded, in the map's internal order, in which an atom key's place depends on the
+/// atom table, not on its text. The term must then read back the same from both.
+fn same_but_for_map_order(term: &term::Term, printed: &str, bytes: &[u8]) -> bool {
+    common::peers().otp_release() >= 26
+        && printed.contains("#{")
+        && (term.to_string() != printed || term::encode(term).ok().as_deref() != Some(bytes))
+        && term::parse_term(printed).as_ref() == Ok(term)
+}
+
+/// Texts that OTP 28 reads and the crate's parser does not (yet): based floats, new in
+/// OTP 28. (Before OTP 28, neither reads them.)
+const READ_FROM_OTP_28_ONLY: &[&str] = &["2#1.0"];
+
+/// Texts that OTP 25 and 26 read and OTP 27 refuses, as the crate does: the words the
+/// `maybe` expression reserves (on by default from OTP 27) and a control escape of a
+/// character that names no control character.
+const REFUSED_FROM_OTP_27: &[&str] = &["maybe", "else", "\"\\^ \""];
+
 /// Term texts covering the literal syntax; each is checked both ways.
 const TEXTS: &[&str] = &[
     // Atoms.
@@ -505,6 +525,25 @@ fn printer_parser_and_codec_agree_with_erl() {
 
     for (text, reply) in TEXTS.iter().zip(&replies) {
         let ours = term::parse_term(text);
+        if READ_FROM_OTP_28_ONLY.contains(text) && common::peers().otp_release() >= 28 {
+            assert!(
+                matches!(reply, Reply::Ok { .. }),
+                "erl from OTP 28 on {text:?}: {reply:?}"
+            );
+            assert!(ours.is_err(), "{text:?}: {ours:?}");
+            continue;
+        }
+        if REFUSED_FROM_OTP_27.contains(text) && common::peers().otp_release() < 27 {
+            assert!(
+                matches!(reply, Reply::Ok { .. }),
+                "erl before OTP 27 on {text:?}: {reply:?}"
+            );
+            assert!(
+                ours.is_err(),
+                "{text:?} is refused from OTP 27 on: {ours:?}"
+            );
+            continue;
+        }
         match reply {
             Reply::Error => {
                 assert!(ours.is_err(), "erl rejects {text:?}, we parsed {ours:?}");
@@ -512,15 +551,16 @@ fn printer_parser_and_codec_agree_with_erl() {
             }
             Reply::Ok { printed, bytes } => {
                 let ours = ours.unwrap_or_else(|e| panic!("erl parses {text:?}, we fail: {e}"));
-                assert_eq!(&ours.to_string(), printed, "~0p of {text:?}");
-                assert_eq!(
-                    &term::encode(&ours).expect("encodable"),
-                    bytes,
-                    "bytes of {text:?}"
-                );
                 let decoded = term::decode(bytes).expect("erl's bytes decode");
                 assert_eq!(decoded, ours, "decoded {text:?}");
-                assert_eq!(&decoded.to_string(), printed, "~0p of decoded {text:?}");
+                if !same_but_for_map_order(&ours, printed, bytes) {
+                    assert_eq!(&ours.to_string(), printed, "~0p of {text:?}");
+                    assert_eq!(
+                        &term::encode(&ours).expect("encodable"),
+                        bytes,
+                        "bytes of {text:?}"
+                    );
+                }
                 // Erlang prints funs with its C printer, whose output need not read back.
                 if !printed.contains("fun ") {
                     assert_eq!(
@@ -555,13 +595,18 @@ fn printer_parser_and_codec_agree_with_erl() {
         };
         let decoded = term::decode(bytes).expect("erl's bytes decode");
         assert_eq!(&decoded, t, "erl's re-encoding of {t:?}");
-        assert_eq!(
-            &term::encode(t).expect("encodable"),
-            bytes,
-            "bytes of {t:?}"
-        );
-        if !has_opaque(t) {
-            assert_eq!(&t.to_string(), printed, "~0p of {t:?}");
+        // The same term (just checked); from OTP 26 on, its maps' keys may be printed
+        // and encoded in another order (see `same_but_for_map_order`).
+        let maps_reordered = common::peers().otp_release() >= 26 && t.to_string().contains("#{");
+        if !maps_reordered {
+            assert_eq!(
+                &term::encode(t).expect("encodable"),
+                bytes,
+                "bytes of {t:?}"
+            );
+            if !has_opaque(t) {
+                assert_eq!(&t.to_string(), printed, "~0p of {t:?}");
+            }
         }
         checked += 1;
     }

@@ -80,6 +80,24 @@ impl PeerEnv {
         }
     }
 
+    /// The OTP release the environment's `erl` runs.
+    pub fn otp_release(&self) -> u32 {
+        match self.name() {
+            "trixie" => 27,
+            "sid" => 29,
+            _ => 25,
+        }
+    }
+
+    /// The RabbitMQ version the environment's `rabbitmq-server` runs.
+    pub fn rabbitmq_version(&self) -> &'static str {
+        match self.name() {
+            "trixie" => "4.0.5",
+            "sid" => "4.3.6",
+            _ => "3.10.8",
+        }
+    }
+
     /// The EPMD port peers of this environment use unless told otherwise.
     pub fn default_epmd_port(&self) -> u16 {
         match self.name() {

@@ -1,0 +1,91 @@
+//! The `rabbitmq_cluster` example, as a user runs it: three brokers of the peer
+//! environment (RabbitMQ 3.10, 4.0 or 4.3), booted standalone, are formed into one
+//! cluster by `rabbitmq_cluster --node A --node B --node C --etcd-endpoint URL`, and the
+//! environment's own `rabbitmqctl cluster_status` agrees on every broker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::common::Epmd;
+use crate::common::{EtcdServer, RabbitNode, RabbitOptions, peers};
+
+/// The example's binary, built by `cargo test` beside the test binaries.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join(name))
+        .expect("target/<profile>/examples");
+    assert!(
+        path.is_file(),
+        "{} is missing: cargo test --all-features builds it (or cargo build --example {name} --features etcd)",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rabbitmq_cluster_example_forms_three_brokers_and_rabbitmqctl_agrees() {
+    let _turn = crate::rabbitmq_formation::RABBIT_TURN.lock().await;
+    let etcd = EtcdServer::start().await;
+    let epmd = Epmd::start().await;
+    let brokers = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let mut command = tokio::process::Command::new(example("rabbitmq_cluster"));
+    for b in &brokers {
+        command.args(["--node", b.node()]);
+    }
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        command
+            .args(["--cookie", brokers[0].cookie()])
+            .args(["--etcd-endpoint", &etcd.endpoint()])
+            .env("ERL_EPMD_PORT", epmd.port().to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("rabbitmq_cluster did not exit within 120 s")
+    .expect("rabbitmq_cluster runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "rabbitmq_cluster failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("one cluster of 3 nodes"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("(RabbitMQ {})", peers().rabbitmq_version())),
+        "{stdout}"
+    );
+    for b in &brokers {
+        let (ok, status) = b
+            .rabbitmqctl(
+                &["cluster_status", "--formatter", "json"],
+                Duration::from_secs(60),
+            )
+            .await;
+        assert!(ok, "{}: {status}", b.node());
+        let json_start = status.find('{').unwrap_or(0);
+        let status: serde_json::Value = serde_json::from_str(&status[json_start..])
+            .unwrap_or_else(|e| panic!("{}: {e}: {status}", b.node()));
+        let mut running: Vec<String> = status["running_nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: {status}", b.node()))
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect();
+        running.sort();
+        let mut all: Vec<String> = brokers.iter().map(|b| b.node().to_owned()).collect();
+        all.sort();
+        assert_eq!(running, all, "{}: {status}", b.node());
+        let partitions = &status["partitions"];
+        assert!(
+            partitions.as_object().is_some_and(|p| p.is_empty())
+                || partitions.as_array().is_some_and(|p| p.is_empty()),
+            "{}: {status}",
+            b.node()
+        );
+    }
+}
