@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use autocluster::handshake::LengthPrefix;
 use autocluster::node::{DisconnectReason, MAX_MONITORS_AND_LINKS_PER_PEER, Overload};
 use autocluster::term::{Atom, Pid, Reference, Term};
-use autocluster::{Cookie, Node, NodeEvent, NodeName};
+use autocluster::{Cookie, Node, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::common::{Epmd, ErlNode, ErlOptions, initiator_config, rss_kib, unique_name};
+use crate::common::{
+    Epmd, ErlNode, ErlOptions, down_reason, initiator_config, rss_kib, unique_name,
+};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -288,17 +290,7 @@ async fn a_peer_watching_one_process_past_the_limit_is_disconnected(watch: Watch
     })
     .await;
     eprintln!("100,000 {watch:?} of one process: {seen:?}");
-    let reason = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.recv().await {
-                Ok(NodeEvent::Down { node, reason }) if node == me => return reason,
-                Ok(_) => {}
-                Err(e) => panic!("node events: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("the peer was not disconnected");
+    let reason = down_reason(&mut events, &me, Duration::from_secs(10)).await;
     assert_eq!(
         reason,
         DisconnectReason::Overloaded(Overload::MonitorsAndLinks {

@@ -11,23 +11,9 @@ use autocluster::{Cookie, Node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{rss_kib, unique_name};
+use crate::common::{limited_server, rss_kib, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
-
-/// A node listening on 127.0.0.1 (not in EPMD) with these listener limits.
-async fn limited_server(limits: ListenerLimits) -> Node {
-    Node::builder(
-        format!("{}@localhost", unique_name("srv")).parse().unwrap(),
-        Cookie::new(COOKIE).unwrap(),
-    )
-    .listen("127.0.0.1:0".parse().unwrap())
-    .register_in_epmd(false)
-    .limits(limits)
-    .start()
-    .await
-    .unwrap()
-}
 
 /// 5,000 slowloris clients (each sends one byte of a request and stalls) while
 /// well-behaved clients keep asking: every good request is answered within 1 s, the
@@ -191,7 +177,7 @@ async fn the_acceptor_serves_good_nodes_during_a_slowloris_flood() {
         ..Default::default()
     };
     let max_pending = limits.max_pending;
-    let server = limited_server(limits).await;
+    let server = limited_server(limits, COOKIE).await;
     let addr = server.local_addr().unwrap();
     let flood = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -27,11 +27,13 @@ use autocluster::formation::{
 use autocluster::handshake::LengthPrefix;
 use autocluster::node::DisconnectReason;
 use autocluster::term::{Atom, Pid, Term};
-use autocluster::{Cookie, Node, NodeEvent, NodeName};
+use autocluster::{Cookie, Node, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, initiator_config, unique_name};
+use crate::common::{
+    Epmd, ErlNode, ErlOptions, Hooked, down_reason, initiator_config, unique_name,
+};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -211,17 +213,7 @@ async fn a_connected_peer_survives_garbage_frames_and_unknown_controls_but_not_a
     peer.write_all(&[0x7f, 0xff, 0xff, 0xff, 112])
         .await
         .unwrap();
-    let down = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match events.recv().await {
-                Ok(NodeEvent::Down { node, reason }) if node == me => return reason,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    })
-    .await
-    .expect("the connection is closed");
+    let down = down_reason(&mut events, &me, Duration::from_secs(5)).await;
     assert_eq!(
         down,
         DisconnectReason::FrameTooLarge {

@@ -59,6 +59,20 @@ async fn rabbitmq_and_the_crate_see_each_other_in_etcd() {
         "{listed:?}"
     );
     assert!(listed.metadata.contains_key("lease_id"), "{listed:?}");
+    // The `discover` example lists it too, as an operator would run it.
+    let discovered = tokio::process::Command::new(crate::common::example("discover"))
+        .args(["--backend", "etcd", "--etcd-endpoint", &endpoint])
+        .args(["--cluster-name", &cluster])
+        .output()
+        .await
+        .expect("discover runs");
+    let discovered_out = String::from_utf8_lossy(&discovered.stdout);
+    assert!(
+        discovered.status.success() && discovered_out.lines().any(|l| l.trim() == rabbit.node()),
+        "discover: {}\n{discovered_out}{}",
+        discovered.status,
+        String::from_utf8_lossy(&discovered.stderr)
+    );
 
     // What RabbitMQ wrote, read with etcdctl: the key layout, the JSON value, the lease.
     let value = etcd.get(&key).await.expect("RabbitMQ's node key");

@@ -3,27 +3,9 @@
 //! cluster by `rabbitmq_cluster --node A --node B --node C --etcd-endpoint URL`, and the
 //! environment's own `rabbitmqctl cluster_status` agrees on every broker.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::common::Epmd;
-use crate::common::{EtcdServer, RabbitNode, RabbitOptions, peers};
-
-/// The example's binary, built by `cargo test` beside the test binaries.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join(name))
-        .expect("target/<profile>/examples");
-    assert!(
-        path.is_file(),
-        "{} is missing: cargo test --all-features builds it (or cargo build --example {name} --features etcd)",
-        path.display()
-    );
-    path
-}
+use crate::common::{Epmd, EtcdServer, RabbitNode, RabbitOptions, example, peers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rabbitmq_cluster_example_forms_three_brokers_and_rabbitmqctl_agrees() {

@@ -34,6 +34,7 @@ mod hooked;
 mod http_fake;
 mod kube;
 mod logs;
+mod nodes;
 #[cfg(feature = "tls")]
 mod pki;
 mod process;
@@ -50,10 +51,11 @@ pub use hooked::Hooked;
 pub use http_fake::{HttpFake, Misbehave};
 pub use kube::{KubeServer, TestEndpoint};
 pub use logs::{LogBuffer, capture_logs};
+pub use nodes::{down_reason, limited_server};
 #[cfg(feature = "tls")]
 pub use pki::{Pki, set_private, short_hostname};
 pub use process::{
-    OutputLog, descendants, flood_alone, free_port, kill_process_group, kill_process_tree,
+    OutputLog, descendants, example, flood_alone, free_port, kill_process_group, kill_process_tree,
     require_binary, rss_kib, unique_name,
 };
 pub use rabbit::{RabbitNode, RabbitOptions};

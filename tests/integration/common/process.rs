@@ -172,3 +172,19 @@ pub async fn flood_alone() -> tokio::sync::MutexGuard<'static, ()> {
     static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     FLOODS.lock().await
 }
+
+/// The example's binary, built by `cargo test` beside the test binaries.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join(name))
+        .expect("target/<profile>/examples");
+    assert!(
+        path.is_file(),
+        "{} is missing: cargo test --all-features builds it (or cargo build --example {name} --features etcd)",
+        path.display()
+    );
+    path
+}
