@@ -97,7 +97,7 @@ fn refuses_what_it_cannot_honour_by_name() {
         ("[{client, [{crl_check, peer}]}].", "crl_check"),
         ("[{client, [{cacerts, []}]}].", "cacerts"),
         ("[{client, [{sni_fun, x}]}].", "sni_fun"),
-        ("[{client, [{verify, maybe}]}].", "verify"),
+        ("[{client, [{verify, sometimes}]}].", "verify"),
         (
             "[{client, [{customize_hostname_check, [{match_fun, fun m:f/2}]}]}].",
             "customize_hostname_check",
