@@ -7,16 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use autocluster::handshake::LengthPrefix;
 use autocluster::node::{DisconnectReason, MAX_MONITORS_AND_LINKS_PER_PEER, Overload};
 use autocluster::term::{Atom, Pid, Reference, Term};
 use autocluster::{Cookie, Node, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::common::{
-    Epmd, ErlNode, ErlOptions, down_reason, initiator_config, rss_kib, unique_name,
-};
+use crate::common::{Epmd, ErlNode, ErlOptions, down_reason, raw_peer, rss_kib, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -59,27 +56,14 @@ async fn server_and_erl(epmd: &Epmd) -> (Node, ErlNode, NodeName) {
 
 /// A raw peer connected to `server` through a real handshake, with a small receive
 /// buffer so that replies it does not read back up into the node quickly.
-async fn raw_peer(server: &Node) -> (TcpStream, NodeName) {
+async fn flooding_peer(server: &Node) -> (TcpStream, NodeName) {
     let host = server.name().as_str().split_once('@').unwrap().1.to_owned();
     let me: NodeName = format!("{}@{host}", unique_name("flood")).parse().unwrap();
-    (raw_peer_named(server, &me).await, me)
+    (flooding_peer_named(server, &me).await, me)
 }
 
-async fn raw_peer_named(server: &Node, me: &NodeName) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(server.local_addr().unwrap()).await.unwrap();
-    let cfg = initiator_config(me, server, COOKIE);
-    autocluster::handshake::initiate(
-        &mut stream,
-        LengthPrefix::U16,
-        cfg,
-        Duration::from_secs(5),
-        || true,
-    )
-    .await
-    .expect("handshake");
-    stream
+async fn flooding_peer_named(server: &Node, me: &NodeName) -> TcpStream {
+    raw_peer(server, me, COOKIE, Some(4096)).await
 }
 
 /// A pid of node `node`.
@@ -193,7 +177,7 @@ async fn monitors_of_a_missing_process_are_answered_with_backpressure(reads: Rea
     let _alone = crate::common::flood_alone().await;
     let epmd = Epmd::start().await;
     let (server, _erl_node, erl) = server_and_erl(&epmd).await;
-    let (raw, me) = raw_peer(&server).await;
+    let (raw, me) = flooding_peer(&server).await;
     let (mut read, mut write) = raw.into_split();
     let reader = match reads {
         Reads::Never => None,
@@ -277,7 +261,7 @@ async fn a_peer_watching_one_process_past_the_limit_is_disconnected(watch: Watch
     let (server, _erl_node, erl) = server_and_erl(&epmd).await;
     let mailbox = server.register("watched").unwrap();
     let mut events = server.monitor_nodes();
-    let (raw, me) = raw_peer(&server).await;
+    let (raw, me) = flooding_peer(&server).await;
     // This peer reads (and drops) everything: only what it asks the node to hold counts.
     let (mut read, mut write) = raw.into_split();
     let reader = tokio::spawn(async move {
@@ -301,7 +285,7 @@ async fn a_peer_watching_one_process_past_the_limit_is_disconnected(watch: Watch
     assert!(seen.slowest_call < CALL_WITHIN, "{seen:?}");
     // The node serves on, and what the peer held went with its connection: back under
     // the same name, it may watch the process again.
-    let raw = raw_peer_named(&server, &me).await;
+    let raw = flooding_peer_named(&server, &me).await;
     let (_read, mut write) = raw.into_split();
     write
         .write_all(&watch_frame(watch, &me, target.clone(), 1))
@@ -329,7 +313,7 @@ async fn monitors_and_links_naming_another_nodes_process_as_sender_are_ignored()
     let epmd = Epmd::start().await;
     let (server, _erl_node, erl) = server_and_erl(&epmd).await;
     let mailbox = server.register("watched").unwrap();
-    let (raw, me) = raw_peer(&server).await;
+    let (raw, me) = flooding_peer(&server).await;
     let (mut read, mut write) = raw.into_split();
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; 64 * 1024];

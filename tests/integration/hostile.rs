@@ -24,16 +24,13 @@ use autocluster::formation::{
     Agent, ErlangMesh, FailurePolicy, FormationConfig, FormationError, FormationEvent,
     NativeTarget, Outcome,
 };
-use autocluster::handshake::LengthPrefix;
 use autocluster::node::DisconnectReason;
 use autocluster::term::{Atom, Pid, Term};
 use autocluster::{Cookie, Node, NodeName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{
-    Epmd, ErlNode, ErlOptions, Hooked, down_reason, initiator_config, unique_name,
-};
+use crate::common::{Epmd, ErlNode, ErlOptions, Hooked, down_reason, raw_peer, unique_name};
 
 const COOKIE: &str = "autocluster_test_cookie";
 
@@ -77,20 +74,7 @@ async fn agent_node(epmd_port: u16, host: &str, cookie: &str) -> Node {
 /// A raw connection that completed the handshake with `server`: we write frames by hand.
 async fn handshaked_peer(server: &Node) -> (TcpStream, NodeName) {
     let me: NodeName = format!("{}@localhost", unique_name("raw")).parse().unwrap();
-    let mut stream = TcpStream::connect(server.local_addr().unwrap())
-        .await
-        .unwrap();
-    let cfg = initiator_config(&me, server, COOKIE);
-    autocluster::handshake::initiate(
-        &mut stream,
-        LengthPrefix::U16,
-        cfg,
-        Duration::from_secs(5),
-        || true,
-    )
-    .await
-    .expect("handshake");
-    (stream, me)
+    (raw_peer(server, &me, COOKIE, None).await, me)
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {

@@ -51,7 +51,7 @@ pub use hooked::Hooked;
 pub use http_fake::{HttpFake, Misbehave};
 pub use kube::{KubeServer, TestEndpoint};
 pub use logs::{LogBuffer, capture_logs};
-pub use nodes::{down_reason, limited_server};
+pub use nodes::{down_reason, limited_server, raw_peer};
 #[cfg(feature = "tls")]
 pub use pki::{Pki, set_private, short_hostname};
 pub use process::{

@@ -42,3 +42,29 @@ pub async fn down_reason(
     .await
     .unwrap_or_else(|_| panic!("the connection to {peer} did not go down within {within:?}"))
 }
+
+/// A raw connection from `me` to the listening `server`, through a real handshake with
+/// `cookie`; the test writes the frames that follow by hand. `recv_buffer` sets the
+/// socket's receive buffer first (small: what the node sends backs up quickly).
+pub async fn raw_peer(
+    server: &autocluster::Node,
+    me: &NodeName,
+    cookie: &str,
+    recv_buffer: Option<u32>,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    let mut stream = socket.connect(server.local_addr().unwrap()).await.unwrap();
+    autocluster::handshake::initiate(
+        &mut stream,
+        autocluster::handshake::LengthPrefix::U16,
+        super::initiator_config(me, server, cookie),
+        Duration::from_secs(5),
+        || true,
+    )
+    .await
+    .expect("handshake");
+    stream
+}
