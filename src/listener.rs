@@ -779,9 +779,9 @@ impl ConnectionPermit {
     /// still pending at its deadline. Never resolves for an established connection.
     ///
     /// Deadlines are kept by one task per limiter, which the first `closed` awaited
-    /// starts on the current runtime (and the next one starts again, in a later poll,
-    /// if that runtime shuts down while the limiter lives on). A pending connection whose `closed` is
-    /// never awaited is still removed from the limiter at its deadline.
+    /// starts on the current runtime (and the next one starts again, in a later poll, if
+    /// that runtime shuts down while the limiter lives on). A pending connection whose
+    /// `closed` is never awaited is still removed from the limiter at its deadline.
     ///
     /// Cancel-safe: use it as a branch of `tokio::select!` around every read and write.
     ///

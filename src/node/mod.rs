@@ -2013,6 +2013,17 @@ impl NodeInner {
         });
     }
 
+    /// The local process a signal names (by pid of this incarnation, or registered
+    /// name), if there is one.
+    fn local_id(&self, to: &ProcessRef) -> Option<u32> {
+        match to {
+            ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
+            ProcessRef::Pid(_) => None,
+            ProcessRef::Name(n) if n.as_str() == "net_kernel" => Some(process::NET_KERNEL_ID),
+            ProcessRef::Name(n) => self.procs.whereis(n),
+        }
+    }
+
     /// A peer went past [`MAX_MONITORS_AND_LINKS_PER_PEER`] on one process: it is
     /// disconnected, which forgets what it held.
     fn overloaded(&self, conn: &ConnHandle) {
@@ -2060,15 +2071,7 @@ impl NodeInner {
                 if !conn.sent_by_peer(&from) {
                     return;
                 }
-                let target = match &to {
-                    ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
-                    ProcessRef::Pid(_) => None,
-                    ProcessRef::Name(n) if n.as_str() == "net_kernel" => {
-                        Some(process::NET_KERNEL_ID)
-                    }
-                    ProcessRef::Name(n) => self.procs.whereis(n),
-                };
-                let recorded = match target {
+                let recorded = match self.local_id(&to) {
                     // The node's own processes never exit while it runs.
                     Some(id) if id < 100 => Watched::Recorded,
                     Some(id) => self.procs.add_monitor(id, reference.clone(), from.clone()),
@@ -2096,12 +2099,7 @@ impl NodeInner {
                 if !conn.sent_by_peer(&from) {
                     return;
                 }
-                let target = match &to {
-                    ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
-                    ProcessRef::Pid(_) => None,
-                    ProcessRef::Name(n) => self.procs.whereis(n),
-                };
-                if let Some(id) = target
+                if let Some(id) = self.local_id(&to)
                     && let Some(p) = self.procs.lock().by_id.get_mut(&id)
                 {
                     p.remove_monitor(&reference);
@@ -2145,10 +2143,7 @@ impl NodeInner {
                     return;
                 }
                 let linked = if self.procs.is_local(&to) {
-                    match self.procs.lock().by_id.get_mut(&to.id) {
-                        Some(p) => p.add_link(from.clone(), false),
-                        None => Watched::NoProcess,
-                    }
+                    self.procs.add_link(to.id, from.clone())
                 } else {
                     Watched::NoProcess
                 };

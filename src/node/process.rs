@@ -268,6 +268,15 @@ impl Processes {
         }
     }
 
+    /// Records that the remote process `pid` links process `id` (see
+    /// [`LocalProcess::add_link`]).
+    pub(crate) fn add_link(&self, id: u32, pid: Pid) -> Watched {
+        match self.lock().by_id.get_mut(&id) {
+            Some(p) => p.add_link(pid, false),
+            None => Watched::NoProcess,
+        }
+    }
+
     /// Records that the remote `watcher` monitors process `id`.
     pub(crate) fn add_monitor(&self, id: u32, reference: Reference, watcher: Pid) -> Watched {
         match self.lock().by_id.get_mut(&id) {
