@@ -6,4 +6,5 @@
 //! [`crate::node`].
 
 pub mod control;
+pub(crate) mod engine;
 pub mod frame;

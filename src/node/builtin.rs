@@ -9,15 +9,16 @@ use crate::handshake::DistFlags;
 use crate::term::{Pid, Term};
 
 use super::NodeInner;
-use super::connection::ConnHandle;
+use super::connection::{ConnHandle, Replies};
 use super::process::{GenCall, IO_ID, NET_KERNEL_ID};
 
 /// A message to our registered `net_kernel`.
-pub(super) async fn net_kernel(
+pub(super) fn net_kernel(
     node: &Arc<NodeInner>,
     conn: &Arc<ConnHandle>,
     from: &Pid,
     message: Term,
+    out: &mut Replies,
 ) {
     let Some(call) = GenCall::parse(&message) else {
         tracing::debug!(peer = %conn.peer, from = ?from, "non-call message to net_kernel ignored");
@@ -51,13 +52,18 @@ pub(super) async fn net_kernel(
             to: call.from.clone(),
         },
     };
-    conn.reply(control, Some(call.reply_message(reply))).await;
+    conn.reply(out, control, Some(call.reply_message(reply)));
 }
 
 /// A message to the group leader we give remote calls: `{io_request, From, ReplyAs,
 /// Request}`, answered with `{io_reply, ReplyAs, Reply}` as the Erlang I/O protocol
 /// says. Output is logged under the target `autocluster::rpc::output`.
-pub(super) async fn io_request(node: &Arc<NodeInner>, conn: &Arc<ConnHandle>, message: Term) {
+pub(super) fn io_request(
+    node: &Arc<NodeInner>,
+    conn: &Arc<ConnHandle>,
+    message: Term,
+    out: &mut Replies,
+) {
     let Some([kind, from, reply_as, request]) = message.as_tuple() else {
         tracing::debug!(peer = %conn.peer, "non-I/O message to the group leader ignored");
         return;
@@ -73,7 +79,7 @@ pub(super) async fn io_request(node: &Arc<NodeInner>, conn: &Arc<ConnHandle>, me
         from: Some(me),
         to: from.clone(),
     };
-    conn.reply(send, Some(answer)).await;
+    conn.reply(out, send, Some(answer));
 }
 
 fn io_reply(peer: &crate::NodeName, request: &Term, depth: usize) -> Term {

@@ -1,95 +1,33 @@
-//! One distribution connection: a reader and a writer around a socket, in one task.
+//! One distribution connection: the tokio driver of its [engine](crate::dist::engine).
 //!
-//! The writer owns the write half: it batches queued frames into one write and sends a
-//! tick whenever it has been idle for a quarter of `net_ticktime`, as OTP does. The
-//! reader owns the read half: it splits frames with the pure decoder in
-//! [`crate::dist::frame`], never buffering more than the frame it is reading (whose
-//! length was checked against the maximum first), decodes control messages and hands
-//! them to the node. If nothing at all arrives for `net_ticktime`, the peer is declared
-//! dead. Whichever ends first closes the connection and reports why.
+//! The engine decides everything (framing, read sizes, ticks, the peer's silence, write
+//! deadlines, batching, when reading pauses); the driver, one task per connection, moves
+//! bytes between it and the socket, the time into it, the frames other tasks queue
+//! through the [`ConnHandle`] into it, and the messages that arrived to the node's
+//! dispatch. Whatever ends the connection, the task then closes the socket (gracefully
+//! when the local side ended it, bounded by the [linger clock](super::linger)) and
+//! reports why.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
 use crate::NodeName;
 use crate::dist::control::{self, Control};
-use crate::dist::frame::{self, Frame};
+use crate::dist::engine::{self, Engine, Event};
+use crate::dist::frame;
 use crate::handshake::{DistFlags, Handshaked};
 use crate::term::{Atom, DecodeLimits, Term};
-use crate::wire::Status;
 
 use super::{NodeInner, SendError};
 
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DisconnectReason {
-    /// The peer closed the connection.
-    ClosedByPeer,
-    /// Nothing arrived from the peer for `net_ticktime`.
-    TickTimeout(Duration),
-    /// The peer announced a frame above the maximum frame size.
-    FrameTooLarge {
-        /// Announced length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A socket error.
-    Io(String),
-    /// A write did not complete within `net_ticktime`: the peer stopped reading.
-    WriteTimeout(Duration),
-    /// The local side disconnected.
-    Local,
-    /// A newer connection to the same node replaced this one.
-    Replaced,
-    /// The local node stopped.
-    NodeStopped,
-    /// The peer asked the node to hold more for it than the node's limits allow.
-    Overloaded(Overload),
-}
+pub use crate::dist::engine::{DisconnectReason, Overload};
 
-/// What a peer asked too much of (see [`DisconnectReason::Overloaded`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Overload {
-    /// Monitors and links of one local process: the peer would have held more than
-    /// [`MAX_MONITORS_AND_LINKS_PER_PEER`](crate::node::MAX_MONITORS_AND_LINKS_PER_PEER).
-    MonitorsAndLinks {
-        /// The limit.
-        max: usize,
-    },
-}
-
-impl std::fmt::Display for DisconnectReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DisconnectReason::ClosedByPeer => f.write_str("closed by the peer"),
-            DisconnectReason::TickTimeout(t) => {
-                write!(f, "no data or tick from the peer for {t:?} (net_ticktime)")
-            }
-            DisconnectReason::FrameTooLarge { len, max } => {
-                write!(
-                    f,
-                    "peer announced a frame of {len} bytes, above the limit of {max}"
-                )
-            }
-            DisconnectReason::Io(e) => write!(f, "socket error: {e}"),
-            DisconnectReason::WriteTimeout(t) => write!(f, "the peer stopped reading for {t:?}"),
-            DisconnectReason::Local => f.write_str("disconnected locally"),
-            DisconnectReason::Replaced => f.write_str("replaced by a newer connection"),
-            DisconnectReason::NodeStopped => f.write_str("the local node stopped"),
-            DisconnectReason::Overloaded(Overload::MonitorsAndLinks { max }) => write!(
-                f,
-                "overloaded: the peer monitored or linked one local process more than {max} times"
-            ),
-        }
-    }
-}
+/// The replies a peer's messages provoked, encoded, for the driver to queue.
+pub(crate) type Replies = Vec<Vec<u8>>;
 
 /// Frames queued for the writer.
 pub(crate) enum Outbound {
@@ -106,8 +44,6 @@ pub(crate) struct ConnHandle {
     pub(crate) initiated_locally: bool,
     tx: mpsc::Sender<Outbound>,
     max_frame: usize,
-    /// Whether the peer has already been told, in the log, that its replies wait.
-    backpressured: AtomicBool,
     closed: AtomicBool,
     close_signal: Notify,
     reason: std::sync::Mutex<Option<DisconnectReason>>,
@@ -127,29 +63,20 @@ impl ConnHandle {
             .map_err(|_| SendError::ConnectionClosed(self.peer.clone()))
     }
 
-    /// Queues a reply the peer provoked (the answer to a request, the notice of a
-    /// monitor or link that cannot be set up) from the connection's reader.
+    /// Encodes a reply the peer provoked (the answer to a request, the notice of a
+    /// monitor or link that cannot be set up) into `out`, which the connection's driver
+    /// queues once the message is dispatched.
     ///
-    /// The replies a peer provokes are bounded by the writer's queue: when it is full,
-    /// this waits for room, and while it waits the reader reads nothing more from the
-    /// peer. A peer that sends requests faster than it reads the replies is slowed to the
-    /// pace it reads at (logged once per connection); one that reads nothing is
-    /// disconnected by the writer's timeout (`net_ticktime`). No task is spawned per
-    /// reply.
-    pub(crate) async fn reply(&self, control: Control, message: Option<Term>) {
-        let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
-            return;
-        };
-        let frame = match self.tx.try_send(Outbound::Frame(buf)) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
-            Err(mpsc::error::TrySendError::Full(frame)) => frame,
-        };
-        if !self.backpressured.swap(true, Ordering::Relaxed) {
-            tracing::warn!(peer = %self.peer, "the peer sends requests faster than it reads the replies: reading from it is paused while its replies wait");
+    /// The replies a peer provokes are bounded by the engine: while more than
+    /// [`HIGH_WATER`](engine::HIGH_WATER) bytes wait to be written, the driver reads
+    /// nothing more from the peer. A peer that sends requests faster than it reads the
+    /// replies is slowed to the pace it reads at (logged once per connection); one that
+    /// reads nothing is disconnected by the write timeout (`net_ticktime`). No task is
+    /// spawned per reply.
+    pub(crate) fn reply(&self, out: &mut Replies, control: Control, message: Option<Term>) {
+        if let Some(buf) = self.encode_reply(&control, message.as_ref()) {
+            out.push(buf);
         }
-        // Ends when the writer takes a frame, or with the connection: a writer that
-        // cannot write for `net_ticktime` ends it.
-        let _ = self.tx.send(frame).await;
     }
 
     /// Queues a message if the writer's queue has room, and drops it otherwise: for a
@@ -295,7 +222,6 @@ where
         initiated_locally,
         tx,
         max_frame: timing.max_frame,
-        backpressured: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         close_signal: Notify::new(),
         reason: std::sync::Mutex::new(None),
@@ -304,13 +230,17 @@ where
     let c = conn.clone();
     let task = async move {
         let (mut read, mut write) = (read, write);
-        let reason = tokio::select! {
-            r = reader(&mut read, &weak, &c, leftover, timing, &decode_limits) => r,
-            r = writer(&mut write, rx, timing) => r,
-            () = closed(&c) => c.reason(),
+        let cfg = engine::Config {
+            net_ticktime: timing.net_ticktime,
+            max_frame: timing.max_frame,
+            decode_limits,
         };
+        let mut engine = Engine::new(now(), cfg, &leftover);
+        drop(leftover);
+        let reason = drive(&mut engine, &mut read, &mut write, rx, &weak, &c).await;
+        drop(engine);
         c.close(reason.clone());
-        let graceful = closed_locally(&reason);
+        let graceful = reason.is_local();
         if let Some(node) = weak.upgrade() {
             if graceful {
                 node.closing_started(&c.peer);
@@ -334,6 +264,134 @@ where
     conn
 }
 
+/// The time, as the engine takes it: tokio's clock, so that a paused runtime's time is
+/// the connection's too.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Runs the connection until the engine, the socket, the node or a local close ends it,
+/// and returns why.
+async fn drive<R, W>(
+    engine: &mut Engine,
+    read: &mut R,
+    write: &mut W,
+    mut rx: mpsc::Receiver<Outbound>,
+    node: &std::sync::Weak<NodeInner>,
+    conn: &Arc<ConnHandle>,
+) -> DisconnectReason
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut replies = Replies::new();
+    // The batch being written, and how much of it is.
+    let mut out: Option<Vec<u8>> = None;
+    let mut written = 0;
+    let mut told = false;
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        while let Some(event) = engine.poll_event() {
+            match event {
+                Event::Message(msg) => {
+                    let Some(node) = node.upgrade() else {
+                        return DisconnectReason::NodeStopped;
+                    };
+                    node.dispatch(conn, msg, &mut replies);
+                    for reply in replies.drain(..) {
+                        engine.queue(reply);
+                    }
+                    // Closed by what it sent (over a limit): the rest is not read.
+                    if !conn.is_open() {
+                        return conn.reason();
+                    }
+                }
+                Event::Undecodable(e) => {
+                    tracing::warn!(peer = %conn.peer, error = %e, "ignoring an undecodable distribution frame");
+                }
+            }
+        }
+        if let Some(reason) = engine.closed() {
+            return reason.clone();
+        }
+        if engine.reading_paused() && !told {
+            told = true;
+            tracing::warn!(peer = %conn.peer, "the peer sends requests faster than it reads the replies: reading from it is paused while its replies wait");
+        }
+        while engine.has_room() {
+            match rx.try_recv() {
+                Ok(Outbound::Frame(f)) => engine.queue(f),
+                Err(_) => break,
+            }
+        }
+        if out.is_none() {
+            out = engine.poll_transmit(now());
+            written = 0;
+        }
+        let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
+        if let Some(d) = deadline
+            && timer.deadline() != d
+        {
+            timer.as_mut().reset(d);
+        }
+        let (wants_read, has_room) = (engine.wants_read(), engine.has_room());
+        tokio::select! {
+            biased;
+            () = closed(conn) => return conn.reason(),
+            () = &mut timer, if deadline.is_some() => engine.handle_timeout(now()),
+            r = write_some(write, out.as_deref(), written), if out.is_some() => match r {
+                Ok(Wrote::Bytes(n)) => written += n,
+                Ok(Wrote::All) => {
+                    if let Some(batch) = out.take() {
+                        engine.on_transmitted(now(), batch);
+                    }
+                }
+                Err(e) => return DisconnectReason::from_io(&e),
+            },
+            r = read.read_buf(engine.read_buffer()), if wants_read => match r {
+                Ok(n) => engine.handle_read(now(), n),
+                Err(e) => return DisconnectReason::from_io(&e),
+            },
+            f = rx.recv(), if has_room => match f {
+                Some(Outbound::Frame(f)) => engine.queue(f),
+                // Every handle is gone: nobody can send on it any more.
+                None => return DisconnectReason::Local,
+            },
+        }
+    }
+}
+
+/// One step of writing a batch.
+enum Wrote {
+    /// Some more bytes of it.
+    Bytes(usize),
+    /// All of it, and flushed.
+    All,
+}
+
+/// Writes some of what is left of `batch` after `written` bytes, or flushes once all of
+/// it is written (free on TCP; under TLS it pushes out what rustls still buffers).
+/// Cancel-safe: a write dropped before it completes has written nothing, and a flush
+/// dropped is started again.
+async fn write_some<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    batch: Option<&[u8]>,
+    written: usize,
+) -> std::io::Result<Wrote> {
+    let Some(rest) = batch.and_then(|b| b.get(written..)) else {
+        return std::future::pending().await;
+    };
+    if rest.is_empty() {
+        write.flush().await?;
+        return Ok(Wrote::All);
+    }
+    match write.write(rest).await? {
+        0 => Err(std::io::ErrorKind::WriteZero.into()),
+        n => Ok(Wrote::Bytes(n)),
+    }
+}
+
 /// The write half of a connection's transport.
 pub(crate) trait WriteHalf: AsyncWrite + Unpin + Send + 'static {
     /// Lets go of the write half once the connection is over. Closing the socket ends
@@ -350,13 +408,6 @@ impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
 
 impl<T: AsyncRead + AsyncWrite + Send + 'static> WriteHalf for tokio::io::WriteHalf<T> {
     fn release(self) {}
-}
-
-pub(crate) fn closed_locally(reason: &DisconnectReason) -> bool {
-    matches!(
-        reason,
-        DisconnectReason::Local | DisconnectReason::Replaced | DisconnectReason::NodeStopped
-    )
 }
 
 /// Sends our FIN and waits until the peer closes its side, discarding what it still
@@ -383,130 +434,5 @@ async fn closed(c: &ConnHandle) {
             return;
         }
         notified.await;
-    }
-}
-
-async fn reader<R: AsyncRead + Unpin>(
-    read: &mut R,
-    node: &std::sync::Weak<NodeInner>,
-    conn: &Arc<ConnHandle>,
-    leftover: Vec<u8>,
-    timing: Timing,
-    limits: &DecodeLimits,
-) -> DisconnectReason {
-    let mut buf = bytes::BytesMut::from(&leftover[..]);
-    // Until the first message, only ticks (4 bytes) are expected: an idle connection
-    // keeps a small buffer.
-    let mut quiet = true;
-    loop {
-        loop {
-            let (consumed, payload) = match frame::decode(&buf, timing.max_frame) {
-                Ok(Status::Complete((Frame::Tick, n))) => (n, None),
-                Ok(Status::Complete((Frame::Data(payload), n))) => {
-                    (n, Some(control::decode(payload, limits)))
-                }
-                Ok(Status::Partial) => break,
-                Err(frame::FrameError::TooLarge { len, max }) => {
-                    return DisconnectReason::FrameTooLarge { len, max };
-                }
-            };
-            bytes::Buf::advance(&mut buf, consumed);
-            quiet &= payload.is_none();
-            match payload {
-                None => {}
-                Some(Ok(msg)) => {
-                    let Some(node) = node.upgrade() else {
-                        return DisconnectReason::NodeStopped;
-                    };
-                    node.dispatch(conn, msg).await;
-                    // Closed by what it sent (over a limit): the rest is not read.
-                    if !conn.is_open() {
-                        return conn.reason();
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(peer = %conn.peer, error = %e, "ignoring an undecodable distribution frame");
-                }
-            }
-        }
-        // Grow the buffer progressively: a peer announcing a large frame must send it
-        // before the memory for it is taken.
-        let (least, guess) = if quiet {
-            (64, 64)
-        } else {
-            (4 * 1024, 8 * 1024)
-        };
-        let want =
-            frame::needed(&buf, timing.max_frame).map_or(guess, |n| n.saturating_sub(buf.len()));
-        buf.reserve(want.clamp(least, 1024 * 1024));
-        match tokio::time::timeout(timing.net_ticktime, read.read_buf(&mut buf)).await {
-            Err(_) => return DisconnectReason::TickTimeout(timing.net_ticktime),
-            Ok(Ok(0)) => return DisconnectReason::ClosedByPeer,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                return match e.kind() {
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
-                        DisconnectReason::ClosedByPeer
-                    }
-                    _ => DisconnectReason::Io(e.to_string()),
-                };
-            }
-        }
-    }
-}
-
-async fn writer<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    mut rx: mpsc::Receiver<Outbound>,
-    timing: Timing,
-) -> DisconnectReason {
-    let tick_every = timing.net_ticktime / 4;
-    // Grown by the first frames, not up front: a connection that never sends (a probe,
-    // a health check) costs no buffer, and freeing a large one makes the allocator
-    // consolidate its free lists.
-    let mut batch = Vec::new();
-    loop {
-        match tokio::time::timeout(tick_every, rx.recv()).await {
-            Err(_) => batch.extend_from_slice(&frame::TICK),
-            Ok(None) => {
-                let _ = write.shutdown().await;
-                return DisconnectReason::Local;
-            }
-            Ok(Some(Outbound::Frame(f))) => {
-                if batch.is_empty() && f.len() >= 64 * 1024 {
-                    batch = f;
-                } else {
-                    batch.extend_from_slice(&f);
-                }
-                while batch.len() < 256 * 1024 {
-                    match rx.try_recv() {
-                        Ok(Outbound::Frame(f)) => batch.extend_from_slice(&f),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
-        // The flush is free on TCP; under TLS it pushes out what rustls still buffers.
-        let send = async {
-            write.write_all(&batch).await?;
-            write.flush().await
-        };
-        match tokio::time::timeout(timing.net_ticktime, send).await {
-            Err(_) => return DisconnectReason::WriteTimeout(timing.net_ticktime),
-            Ok(Err(e)) => {
-                return match e.kind() {
-                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-                        DisconnectReason::ClosedByPeer
-                    }
-                    _ => DisconnectReason::Io(e.to_string()),
-                };
-            }
-            Ok(Ok(())) => {}
-        }
-        if batch.capacity() > 1024 * 1024 {
-            batch = Vec::new();
-        } else {
-            batch.clear();
-        }
     }
 }

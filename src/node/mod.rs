@@ -50,7 +50,7 @@ use crate::listener::{ConnectionLimiter, ConnectionPermit, ListenerLimits};
 use crate::term::{Atom, DecodeLimits, Pid, Reference, Term};
 use crate::{Cookie, NodeName};
 pub(crate) use connection::ConnHandle as ConnHandleRef;
-use connection::{ConnHandle, Timing};
+use connection::{ConnHandle, Replies, Timing};
 use process::{Delivery, Processes, Watched};
 pub(crate) use process::{IO_ID as IO_PROCESS_ID, RPC_ID as RPC_PROCESS_ID};
 
@@ -1061,7 +1061,7 @@ impl NodeInner {
             s.closing > 0
                 || s.conn
                     .as_ref()
-                    .is_some_and(|c| !c.is_open() && connection::closed_locally(&c.reason()))
+                    .is_some_and(|c| !c.is_open() && c.reason().is_local())
         })
     }
 
@@ -2038,19 +2038,22 @@ impl NodeInner {
     }
 
     /// Handles one message from a connection.
-    pub(crate) async fn dispatch(self: &Arc<Self>, conn: &Arc<ConnHandle>, msg: DistMessage) {
+    pub(crate) fn dispatch(
+        self: &Arc<Self>,
+        conn: &Arc<ConnHandle>,
+        msg: DistMessage,
+        out: &mut Replies,
+    ) {
         let DistMessage { control, message } = msg;
         match control {
             Control::Send { from, to } => {
                 let message = message.unwrap_or_else(Term::nil);
-                self.route_to_pid(conn, from, &to, message).await;
+                self.route_to_pid(conn, from, &to, message, out);
             }
             Control::RegSend { from, to } => {
                 let message = message.unwrap_or_else(Term::nil);
                 if to.as_str() == "net_kernel" {
-                    // Boxed, as is `io_request` below: these rare requests would
-                    // otherwise size every connection's task for themselves.
-                    Box::pin(builtin::net_kernel(self, conn, &from, message)).await;
+                    builtin::net_kernel(self, conn, &from, message, out);
                 } else if let Some(id) = self.procs.whereis(&to) {
                     self.deliver_local(id, Some(from), message);
                 } else {
@@ -2086,7 +2089,7 @@ impl NodeInner {
                             reference,
                             reason: Term::atom("noproc"),
                         };
-                        conn.reply(exit, None).await;
+                        conn.reply(out, exit, None);
                     }
                     Watched::TooMany => self.overloaded(conn),
                 }
@@ -2155,7 +2158,7 @@ impl NodeInner {
                             to: from,
                             reason: Term::atom("noproc"),
                         };
-                        conn.reply(exit, None).await;
+                        conn.reply(out, exit, None);
                     }
                     Watched::NoProcess => {}
                     Watched::TooMany => self.overloaded(conn),
@@ -2175,7 +2178,7 @@ impl NodeInner {
                     from: to,
                     to: from,
                 };
-                conn.reply(ack, None).await;
+                conn.reply(out, ack, None);
             }
             Control::UnlinkIdAck { .. } | Control::GroupLeader { .. } => {}
             Control::Exit { from, to, reason } | Control::Exit2 { from, to, reason } => {
@@ -2197,11 +2200,11 @@ impl NodeInner {
                     flags: 0,
                     result: Term::atom("notsup"),
                 };
-                conn.reply(refusal, None).await;
+                conn.reply(out, refusal, None);
             }
             Control::SpawnReply { req_id, result, .. } => {
                 if let Some(kill) = self.calls.spawn_reply(self, &req_id, result) {
-                    conn.reply(kill, None).await;
+                    conn.reply(out, kill, None);
                 }
             }
             Control::Unknown { op, control } => {
@@ -2210,12 +2213,13 @@ impl NodeInner {
         }
     }
 
-    async fn route_to_pid(
+    fn route_to_pid(
         self: &Arc<Self>,
         conn: &Arc<ConnHandle>,
         from: Option<Pid>,
         to: &Pid,
         message: Term,
+        out: &mut Replies,
     ) {
         if !self.procs.is_local(to) {
             tracing::debug!(node = %self.name, to = ?to, "message to a pid of another node or incarnation dropped");
@@ -2227,7 +2231,7 @@ impl NodeInner {
                     tracing::debug!(node = %self.name, "late or unknown reply dropped");
                 }
             }
-            process::IO_ID => Box::pin(builtin::io_request(self, conn, message)).await,
+            process::IO_ID => builtin::io_request(self, conn, message, out),
             id => self.deliver_local(id, from, message),
         }
     }
