@@ -39,6 +39,9 @@ pub use term::{Atom, Pid, Port, Reference, Term};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+#[cfg(test)]
+mod layout_tests;
+
 /// Helpers shared by the unit tests.
 #[cfg(test)]
 mod test_support {

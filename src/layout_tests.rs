@@ -1,0 +1,104 @@
+//! The layout the crate keeps: its sans-IO core (codecs, state machines, the connection
+//! engine) does no I/O, reads no clock and knows nothing of the layers above it.
+
+use std::path::{Path, PathBuf};
+
+/// The sans-IO sources: files, or folders taken whole. Their tests (`tests.rs`, or files
+/// under a `tests` folder) may use anything.
+const SANS_IO: &[&str] = &[
+    "src/wire.rs",
+    "src/cookie.rs",
+    "src/node_name.rs",
+    "src/term",
+    "src/dist",
+    "src/epmd/codec.rs",
+    "src/epmd/registry.rs",
+    "src/handshake/acceptor.rs",
+    "src/handshake/digest.rs",
+    "src/handshake/flags.rs",
+    "src/handshake/initiator.rs",
+    "src/handshake/messages.rs",
+];
+
+/// What a sans-IO source must not name, outside comments.
+const FORBIDDEN: &[&str] = &[
+    "tokio",
+    "crate::node",
+    "crate::rpc",
+    "crate::formation",
+    "crate::listener",
+    "std::net::Tcp",
+    "std::thread",
+    "Instant::now",
+    "SystemTime::now",
+];
+
+fn sources(root: &Path, entry: &str) -> Vec<PathBuf> {
+    let path = root.join(entry);
+    if path.is_file() {
+        return vec![path];
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![path];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n != "tests") {
+                    dirs.push(p);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && p.file_name().is_some_and(|n| n != "tests.rs")
+            {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+/// Whether `code` names `word` as a whole path or word (`crate::node_name` does not name
+/// `crate::node`).
+fn names(code: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    code.match_indices(word).any(|(at, _)| {
+        let before = code[..at].chars().next_back();
+        let after = code[at + word.len()..].chars().next();
+        !before.is_some_and(ident) && !after.is_some_and(ident)
+    })
+}
+
+#[test]
+fn names_matches_whole_words_only() {
+    assert!(names("use tokio::net;", "tokio"));
+    assert!(names("use crate::node::{Node};", "crate::node"));
+    assert!(!names("crate::node_name::validate(x)", "crate::node"));
+    assert!(!names("let tokio_like = 1;", "tokio"));
+}
+
+#[test]
+fn sans_io_sources_name_no_runtime_socket_clock_or_upper_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for entry in SANS_IO {
+        for file in sources(root, entry) {
+            checked += 1;
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                for word in FORBIDDEN {
+                    if names(code, word) {
+                        found.push(format!("{}:{}: {word}", file.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} files checked");
+    assert!(
+        found.is_empty(),
+        "sans-IO sources naming I/O:\n{}",
+        found.join("\n")
+    );
+}
