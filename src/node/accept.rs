@@ -1,0 +1,213 @@
+//! Accepting connections: the accept loop, the listener's admission, TLS, and the
+//! acceptor's handshake.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{NodeInner, TlsError, tasks};
+use crate::handshake::{self, AcceptorConfig, DistFlags, HandshakeError, LengthPrefix};
+use crate::listener::ConnectionLimiter;
+
+pub(super) async fn accept_loop(
+    node: Weak<NodeInner>,
+    listener: TcpListener,
+    limiter: ConnectionLimiter,
+    tracked: tasks::Tracked,
+) {
+    let tasks = tracked.tasks();
+    let mut accepted_count = 0u32;
+    loop {
+        // Under a flood, let the handshakes already admitted make progress before
+        // admitting more (an admitted connection can evict an older pending one).
+        accepted_count = accepted_count.wrapping_add(1);
+        if accepted_count.is_multiple_of(16) {
+            tokio::task::yield_now().await;
+        }
+        // Only the stop signal is held while waiting, not the node: dropping its last
+        // handle stops it, and this loop with it.
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = tasks.stopped() => return,
+        };
+        let (stream, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "distribution accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut permit = match limiter.admit(addr.ip()) {
+            Ok(p) => p,
+            Err(refusal) => {
+                tracing::debug!(%addr, ?refusal, "distribution connection refused by the listener limits");
+                continue;
+            }
+        };
+        let node = node.clone();
+        let progress = Progress {
+            limiter: limiter.clone(),
+            id: permit.id(),
+        };
+        let Some(tracked) = tasks.track_running() else {
+            return;
+        };
+        let handshake = async move {
+            let result = tokio::select! {
+                r = accept_connection(&node, stream, addr, &progress) => r,
+                reason = permit.closed() => {
+                    tracing::debug!(%addr, %reason, "handshake closed by the listener limits");
+                    None
+                }
+                () = tracked.tasks().stopped() => None,
+            };
+            let Some((inner, stream, outcome)) = result else {
+                return;
+            };
+            if let Err(e) = permit.promote() {
+                tracing::warn!(peer = %outcome.handshaked.peer, %addr, error = %e, "distribution connection closed: listener limits");
+                return;
+            }
+            match stream {
+                Accepted::Tcp(stream) => {
+                    let (read, write) = stream.into_split();
+                    let _ = inner.install(read, write, outcome, false, Some(permit));
+                }
+                #[cfg(feature = "tls")]
+                Accepted::Tls(stream) => {
+                    let (read, write) = tokio::io::split(*stream);
+                    let _ = inner.install(read, write, outcome, false, Some(permit));
+                }
+            }
+        };
+        // Boxed: spawning moves a future several times, and this one is large.
+        tokio::spawn(Box::pin(handshake));
+    }
+}
+
+/// An accepted connection that finished its handshake, plain or inside TLS.
+enum Accepted {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::ServerStream>),
+}
+
+/// Tells the listener limits that an incoming handshake has got as far as the peer's name,
+/// so that a flood of idle connections from its address is evicted before it.
+struct Progress {
+    limiter: ConnectionLimiter,
+    id: crate::listener::ConnId,
+}
+
+/// Runs TLS (when configured) and the acceptor's handshake.
+async fn accept_connection(
+    node: &Weak<NodeInner>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    progress: &Progress,
+) -> Option<(Arc<NodeInner>, Accepted, handshake::HandshakeOutcome)> {
+    let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    {
+        let inner = node.upgrade()?;
+        if let Some(tls) = &inner.tls {
+            let accepted = tls.accept(stream, inner.cfg.handshake_timeout).await?;
+            let stream = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    log_tls_rejection(addr, &e);
+                    return None;
+                }
+            };
+            drop(inner);
+            return accept_one(node, stream, addr, LengthPrefix::U32, progress)
+                .await
+                .map(|(inner, s, outcome)| (inner, Accepted::Tls(Box::new(s)), outcome));
+        }
+    }
+    accept_one(node, stream, addr, LengthPrefix::U16, progress)
+        .await
+        .map(|(inner, s, outcome)| (inner, Accepted::Tcp(s), outcome))
+}
+
+#[cfg(feature = "tls")]
+fn log_tls_rejection(addr: SocketAddr, e: &TlsError) {
+    match e {
+        // Port scanners, health checks and slow clients: not worth a warning each.
+        TlsError::Closed { .. } | TlsError::Timeout { .. } => {
+            tracing::debug!(%addr, error = %e, "incoming TLS distribution handshake failed");
+        }
+        _ => tracing::warn!(%addr, error = %e, "incoming TLS distribution connection rejected"),
+    }
+}
+
+/// Runs the acceptor's handshake; the connection to install when it succeeds.
+async fn accept_one<S>(
+    node: &Weak<NodeInner>,
+    mut stream: S,
+    addr: SocketAddr,
+    prefix: LengthPrefix,
+    progress: &Progress,
+) -> Option<(Arc<NodeInner>, S, handshake::HandshakeOutcome)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let inner = node.upgrade()?;
+    let cfg = AcceptorConfig {
+        local: inner.name.clone(),
+        creation: inner.procs.creation,
+        flags: inner.our_flags(),
+        required: DistFlags::REQUIRED,
+        cookie: inner.cfg.cookie.clone(),
+    };
+    let label = addr.to_string();
+    let result = handshake::accept(
+        &mut stream,
+        prefix,
+        cfg,
+        inner.cfg.handshake_timeout,
+        &label,
+        |hello| {
+            progress.limiter.mark_progress(progress.id);
+            inner.decide(hello)
+        },
+    )
+    .await;
+    match result {
+        Ok(outcome) => Some((inner, stream, outcome)),
+        Err(HandshakeError::Refused { peer, reason }) => {
+            tracing::debug!(%peer, %addr, %reason, "incoming connection refused");
+            None
+        }
+        Err(HandshakeError::PeerUsesTls { .. }) => {
+            tracing::warn!(%addr, error = %TlsError::PeerUsesTls, "incoming connection rejected: a TLS client on this plain distribution listener");
+            None
+        }
+        Err(
+            e @ (HandshakeError::CookieMismatch { .. }
+            | HandshakeError::NameKind(_)
+            | HandshakeError::MissingFlags { .. }),
+        ) => {
+            tracing::warn!(%addr, error = %e, "incoming connection rejected");
+            None
+        }
+        Err(e) => {
+            #[cfg(feature = "tls")]
+            if let HandshakeError::Io { source, .. } = &e
+                && let Some(tls) = inner
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.classify_io(source, crate::tls::Role::Server))
+            {
+                log_tls_rejection(addr, &tls);
+                return None;
+            }
+            tracing::debug!(%addr, error = %e, "incoming handshake failed");
+            None
+        }
+    }
+}
