@@ -102,3 +102,62 @@ fn sans_io_sources_name_no_runtime_socket_clock_or_upper_layer() {
         found.join("\n")
     );
 }
+
+/// Lines of a source file without its inline tests (a trailing `#[cfg(test)] mod tests`).
+fn lines_without_tests(text: &str) -> usize {
+    let code = match text.find("#[cfg(test)]\nmod tests {") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    code.lines().count()
+}
+
+/// The node layer sits below remote calls, formation, health and the backends: it names
+/// none of them (so `rpc` sits on `node` through a narrow API, with no cycle).
+#[test]
+fn the_node_names_no_layer_above_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for file in sources(root, "src/node") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in [
+                "crate::rpc",
+                "crate::formation",
+                "crate::health",
+                "crate::backend",
+            ] {
+                if names(code, word) {
+                    found.push(format!("{}:{}: {word}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the node reaches up:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Files a reader can hold: the node, the connection engine and remote calls stay under
+/// 1,000 lines each, their tests aside.
+#[test]
+fn node_engine_and_rpc_files_stay_under_a_thousand_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = sources(root, "src/node");
+    files.extend(sources(root, "src/dist"));
+    files.push(root.join("src/rpc.rs"));
+    let long: Vec<String> = files
+        .iter()
+        .map(|f| (f, lines_without_tests(&std::fs::read_to_string(f).unwrap())))
+        .filter(|(_, n)| *n > 1000)
+        .map(|(f, n)| format!("{}: {n} lines", f.display()))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "files over 1,000 lines:\n{}",
+        long.join("\n")
+    );
+}

@@ -24,17 +24,15 @@
 //! Erlang I/O protocol, so a function that prints (`io:format/2`) never hangs the call;
 //! its output is logged under the tracing target `autocluster::rpc::output`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::oneshot;
 
 use crate::NodeName;
 use crate::dist::control::Control;
-use crate::handshake::DistFlags;
-use crate::node::{ConnectError, DisconnectReason, Node, NodeInner, RpcMethod, SendError};
-use crate::term::{Atom, Pid, Reference, Term};
+use crate::node::{
+    CallKind, CallOutcome as Outcome, Channel, ConnectError, DisconnectReason, Node, RpcMethod,
+    SendError,
+};
+use crate::term::{Atom, Reference, Term};
 
 /// The class of an Erlang exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,192 +173,6 @@ impl From<SendError> for RpcError {
     }
 }
 
-enum Outcome {
-    /// The erpc worker's exit reason.
-    Exited(Term),
-    /// The spawn was refused.
-    SpawnFailed(Term),
-    /// `{Ref, Reply}` arrived.
-    Reply(Term),
-    /// The connection went down.
-    Lost(DisconnectReason),
-}
-
-enum Kind {
-    Erpc,
-    Reply,
-}
-
-struct Pending {
-    node: NodeName,
-    kind: Kind,
-    /// `None` once the caller gave up.
-    tx: Option<oneshot::Sender<Outcome>>,
-    spawned: Option<Pid>,
-}
-
-/// Calls in flight, keyed by their request reference.
-#[derive(Default)]
-pub(crate) struct PendingCalls {
-    map: std::sync::Mutex<HashMap<Reference, Pending>>,
-}
-
-impl PendingCalls {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Reference, Pending>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(
-        &self,
-        reference: Reference,
-        node: NodeName,
-        kind: Kind,
-    ) -> oneshot::Receiver<Outcome> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(
-            reference,
-            Pending {
-                node,
-                kind,
-                tx: Some(tx),
-                spawned: None,
-            },
-        );
-        rx
-    }
-
-    fn remove(&self, reference: &Reference) {
-        self.lock().remove(reference);
-    }
-
-    /// The caller timed out. Returns the worker to kill, when known; otherwise the
-    /// entry stays (without a caller) until the spawn reply names the worker.
-    fn abandon(&self, reference: &Reference) -> Option<Pid> {
-        let mut map = self.lock();
-        let entry = map.get_mut(reference)?;
-        match entry.spawned.take() {
-            Some(pid) => {
-                map.remove(reference);
-                Some(pid)
-            }
-            None if matches!(entry.kind, Kind::Erpc) => {
-                entry.tx = None;
-                None
-            }
-            None => {
-                map.remove(reference);
-                None
-            }
-        }
-    }
-
-    /// A `SPAWN_REPLY` arrived. Returns the kill to send to the worker it names when
-    /// the caller gave up before the worker started.
-    pub(crate) fn spawn_reply(
-        &self,
-        node: &Arc<NodeInner>,
-        req_id: &Reference,
-        result: Term,
-    ) -> Option<Control> {
-        let mut map = self.lock();
-        let entry = map.get_mut(req_id)?;
-        match (result, entry.tx.is_some()) {
-            (Term::Pid(pid), true) => entry.spawned = Some(*pid),
-            (Term::Pid(pid), false) => {
-                // The caller gave up before the worker started: stop it.
-                map.remove(req_id);
-                return Some(Control::Exit2 {
-                    from: node.procs.pid(crate::node::RPC_PROCESS_ID),
-                    to: *pid,
-                    reason: Term::atom("kill"),
-                });
-            }
-            (reason, _) => {
-                if let Some(tx) = map.remove(req_id).and_then(|entry| entry.tx) {
-                    let _ = tx.send(Outcome::SpawnFailed(reason));
-                }
-            }
-        }
-        None
-    }
-
-    /// A monitor signal arrived; returns whether it belonged to a call.
-    pub(crate) fn monitor_exit(
-        &self,
-        _node: &Arc<NodeInner>,
-        reference: &Reference,
-        reason: Term,
-    ) -> bool {
-        let Some(entry) = self.lock().remove(reference) else {
-            return false;
-        };
-        if let Some(tx) = entry.tx {
-            let _ = tx.send(Outcome::Exited(reason));
-        }
-        true
-    }
-
-    /// A message to the node's own call process: `{Ref, Reply}`. Returns whether it
-    /// answered a call.
-    pub(crate) fn deliver_reply(&self, message: Term) -> bool {
-        let Term::Tuple(mut fields) = message else {
-            return false;
-        };
-        if fields.len() != 2 {
-            return false;
-        }
-        let Some(reference) = fields[0].as_reference().cloned() else {
-            return false;
-        };
-        let mut map = self.lock();
-        if !matches!(
-            map.get(&reference),
-            Some(Pending {
-                kind: Kind::Reply,
-                ..
-            })
-        ) {
-            return false;
-        }
-        let entry = map.remove(&reference);
-        drop(map);
-        if let Some(tx) = entry.and_then(|e| e.tx) {
-            let reply = fields.pop().unwrap_or_else(Term::nil);
-            let _ = tx.send(Outcome::Reply(reply));
-        }
-        true
-    }
-
-    /// A message sent to an alias.
-    pub(crate) fn deliver_alias(&self, _alias: &Reference, message: Term) -> bool {
-        self.deliver_reply(message)
-    }
-
-    /// The connection to `node` went down: every call to it fails.
-    pub(crate) fn connection_lost(&self, node: &NodeName, reason: &DisconnectReason) {
-        let mut lost = Vec::new();
-        self.lock().retain(|_, p| {
-            if &p.node == node {
-                if let Some(tx) = p.tx.take() {
-                    lost.push(tx);
-                }
-                false
-            } else {
-                true
-            }
-        });
-        for tx in lost {
-            let _ = tx.send(Outcome::Lost(reason.clone()));
-        }
-    }
-
-    /// Number of calls in flight (for tests and metrics).
-    #[allow(dead_code)]
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-}
-
 struct CallSite<'a> {
     node: &'a NodeName,
     module: &'a str,
@@ -389,50 +201,121 @@ impl CallSite<'_> {
     }
 }
 
-/// See [`Node::call`].
-pub(crate) async fn call(
-    node: &Node,
-    peer: &NodeName,
-    module: &str,
-    function: &str,
-    args: Vec<Term>,
-    timeout: Duration,
-) -> Result<Term, RpcError> {
-    let inner = node.inner();
-    let conn = inner.connect(peer, None).await?;
-    let erpc = match inner.config().rpc_method {
-        RpcMethod::Auto => conn.flags.contains(DistFlags::SPAWN),
-        RpcMethod::Erpc => true,
-        RpcMethod::Rex => false,
-    };
-    let site = CallSite {
-        node: peer,
-        module,
-        function,
-    };
-    if erpc {
-        erpc_call(inner, &conn, &site, args, timeout).await
-    } else {
-        rex_call(inner, &conn, &site, args, timeout).await
+impl Node {
+    /// Calls `module:function(args)` on `peer` and returns its result.
+    ///
+    /// Many calls may be in flight on one connection. `timeout` limits the remote
+    /// execution; connecting has its own limits. A timeout leaves the connection and
+    /// the other calls intact (and kills the remote worker under `erpc`). See
+    /// [`crate::rpc`] for how the call is made and what errors mean.
+    pub async fn call(
+        &self,
+        peer: &NodeName,
+        module: &str,
+        function: &str,
+        args: Vec<Term>,
+        timeout: Duration,
+    ) -> Result<Term, RpcError> {
+        let channel = self.channel(peer).await?;
+        let erpc = match self.rpc_method() {
+            RpcMethod::Auto => channel.spawns(),
+            RpcMethod::Erpc => true,
+            RpcMethod::Rex => false,
+        };
+        let site = CallSite {
+            node: peer,
+            module,
+            function,
+        };
+        if erpc {
+            erpc_call(self, &channel, &site, args, timeout).await
+        } else {
+            rex_call(self, &channel, &site, args, timeout).await
+        }
+    }
+
+    /// `gen:call({name, peer}, request, timeout)`: sends `{'$gen_call', {From, Ref},
+    /// Request}` to the process registered as `name` on `peer` (an Erlang `gen_server`,
+    /// or a [`Mailbox`](crate::Mailbox) answering with
+    /// [`Mailbox::reply`](crate::Mailbox::reply)) and waits for its reply.
+    pub async fn gen_call(
+        &self,
+        peer: &NodeName,
+        name: &str,
+        request: Term,
+        timeout: Duration,
+    ) -> Result<Term, RpcError> {
+        let site = CallSite {
+            node: peer,
+            module: name,
+            function: "gen_call",
+        };
+        if peer == self.name() {
+            // A mailbox of this very node.
+            let reference = self.new_ref();
+            let rx = self.expect_reply(&reference, peer, timeout);
+            let message = gen_call_message(self, &reference, request);
+            if let Err(e) = self.send_named(peer, name, message).await {
+                self.give_up(&reference);
+                return Err(e.into());
+            }
+            return match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+                Ok(_) => {
+                    Err(GenCallError::Lost(DisconnectReason::NodeStopped).into_rpc(&site, timeout))
+                }
+                Err(_) => {
+                    self.give_up(&reference);
+                    Err(site.timeout(timeout))
+                }
+            };
+        }
+        let channel = self.channel(peer).await?;
+        gen_call(self, &channel, name, request, timeout)
+            .await
+            .map_err(|e| e.into_rpc(&site, timeout))
+    }
+
+    /// Pings `peer` as `net_adm:ping/1` does: connects and asks its `net_kernel`
+    /// whether we are authorised. `Ok(())` is `pong`.
+    pub async fn ping(&self, peer: &NodeName, timeout: Duration) -> Result<(), RpcError> {
+        let channel = self.channel(peer).await?;
+        let request = Term::Tuple(vec![
+            Term::atom("is_auth"),
+            Term::atom(self.name().as_str()),
+        ]);
+        let site = CallSite {
+            node: peer,
+            module: "net_kernel",
+            function: "is_auth",
+        };
+        let answer = gen_call(self, &channel, "net_kernel", request, timeout)
+            .await
+            .map_err(|e| e.into_rpc(&site, timeout))?;
+        if answer.is_atom("yes") {
+            Ok(())
+        } else {
+            Err(RpcError::Pang {
+                node: peer.clone(),
+                answer,
+            })
+        }
     }
 }
 
 async fn erpc_call(
-    inner: &Arc<NodeInner>,
-    conn: &Arc<crate::node::ConnHandleRef>,
+    node: &Node,
+    channel: &Channel,
     site: &CallSite<'_>,
     args: Vec<Term>,
     timeout: Duration,
 ) -> Result<Term, RpcError> {
-    let req_id = inner.procs.make_ref();
-    let res = inner.procs.make_ref();
-    let rx = inner
-        .calls
-        .register(req_id.clone(), site.node.clone(), Kind::Erpc);
+    let req_id = node.new_ref();
+    let res = node.new_ref();
     let control = Control::SpawnRequest {
         req_id: req_id.clone(),
-        from: inner.procs.pid(crate::node::RPC_PROCESS_ID),
-        group_leader: inner.procs.pid(crate::node::IO_PROCESS_ID),
+        from: node.caller(),
+        group_leader: channel.group_leader(),
         mfa: (Atom::from("erpc"), Atom::from("execute_call"), 4),
         options: Term::List(vec![Term::atom("monitor")]),
     };
@@ -442,22 +325,14 @@ async fn erpc_call(
         Term::atom(site.function),
         Term::List(args),
     ]);
-    if let Err(e) = conn.send(&control, Some(&arg_list)).await {
-        inner.calls.remove(&req_id);
-        return Err(e.into());
-    }
+    let rx = channel
+        .request(&req_id, CallKind::Erpc, timeout, &control, Some(&arg_list))
+        .await?;
     let outcome = match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) => Outcome::Lost(DisconnectReason::NodeStopped),
         Err(_) => {
-            if let Some(worker) = inner.calls.abandon(&req_id) {
-                let kill = Control::Exit2 {
-                    from: inner.procs.pid(crate::node::RPC_PROCESS_ID),
-                    to: worker,
-                    reason: Term::atom("kill"),
-                };
-                conn.try_send(kill, None);
-            }
+            channel.give_up(&req_id);
             return Err(site.timeout(timeout));
         }
     };
@@ -479,7 +354,6 @@ async fn erpc_call(
         }),
     }
 }
-
 /// Reads the exit reason of `erpc:execute_call/4`.
 fn erpc_result(site: &CallSite<'_>, res: &Reference, reason: Term) -> Result<Term, RpcError> {
     let ours = |t: &Term| t.as_reference() == Some(res);
@@ -523,8 +397,8 @@ fn erpc_result(site: &CallSite<'_>, res: &Reference, reason: Term) -> Result<Ter
 }
 
 async fn rex_call(
-    inner: &Arc<NodeInner>,
-    conn: &Arc<crate::node::ConnHandleRef>,
+    node: &Node,
+    channel: &Channel,
     site: &CallSite<'_>,
     args: Vec<Term>,
     timeout: Duration,
@@ -534,9 +408,9 @@ async fn rex_call(
         Term::atom(site.module),
         Term::atom(site.function),
         Term::List(args),
-        Term::from(inner.procs.pid(crate::node::IO_PROCESS_ID)),
+        Term::from(channel.group_leader()),
     ]);
-    let reply = gen_call(inner, conn, "rex", request, timeout)
+    let reply = gen_call(node, channel, "rex", request, timeout)
         .await
         .map_err(|e| e.into_rpc(site, timeout))?;
     match reply.as_tuple() {
@@ -569,110 +443,50 @@ impl GenCallError {
     }
 }
 
+/// `{'$gen_call', {Caller, Ref}, Request}`, from the node's call process.
+fn gen_call_message(node: &Node, reference: &Reference, request: Term) -> Term {
+    Term::Tuple(vec![
+        Term::atom("$gen_call"),
+        Term::Tuple(vec![
+            Term::from(node.caller()),
+            Term::from(reference.clone()),
+        ]),
+        request,
+    ])
+}
+
 /// `gen:call({Name, Node}, Request)` from the node's call process, with a plain
 /// `{Pid, Ref}` tag (answered with `{Ref, Reply}` by every OTP version).
 async fn gen_call(
-    inner: &Arc<NodeInner>,
-    conn: &Arc<crate::node::ConnHandleRef>,
+    node: &Node,
+    channel: &Channel,
     name: &str,
     request: Term,
     timeout: Duration,
 ) -> Result<Term, GenCallError> {
-    let reference = inner.procs.make_ref();
-    let me = inner.procs.pid(crate::node::RPC_PROCESS_ID);
-    let rx = inner
-        .calls
-        .register(reference.clone(), conn.peer.clone(), Kind::Reply);
-    let message = Term::Tuple(vec![
-        Term::atom("$gen_call"),
-        Term::Tuple(vec![Term::from(me.clone()), Term::from(reference.clone())]),
-        request,
-    ]);
+    let reference = node.new_ref();
+    let message = gen_call_message(node, &reference, request);
     let control = Control::RegSend {
-        from: me,
+        from: node.caller(),
         to: Atom::from(name),
     };
-    if let Err(e) = conn.send(&control, Some(&message)).await {
-        inner.calls.remove(&reference);
-        return Err(GenCallError::Send(e));
-    }
+    let rx = channel
+        .request(
+            &reference,
+            CallKind::Reply,
+            timeout,
+            &control,
+            Some(&message),
+        )
+        .await
+        .map_err(GenCallError::Send)?;
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
         Ok(Ok(Outcome::Lost(reason))) => Err(GenCallError::Lost(reason)),
         Ok(Ok(_)) | Ok(Err(_)) => Err(GenCallError::Lost(DisconnectReason::NodeStopped)),
         Err(_) => {
-            inner.calls.abandon(&reference);
+            channel.give_up(&reference);
             Err(GenCallError::Timeout)
         }
-    }
-}
-
-/// See [`Node::gen_call`].
-pub(crate) async fn call_registered(
-    node: &Node,
-    peer: &NodeName,
-    name: &str,
-    request: Term,
-    timeout: Duration,
-) -> Result<Term, RpcError> {
-    let inner = node.inner();
-    let site = CallSite {
-        node: peer,
-        module: name,
-        function: "gen_call",
-    };
-    if peer == inner.name() {
-        // A mailbox of this very node.
-        let reference = inner.procs.make_ref();
-        let me = inner.procs.pid(crate::node::RPC_PROCESS_ID);
-        let rx = inner
-            .calls
-            .register(reference.clone(), peer.clone(), Kind::Reply);
-        let message = Term::Tuple(vec![
-            Term::atom("$gen_call"),
-            Term::Tuple(vec![Term::from(me.clone()), Term::from(reference.clone())]),
-            request,
-        ]);
-        inner.send_named_from(&me, peer, name, message).await?;
-        return match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
-            Ok(_) => {
-                Err(GenCallError::Lost(DisconnectReason::NodeStopped).into_rpc(&site, timeout))
-            }
-            Err(_) => {
-                inner.calls.abandon(&reference);
-                Err(site.timeout(timeout))
-            }
-        };
-    }
-    let conn = inner.connect(peer, None).await?;
-    gen_call(inner, &conn, name, request, timeout)
-        .await
-        .map_err(|e| e.into_rpc(&site, timeout))
-}
-
-/// See [`Node::ping`].
-pub(crate) async fn ping(node: &Node, peer: &NodeName, timeout: Duration) -> Result<(), RpcError> {
-    let inner = node.inner();
-    let conn = inner.connect(peer, None).await?;
-    let request = Term::Tuple(vec![
-        Term::atom("is_auth"),
-        Term::atom(inner.name().as_str()),
-    ]);
-    let site = CallSite {
-        node: peer,
-        module: "net_kernel",
-        function: "is_auth",
-    };
-    let answer = gen_call(inner, &conn, "net_kernel", request, timeout)
-        .await
-        .map_err(|e| e.into_rpc(&site, timeout))?;
-    if answer.is_atom("yes") {
-        Ok(())
-    } else {
-        Err(RpcError::Pang {
-            node: peer.clone(),
-            answer,
-        })
     }
 }

@@ -48,9 +48,9 @@ impl NodeInner {
                     tracing::debug!(node = %self.name, name = %to, "message to an unregistered name dropped");
                 }
             }
-            Control::AliasSend { from, alias } => {
+            Control::AliasSend { from, alias: _ } => {
                 let message = message.unwrap_or_else(Term::nil);
-                if !self.calls.deliver_alias(&alias, message) {
+                if !self.calls.deliver_reply(message) {
                     tracing::debug!(node = %self.name, from = ?from, "message to an unknown alias dropped");
                 }
             }
@@ -102,7 +102,7 @@ impl NodeInner {
                 reference,
                 reason,
             } => {
-                if self.calls.monitor_exit(self, &reference, reason.clone()) {
+                if self.calls.monitor_exit(&reference, reason.clone()) {
                     return;
                 }
                 if !self.procs.is_local(&to) {
@@ -191,7 +191,13 @@ impl NodeInner {
                 conn.reply(out, refusal, None);
             }
             Control::SpawnReply { req_id, result, .. } => {
-                if let Some(kill) = self.calls.spawn_reply(self, &req_id, result) {
+                if let Some(worker) = self.calls.spawn_reply(&req_id, result) {
+                    // The caller gave up before the worker started: stop it.
+                    let kill = Control::Exit2 {
+                        from: self.procs.pid(process::RPC_ID),
+                        to: worker,
+                        reason: Term::atom("kill"),
+                    };
                     conn.reply(out, kill, None);
                 }
             }

@@ -23,6 +23,8 @@
 mod accept;
 mod builder;
 mod builtin;
+mod calls;
+mod channel;
 mod connection;
 mod dial;
 mod dispatch;
@@ -54,10 +56,10 @@ use crate::handshake::{self, DistFlags};
 use crate::listener::{ConnectionLimiter, ListenerLimits};
 use crate::term::{Atom, DecodeLimits, Pid, Term};
 use crate::{Cookie, NodeName};
-pub(crate) use connection::ConnHandle as ConnHandleRef;
+pub(crate) use calls::{Kind as CallKind, Outcome as CallOutcome};
+pub(crate) use channel::Channel;
 use connection::{ConnHandle, Timing};
 use process::Processes;
-pub(crate) use process::{IO_ID as IO_PROCESS_ID, RPC_ID as RPC_PROCESS_ID};
 
 /// A live connection, as [`Node::connection_info`] describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +181,7 @@ pub(crate) struct NodeInner {
     peers_changed: Notify,
     dial_locks: std::sync::Mutex<HashMap<NodeName, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<NodeEvent>,
-    pub(crate) calls: crate::rpc::PendingCalls,
+    pub(crate) calls: calls::Calls,
     port_cache: std::sync::Mutex<HashMap<NodeName, SocketAddr>>,
     /// Resolved peer hosts, kept [`HOST_CACHE_TTL`].
     host_cache: std::sync::Mutex<HashMap<String, (IpAddr, tokio::time::Instant)>>,
@@ -309,7 +311,7 @@ impl Node {
             peers_changed: Notify::new(),
             dial_locks: std::sync::Mutex::new(HashMap::new()),
             events,
-            calls: crate::rpc::PendingCalls::default(),
+            calls: calls::Calls::default(),
             port_cache: std::sync::Mutex::new(HashMap::new()),
             host_cache: std::sync::Mutex::new(HashMap::new()),
             dial_counters: DialCounters::default(),
@@ -465,46 +467,6 @@ impl Node {
         })
     }
 
-    /// Pings `peer` as `net_adm:ping/1` does: connects and asks its `net_kernel`
-    /// whether we are authorised. `Ok(())` is `pong`.
-    pub async fn ping(
-        &self,
-        peer: &NodeName,
-        timeout: Duration,
-    ) -> Result<(), crate::rpc::RpcError> {
-        crate::rpc::ping(self, peer, timeout).await
-    }
-
-    /// `gen:call({name, peer}, request, timeout)`: sends `{'$gen_call', {From, Ref},
-    /// Request}` to the process registered as `name` on `peer` (an Erlang `gen_server`,
-    /// or a [`Mailbox`] answering with [`Mailbox::reply`]) and waits for its reply.
-    pub async fn gen_call(
-        &self,
-        peer: &NodeName,
-        name: &str,
-        request: Term,
-        timeout: Duration,
-    ) -> Result<Term, crate::rpc::RpcError> {
-        crate::rpc::call_registered(self, peer, name, request, timeout).await
-    }
-
-    /// Calls `module:function(args)` on `peer` and returns its result.
-    ///
-    /// Many calls may be in flight on one connection. `timeout` limits the remote
-    /// execution; connecting has its own limits. A timeout leaves the connection and
-    /// the other calls intact (and kills the remote worker under `erpc`). See
-    /// [`crate::rpc`] for how the call is made and what errors mean.
-    pub async fn call(
-        &self,
-        peer: &NodeName,
-        module: &str,
-        function: &str,
-        args: Vec<Term>,
-        timeout: Duration,
-    ) -> Result<Term, crate::rpc::RpcError> {
-        crate::rpc::call(self, peer, module, function, args, timeout).await
-    }
-
     /// Sends `message` to a pid (local or remote), connecting if needed.
     pub async fn send(&self, to: &Pid, message: Term) -> Result<(), SendError> {
         self.inner.send_from(None, to, message).await
@@ -558,10 +520,6 @@ impl Node {
             tracing::warn!(node = %self.inner.name, running = tasks.live(), "node stopped; some of its tasks, or the EPMD deregistration, did not end within {limit:?}");
         }
     }
-
-    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
-        &self.inner
-    }
 }
 
 /// How long a resolved peer host is remembered (a failed dial forgets it at once).
@@ -578,14 +536,6 @@ fn random_creation() -> u32 {
 // ---------------------------------------------------------------------------------
 
 impl NodeInner {
-    pub(crate) fn name(&self) -> &NodeName {
-        &self.name
-    }
-
-    pub(crate) fn config(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
     fn is_stopped(&self) -> bool {
         self.tasks.is_stopped()
     }
