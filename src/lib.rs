@@ -14,6 +14,7 @@ pub mod backend;
 pub mod cookie;
 pub mod dist;
 pub mod epmd;
+mod fault;
 pub mod formation;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -30,6 +31,7 @@ pub mod tls;
 pub mod wire;
 
 pub use cookie::{Cookie, CookieError};
+pub use fault::Fault;
 pub use node::{Mailbox, Node, NodeEvent};
 pub use node_name::{NameKind, NodeName, NodeNameError};
 pub use term::{Atom, Pid, Port, Reference, Term};

@@ -26,13 +26,13 @@
 
 use std::time::Duration;
 
-use crate::NodeName;
 use crate::dist::control::Control;
 use crate::node::{
     CallKind, CallOutcome as Outcome, Channel, ConnectError, DisconnectReason, Node, RpcMethod,
     SendError,
 };
 use crate::term::{Atom, Reference, Term};
+use crate::{Fault, NodeName};
 
 /// The class of an Erlang exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +144,19 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// Whose fault the failure is, when the call did not run to an answer: no
+    /// connection, a request not sent, a connection lost, a timeout. `None` when the peer
+    /// answered: the function raised, returned `badrpc`, or its process ended otherwise.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            RpcError::Connect(e) | RpcError::Send(SendError::Connect(e)) => Some(e.fault()),
+            RpcError::Send(_) => Some(Fault::Local),
+            RpcError::ConnectionLost { reason, .. } => Some(reason.fault()),
+            RpcError::Timeout { .. } => Some(Fault::Timeout),
+            _ => None,
+        }
+    }
+
     /// Whether the function called does not exist (`undef`), by either method.
     pub fn is_undef(&self) -> bool {
         match self {

@@ -114,6 +114,20 @@ impl std::fmt::Display for DisconnectReason {
 }
 
 impl DisconnectReason {
+    /// Whose fault the end of the connection is.
+    pub fn fault(&self) -> crate::Fault {
+        use crate::Fault;
+        match self {
+            DisconnectReason::ClosedByPeer | DisconnectReason::Io(_) => Fault::Unreachable,
+            DisconnectReason::TickTimeout(_) | DisconnectReason::WriteTimeout(_) => Fault::Timeout,
+            DisconnectReason::FrameTooLarge { .. } | DisconnectReason::Overloaded(_) => {
+                Fault::PeerMisbehaved
+            }
+            DisconnectReason::Replaced => Fault::Contention,
+            DisconnectReason::Local | DisconnectReason::NodeStopped => Fault::Local,
+        }
+    }
+
     /// Whether the local side ended the connection (and so closes it gracefully).
     pub(crate) fn is_local(&self) -> bool {
         matches!(

@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use crate::NodeName;
-use crate::node::ConnectError;
 use crate::rpc::RpcError;
+use crate::{Fault, NodeName};
 
 use super::FormationError;
 
@@ -14,25 +13,20 @@ use super::FormationError;
 /// connections cut during the handshake, refused handshakes, unreachable or unresolvable
 /// hosts prove nothing.
 pub(crate) fn proves_not_running(error: &RpcError) -> bool {
-    matches!(
-        error,
-        RpcError::Connect(ConnectError::NotRegistered { .. } | ConnectError::Refused { .. })
-    )
+    error.fault() == Some(Fault::NotRunning)
 }
 
 /// Whether a failed call is worth one immediate retry before reading anything into it: a
-/// connection that failed fast (cut during its handshake, or refused at a port remembered
-/// from an earlier EPMD lookup, which the retry looks up afresh). Slow failures
-/// (timeouts) are not retried.
+/// connection that failed fast for a reason that may be gone at once (cut during its
+/// handshake, a port remembered from an earlier EPMD lookup refused, which the retry
+/// looks up afresh, a simultaneous connect). Slow failures (timeouts) and failures that a
+/// retry repeats (rejections, incompatible or misbehaving peers) are not retried.
 pub(crate) fn worth_one_retry(error: &RpcError) -> bool {
-    match error {
-        RpcError::Connect(ConnectError::ConnectTimeout { .. }) => false,
-        RpcError::Connect(ConnectError::Handshake(h)) => {
-            !matches!(h, crate::handshake::HandshakeError::Timeout { .. })
-        }
-        RpcError::Connect(_) => true,
-        _ => false,
-    }
+    matches!(error, RpcError::Connect(_))
+        && matches!(
+            error.fault(),
+            Some(Fault::NotRunning | Fault::Unreachable | Fault::Contention)
+        )
 }
 
 /// What a probe of a node found.

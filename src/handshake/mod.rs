@@ -301,6 +301,31 @@ pub enum HandshakeError {
     },
 }
 
+impl HandshakeError {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> crate::Fault {
+        use crate::Fault;
+        match self {
+            HandshakeError::CookieRejected { .. }
+            | HandshakeError::PeerDigestMismatch { .. }
+            | HandshakeError::CookieMismatch { .. }
+            | HandshakeError::NameMismatch { .. }
+            | HandshakeError::NotAllowed { .. } => Fault::Rejected,
+            HandshakeError::NameKind(_)
+            | HandshakeError::MissingFlags { .. }
+            | HandshakeError::PeerUsesTls { .. } => Fault::PeerIncompatible,
+            HandshakeError::InvalidPeerName { .. }
+            | HandshakeError::Protocol { .. }
+            | HandshakeError::Unexpected { .. } => Fault::PeerMisbehaved,
+            HandshakeError::SimultaneousConnect { .. }
+            | HandshakeError::AlreadyConnected { .. } => Fault::Contention,
+            HandshakeError::Refused { .. } => Fault::Local,
+            HandshakeError::Timeout { .. } => Fault::Timeout,
+            HandshakeError::Closed { .. } | HandshakeError::Io { .. } => Fault::Unreachable,
+        }
+    }
+}
+
 /// What both sides agreed on once the handshake succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handshaked {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{NodeInner, TlsError, tasks};
+use crate::Fault;
 use crate::handshake::{self, AcceptorConfig, DistFlags, HandshakeError, LengthPrefix};
 use crate::listener::ConnectionLimiter;
 
@@ -179,20 +180,8 @@ where
     .await;
     match result {
         Ok(outcome) => Some((inner, stream, outcome)),
-        Err(HandshakeError::Refused { peer, reason }) => {
-            tracing::debug!(%peer, %addr, %reason, "incoming connection refused");
-            None
-        }
         Err(HandshakeError::PeerUsesTls { .. }) => {
             tracing::warn!(%addr, error = %TlsError::PeerUsesTls, "incoming connection rejected: a TLS client on this plain distribution listener");
-            None
-        }
-        Err(
-            e @ (HandshakeError::CookieMismatch { .. }
-            | HandshakeError::NameKind(_)
-            | HandshakeError::MissingFlags { .. }),
-        ) => {
-            tracing::warn!(%addr, error = %e, "incoming connection rejected");
             None
         }
         Err(e) => {
@@ -206,7 +195,15 @@ where
                 log_tls_rejection(addr, &tls);
                 return None;
             }
-            tracing::debug!(%addr, error = %e, "incoming handshake failed");
+            // What an operator must fix (a cookie, a name kind, a capability) is a
+            // warning; the rest (races, peers going away, this node's own refusals) is
+            // routine.
+            match e.fault() {
+                Fault::Rejected | Fault::PeerIncompatible => {
+                    tracing::warn!(%addr, error = %e, fault = %e.fault(), "incoming connection rejected");
+                }
+                fault => tracing::debug!(%addr, error = %e, %fault, "incoming handshake failed"),
+            }
             None
         }
     }

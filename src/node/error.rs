@@ -3,9 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::NodeName;
 use crate::epmd::EpmdError;
 use crate::handshake::HandshakeError;
+use crate::{Fault, NodeName};
 
 /// Why a connection to a node could not be set up. Each variant names the node and says
 /// what to check.
@@ -97,25 +97,26 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Whether trying again later may succeed (the peer may be starting, or the network
-    /// may recover), as opposed to a configuration error such as a wrong cookie.
-    pub fn is_transient(&self) -> bool {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
         match self {
-            ConnectError::NameKind(_) | ConnectError::NodeStopped(_) => false,
-            ConnectError::Tls { kind, .. } => matches!(
-                kind,
-                TlsError::Timeout { .. } | TlsError::Closed { .. } | TlsError::Handshake { .. }
-            ),
-            ConnectError::Handshake(h) => matches!(
-                h,
-                HandshakeError::Timeout { .. }
-                    | HandshakeError::Closed { .. }
-                    | HandshakeError::Io { .. }
-                    | HandshakeError::SimultaneousConnect { .. }
-                    | HandshakeError::AlreadyConnected { .. }
-            ),
-            _ => true,
+            ConnectError::NameKind(_) => Fault::PeerIncompatible,
+            ConnectError::Resolve { .. }
+            | ConnectError::EpmdUnreachable { .. }
+            | ConnectError::Io { .. } => Fault::Unreachable,
+            ConnectError::NotRegistered { .. } | ConnectError::Refused { .. } => Fault::NotRunning,
+            ConnectError::ConnectTimeout { .. } => Fault::Timeout,
+            ConnectError::Handshake(h) => h.fault(),
+            ConnectError::Tls { kind, .. } => kind.fault(),
+            ConnectError::NodeStopped(_) => Fault::Local,
         }
+    }
+
+    /// Whether trying again later may succeed (the peer may be starting, or the network
+    /// may recover), as opposed to a configuration error such as a wrong cookie: whether
+    /// its [`fault`](Self::fault) is transient.
+    pub fn is_transient(&self) -> bool {
+        self.fault().is_transient()
     }
 }
 
@@ -216,6 +217,26 @@ pub enum TlsError {
         /// What happened.
         detail: String,
     },
+}
+
+impl TlsError {
+    /// Whose fault the failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            TlsError::PeerCertificateUntrusted { .. }
+            | TlsError::PeerNameMismatch { .. }
+            | TlsError::PeerCertificateInvalid { .. }
+            | TlsError::PeerPresentedNoCertificate
+            | TlsError::ClientCertificateRequired
+            | TlsError::CertificateRejected { .. } => Fault::Rejected,
+            TlsError::PeerUsesTls | TlsError::PeerNotTls { .. } | TlsError::Handshake { .. } => {
+                Fault::PeerIncompatible
+            }
+            TlsError::Timeout { .. } => Fault::Timeout,
+            TlsError::Closed { .. } => Fault::Unreachable,
+            TlsError::InvalidServerName { .. } => Fault::Local,
+        }
+    }
 }
 
 /// Why a message could not be sent.

@@ -8,7 +8,7 @@ use autocluster::handshake::HandshakeError;
 use autocluster::node::{ClientStartError, ConnectError, DisconnectReason, NodeEvent, RpcMethod};
 use autocluster::rpc::{ExceptionClass, RpcError};
 use autocluster::term::{Term, parse_term};
-use autocluster::{Cookie, Node, NodeName};
+use autocluster::{Cookie, Fault, Node, NodeName};
 
 use crate::common::{Epmd, ErlNode, ErlOptions, initiator_config, limited_server, unique_name};
 
@@ -273,6 +273,7 @@ async fn rpc_errors_are_typed() {
         matches!(err, RpcError::Exception { class: ExceptionClass::Error, ref reason, .. } if reason.is_atom("badarg")),
         "{err}"
     );
+    assert_eq!(err.fault(), None, "the peer answered");
 
     // The same through rex: {badrpc, Reason}.
     let rex = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
@@ -502,6 +503,8 @@ async fn wrong_cookie_is_named_in_both_directions() {
     );
     assert!(started.elapsed() < SECS5);
     assert!(!err.to_string().contains(COOKIE) && !err.to_string().contains("another_cookie"));
+    assert_eq!(err.fault(), Fault::Rejected);
+    assert!(!err.is_transient());
 
     // Erlang with the wrong cookie dialling us: pang, and no connection on our side.
     let me = node.name().to_string();
@@ -524,6 +527,8 @@ async fn name_errors_explain_themselves() {
         }
         other => panic!("{other}"),
     }
+    assert_eq!(err.fault(), Fault::NotRunning);
+    assert!(err.is_transient());
 
     // Dialling the right port under the wrong name: the peer is not who we asked for.
     let port = erl.dist_port().await;
@@ -539,12 +544,14 @@ async fn name_errors_explain_themselves() {
         ),
         "{err}"
     );
+    assert_eq!(err.fault(), Fault::Rejected);
 
     // Short vs long: refused before any socket is opened.
     let long: NodeName = format!("{}@127.0.0.1", erl.alive()).parse().unwrap();
     let err = node.connect(&long).await.unwrap_err();
     assert!(matches!(err, ConnectError::NameKind(_)), "{err}");
     assert!(err.to_string().contains("-sname"), "{err}");
+    assert_eq!(err.fault(), Fault::PeerIncompatible);
 
     // Nothing listening.
     let err = node
@@ -552,6 +559,7 @@ async fn name_errors_explain_themselves() {
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectError::Refused { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::NotRunning);
 
     // No EPMD at all on that port.
     let lonely = Node::builder(rust_name(erl.name()), Cookie::new(COOKIE).unwrap())
@@ -564,6 +572,9 @@ async fn name_errors_explain_themselves() {
         .await
         .unwrap_err();
     assert!(matches!(err, ConnectError::EpmdUnreachable { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Unreachable);
+    let err = RpcError::from(err);
+    assert_eq!(err.fault(), Some(Fault::Unreachable));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Epmd, ErlNode, ErlOptions, LogBuffer, Pki, capture_logs, unique_name};
 use autocluster::node::{ConnectError, TlsError};
 use autocluster::tls::{ServerNameIndication, TlsConfig, TlsVersion};
-use autocluster::{Cookie, Node, NodeName};
+use autocluster::{Cookie, Fault, Node, NodeName};
 
 const COOKIE: &str = "autocluster_tls_test_cookie";
 const SECS5: Duration = Duration::from_secs(5);
@@ -214,6 +214,7 @@ async fn dialling_with_a_wrong_ca_fails_fast_either_way() {
         "{kind:?}"
     );
     assert!(kind.to_string().contains("cacertfile"), "{kind}");
+    assert_eq!(kind.fault(), Fault::Rejected);
 
     // The Erlang node does not trust ours.
     let mut tls = pki.config("ca", "rogue");
@@ -284,6 +285,7 @@ async fn plain_against_tls_and_tls_against_plain_fail_fast_when_dialling() {
     let kind = tls_failure(&node, &tls_erl.name().parse().unwrap(), FAST).await;
     assert_eq!(kind, TlsError::PeerUsesTls);
     assert!(kind.to_string().contains("-proto_dist inet_tls"), "{kind}");
+    assert_eq!(kind.fault(), Fault::PeerIncompatible);
 
     // TLS against a plain node: it waits for the rest of what it takes for a 5 KiB
     // handshake message, so the handshake timeout (2 s here) bounds it.
@@ -296,6 +298,7 @@ async fn plain_against_tls_and_tls_against_plain_fail_fast_when_dialling() {
     .await;
     assert!(matches!(kind, TlsError::PeerNotTls { .. }), "{kind:?}");
     assert!(kind.to_string().contains("-proto_dist inet_tcp"), "{kind}");
+    assert_eq!(kind.fault(), Fault::PeerIncompatible);
 }
 
 #[tokio::test]

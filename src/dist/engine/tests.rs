@@ -154,6 +154,10 @@ fn a_peer_silent_for_net_ticktime_is_declared_dead_and_not_before() {
     assert_eq!(a.poll_timeout(), Some(start + TICK));
     a.handle_timeout(start + TICK);
     assert_eq!(a.closed(), Some(&DisconnectReason::TickTimeout(TICK)));
+    assert_eq!(
+        a.closed().map(DisconnectReason::fault),
+        Some(crate::Fault::Timeout)
+    );
     assert_eq!(a.poll_timeout(), None);
 }
 
@@ -186,6 +190,10 @@ fn a_frame_over_the_maximum_closes_before_its_bytes_are_buffered() {
         })
     );
     assert!(!e.wants_read());
+    assert_eq!(
+        e.closed().map(DisconnectReason::fault),
+        Some(crate::Fault::PeerMisbehaved)
+    );
 }
 
 #[test]
