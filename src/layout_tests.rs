@@ -161,3 +161,15 @@ fn node_engine_and_rpc_files_stay_under_a_thousand_lines() {
         long.join("\n")
     );
 }
+
+/// The integration suite, two benches and the trial harness need the `testing` feature
+/// (`required-features`), and cargo skips a target whose features are missing without a
+/// word: this test says so instead.
+#[test]
+fn the_suites_that_need_the_testing_feature_are_not_skipped() {
+    #[cfg(not(feature = "testing"))]
+    panic!(
+        "the integration suite needs the `testing` feature and cargo skipped it: run \
+         scripts/test, or cargo test --all-features"
+    );
+}

@@ -10,14 +10,30 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+/// Declares a module that is public only to the crate's own fuzz targets (`cfg(fuzzing)`)
+/// and, through the `testing` feature, its tests, benches and trial harness: codec
+/// internals that are not part of the API.
+macro_rules! internal_mod {
+    ($(#[$meta:meta])* $name:ident) => {
+        #[cfg(any(fuzzing, feature = "testing"))]
+        #[doc(hidden)]
+        $(#[$meta])*
+        pub mod $name;
+        #[cfg(not(any(fuzzing, feature = "testing")))]
+        #[allow(dead_code, unreachable_pub)]
+        $(#[$meta])*
+        pub(crate) mod $name;
+    };
+}
+pub(crate) use internal_mod;
+
 pub mod backend;
 pub mod cookie;
-pub mod dist;
+internal_mod!(dist);
 pub mod epmd;
 mod fault;
 pub mod formation;
-#[doc(hidden)]
-pub mod fuzzing;
+internal_mod!(fuzzing);
 pub mod handshake;
 pub mod health;
 pub mod listener;
@@ -28,7 +44,7 @@ pub mod term;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
-pub mod wire;
+internal_mod!(wire);
 
 pub use cookie::{Cookie, CookieError};
 pub use fault::Fault;

@@ -13,7 +13,7 @@
 //!   cannot lock well-behaved clients out: a newcomer always gets a slot, and a client
 //!   that sends its request promptly finishes before it becomes the oldest.
 //! * Connections that have made progress (a handshake whose first message, the peer's
-//!   name, has arrived: [`ConnectionLimiter::mark_progress`]) are evicted only after
+//!   name, has arrived: `ConnectionLimiter::mark_progress`) are evicted only after
 //!   every pending connection that has sent nothing complete: a node in the middle of its
 //!   handshake keeps its slot through a flood of idle connections from its own address.
 //! * Established connections beyond [`ListenerLimits::max_connections`] or
@@ -24,9 +24,9 @@
 //! Sources are IP addresses; an IPv4-mapped IPv6 address counts as the IPv4 address, and
 //! IPv6 addresses are grouped by their /64 prefix (one host usually owns a whole /64).
 //!
-//! [`ConnectionTable`] is the pure state machine (no clock, no I/O: the caller passes
-//! `now`), and [`ConnectionLimiter`] is the small async wrapper a tokio accept loop uses:
-//! it hands out an RAII [`ConnectionPermit`] whose [`closed`](ConnectionPermit::closed)
+//! `ConnectionTable` is the pure state machine (no clock, no I/O: the caller passes
+//! `now`), and `ConnectionLimiter` is the small async wrapper a tokio accept loop uses:
+//! it hands out an RAII `ConnectionPermit` whose `closed`
 //! future fires when the connection is evicted or its pending time is up (the deadlines
 //! are kept by one task per limiter, not by a timer per connection).
 //!
@@ -85,7 +85,7 @@ pub struct ListenerLimits {
 
 impl ListenerLimits {
     /// Whether these limits admit any connection: a pending limit of 0 refuses all
-    /// ([`Refusal::NoPendingSlots`]).
+    /// (`Refusal::NoPendingSlots`).
     pub fn takes_connections(&self) -> bool {
         self.max_pending > 0 && self.max_pending_per_source > 0
     }
@@ -105,7 +105,7 @@ impl Default for ListenerLimits {
 
 /// Identifies one admitted connection; identifiers increase with admission order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(pub u64);
+pub(crate) struct ConnId(pub u64);
 
 /// Hashes a [`ConnId`]: the table numbers its connections itself (nothing a peer chooses),
 /// so a multiply is spread enough, and cheaper than SipHash on every accept and close.
@@ -139,7 +139,7 @@ impl fmt::Display for ConnId {
 
 /// Why a connection was closed by the limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// It stayed pending longer than [`ListenerLimits::idle_timeout`].
     TimedOut,
     /// A newer connection needed its slot: [`ListenerLimits::max_pending`] was reached.
@@ -163,7 +163,7 @@ impl fmt::Display for CloseReason {
 
 /// One connection the table closed to make room or because its time was up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Eviction {
+pub(crate) struct Eviction {
     /// The connection to close.
     pub id: ConnId,
     /// Why.
@@ -173,7 +173,7 @@ pub struct Eviction {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A pending limit is zero: this listener takes no new connections.
     #[error("the listener takes no pending connections (a pending limit is 0)")]
     NoPendingSlots,
@@ -181,7 +181,7 @@ pub enum Refusal {
 
 /// Outcome of [`ConnectionTable::admit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Serve the connection; close every connection in `evicted` first.
     Admit {
         /// The new connection's identifier.
@@ -198,7 +198,7 @@ pub enum Decision {
 /// Why a pending connection could not become established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum PromoteError {
+pub(crate) enum PromoteError {
     /// The identifier is unknown (released or evicted already).
     #[error("unknown connection (already closed or evicted)")]
     Unknown,
@@ -258,7 +258,7 @@ struct SourceCounts {
 /// The pure bookkeeping behind [`ConnectionLimiter`]: which connections are pending or
 /// established, from where, and which to evict. It never reads a clock.
 #[derive(Debug)]
-pub struct ConnectionTable {
+pub(crate) struct ConnectionTable {
     limits: ListenerLimits,
     next_id: u64,
     conns: ConnMap<Conn>,
@@ -281,11 +281,6 @@ impl ConnectionTable {
             sources: HashMap::new(),
             established: 0,
         }
-    }
-
-    /// The limits in force.
-    pub fn limits(&self) -> &ListenerLimits {
-        &self.limits
     }
 
     /// Admits a connection from `source` accepted at `now`, evicting what must go.
@@ -436,6 +431,7 @@ impl ConnectionTable {
     }
 
     /// Whether `id` is known and established.
+    #[cfg(test)]
     pub fn is_established(&self, id: ConnId) -> bool {
         matches!(
             self.conns.get(&id).map(|c| &c.state),
@@ -444,6 +440,7 @@ impl ConnectionTable {
     }
 
     /// Whether `id` is known (pending or established).
+    #[cfg(test)]
     pub fn contains(&self, id: ConnId) -> bool {
         self.conns.contains_key(&id)
     }
@@ -459,6 +456,7 @@ impl ConnectionTable {
     }
 
     /// Pending connections counted against `source`.
+    #[cfg(test)]
     pub fn pending_from(&self, source: IpAddr) -> usize {
         self.sources
             .get(&SourceKey::of(source))
@@ -466,6 +464,7 @@ impl ConnectionTable {
     }
 
     /// Established connections counted against `source`.
+    #[cfg(test)]
     pub fn established_from(&self, source: IpAddr) -> usize {
         self.sources
             .get(&SourceKey::of(source))
@@ -501,7 +500,7 @@ impl ConnectionTable {
     }
 }
 
-/// Counters of a [`ConnectionLimiter`], for logs, metrics and tests.
+/// Counters of a `ConnectionLimiter`, for logs, metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerStats {
     /// Connections pending now.
@@ -617,7 +616,7 @@ fn lock(state: &Mutex<LimiterInner>) -> MutexGuard<'_, LimiterInner> {
 ///
 /// Cloning is cheap and shares the same table.
 #[derive(Debug, Clone)]
-pub struct ConnectionLimiter {
+pub(crate) struct ConnectionLimiter {
     shared: Arc<Shared>,
 }
 
@@ -658,11 +657,6 @@ impl ConnectionLimiter {
             // first poll also clears the flag.
             tokio::spawn(sweep(Sweeping(Arc::downgrade(&self.shared))));
         }
-    }
-
-    /// The limits in force.
-    pub fn limits(&self) -> ListenerLimits {
-        self.lock().table.limits().clone()
     }
 
     /// Current counters.
@@ -717,7 +711,7 @@ impl ConnectionLimiter {
 
 /// A connection's slot in a [`ConnectionLimiter`]; dropping it releases the slot.
 #[derive(Debug)]
-pub struct ConnectionPermit {
+pub(crate) struct ConnectionPermit {
     id: ConnId,
     deadline: Option<tokio::time::Instant>,
     limiter: ConnectionLimiter,
@@ -732,13 +726,9 @@ impl ConnectionPermit {
     }
 
     /// Whether the connection was promoted.
+    #[cfg(test)]
     pub fn is_established(&self) -> bool {
         self.deadline.is_none()
-    }
-
-    /// When the connection must have proven itself (`None` once established).
-    pub fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.deadline
     }
 
     /// Marks the connection established: it is no longer subject to the pending timeout

@@ -79,7 +79,7 @@ pub enum CodecError {
     /// A request with `Len = 0`.
     #[error("empty EPMD request (length 0)")]
     EmptyRequest,
-    /// A request longer than [`MAX_REQUEST_LEN`].
+    /// A request longer than `MAX_REQUEST_LEN`.
     #[error("EPMD request of {len} bytes exceeds the limit of {max}")]
     RequestTooLong {
         /// The announced length.
@@ -133,13 +133,13 @@ pub enum CodecError {
         /// The line (cut to 80 characters).
         text: String,
     },
-    /// A `NAMES` or `DUMP` reply exceeds [`MAX_NAMES_RESPONSE_LEN`].
+    /// A `NAMES` or `DUMP` reply exceeds `MAX_NAMES_RESPONSE_LEN`.
     #[error("EPMD reply exceeds the limit of {max} bytes")]
     ResponseTooLong {
         /// The limit.
         max: usize,
     },
-    /// A `NAMES` or `DUMP` reply has more than [`MAX_NAMES_ENTRIES`] lines.
+    /// A `NAMES` or `DUMP` reply has more than `MAX_NAMES_ENTRIES` lines.
     #[error("EPMD reply lists more than {max} entries")]
     TooManyEntries {
         /// The limit.
@@ -241,13 +241,13 @@ pub struct NodeEntry {
     pub highest_version: u16,
     /// Lowest distribution version supported.
     pub lowest_version: u16,
-    /// Opaque extra data (at most [`MAX_EXTRA_LEN`] bytes).
+    /// Opaque extra data (at most `MAX_EXTRA_LEN` bytes).
     pub extra: Vec<u8>,
 }
 
 impl NodeEntry {
-    /// A normal TCP node supporting distribution version [`DIST_VERSION_LOW`] to
-    /// [`DIST_VERSION_HIGH`], with no extra data.
+    /// A normal TCP node supporting distribution version `DIST_VERSION_LOW` to
+    /// `DIST_VERSION_HIGH`, with no extra data.
     pub fn new(name: impl Into<String>, port: u16) -> Self {
         NodeEntry {
             name: name.into(),

@@ -5,11 +5,11 @@
 //! (`ALIVE2_REQ`) over a connection it keeps open for as long as it is distributed; other
 //! nodes ask EPMD for that port (`PORT_PLEASE2_REQ`) before they connect.
 //!
-//! * [`codec`]: the messages, pure encoders and decoders with epmd's limits.
+//! * `codec`: the messages, pure encoders and decoders with epmd's limits.
 //! * [`EpmdClient`]: look nodes up, list them, register a node
 //!   ([`EpmdRegistration`] keeps the registration alive while it lives).
 //! * [`EpmdServer`]: an embedded EPMD, a drop-in for `epmd` on a host without Erlang,
-//!   built on the pure [`registry`] and the crate's [`listener`](crate::listener) limits.
+//!   built on the pure `registry` and the crate's [`listener`](crate::listener) limits.
 //!
 //! ```no_run
 //! use autocluster::epmd::{EpmdClient, NodeEntry};
@@ -37,10 +37,10 @@
 //! assert!(port > 0);
 //! ```
 
-pub mod client;
-pub mod codec;
-pub mod registry;
-pub mod server;
+mod client;
+crate::internal_mod!(codec);
+crate::internal_mod!(registry);
+mod server;
 
 pub use client::{EpmdClient, EpmdError, EpmdRegistration};
 pub use codec::{CodecError, NodeEntry, NodeType};

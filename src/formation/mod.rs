@@ -77,7 +77,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-pub use cleanup::{CleanupAction, CleanupConfig, CleanupState};
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub use cleanup::CleanupState;
+#[cfg(not(feature = "testing"))]
+use cleanup::CleanupState;
+pub use cleanup::{CleanupAction, CleanupConfig};
 pub use erlang::ErlangMesh;
 pub use local::LocalTarget;
 pub use native::{MEMBERSHIP_SERVICE, NativeTarget};
@@ -1099,7 +1104,7 @@ impl Agent {
                     last_cleanup = Instant::now();
                 }
                 agent
-                    .watch_round(&mut cleanup, run_cleanup)
+                    .watch_once(&mut cleanup, run_cleanup)
                     .instrument(tracing::info_span!("watch", node = %agent.node()))
                     .await;
             }
@@ -1107,8 +1112,16 @@ impl Agent {
         WatchHandle { task }
     }
 
-    /// One round of watching; public so that tests and tools can drive it step by step.
+    /// One round of watching, for the crate's tests and trial harness to drive the agent
+    /// step by step (the `testing` feature; outside semver).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
     pub async fn watch_round(&self, cleanup: &mut CleanupState, run_cleanup: bool) {
+        self.watch_once(cleanup, run_cleanup).await
+    }
+
+    /// One round of watching.
+    async fn watch_once(&self, cleanup: &mut CleanupState, run_cleanup: bool) {
         let me = self.node().clone();
         let target = &self.inner.target;
         let listing = self.inner.backend.list_nodes().await;

@@ -36,7 +36,7 @@ impl LengthPrefix {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
-    /// A length field announces more than [`MAX_HANDSHAKE_MESSAGE`] bytes.
+    /// A length field announces more than `MAX_HANDSHAKE_MESSAGE` bytes.
     #[error("handshake message of {len} bytes exceeds the limit of {max}")]
     TooLong {
         /// Announced length.

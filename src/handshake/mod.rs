@@ -26,11 +26,11 @@
 //! only the case or the short/long form differs.
 
 mod acceptor;
-pub mod digest;
+mod digest;
 mod driver;
-pub mod flags;
+mod flags;
 mod initiator;
-pub mod messages;
+crate::internal_mod!(messages);
 
 use std::fmt;
 

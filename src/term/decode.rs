@@ -18,7 +18,7 @@
 //! list's tail is itself a list, and the key index a large map's duplicate check
 //! builds. The default budget is 16 bytes per input byte plus 64 KiB, the bound the fuzz
 //! targets check with a counting allocator: whatever a peer sends, one decoded term (or
-//! one distribution frame, see [`crate::dist::control::decode`]) holds at most
+//! one distribution frame, see `crate::dist::control::decode`) holds at most
 //! `16 × input + 64 KiB` bytes of heap.
 //!
 //! Nearly every term OTP encodes needs less. The exceptions are terms made mostly of

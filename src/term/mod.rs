@@ -25,7 +25,7 @@
 //! # Design
 //!
 //! * **Pure and bounded.** Decoding reads a borrowed slice through the crate's
-//!   bounds-checked [`Reader`](crate::wire); nothing indexes unchecked and nothing
+//!   bounds-checked `Reader`; nothing indexes unchecked and nothing
 //!   panics on any input. Every count a peer sends is checked against the bytes that
 //!   are left (each element needs at least one byte) *and* charged against an
 //!   allocation budget before anything is allocated: `size_of::<Term>()` per element
