@@ -40,7 +40,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
 fi
 
-FEATURES=etcd
+FEATURES=etcd,testing
 mode=full
 [ "${BENCH_QUICK:-}" = 1 ] && mode=quick
 say "mode: $mode; benchmarks: ${selected[*]}; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -6,7 +6,7 @@
 //! deadline.
 //!
 //! ```text
-//! cargo run --release --example trials --features etcd -- \
+//! cargo run --release --example trials --features etcd,testing -- \
 //!     --nodes N --trials M --scenario S --backend memory|etcd [--erl | --native]
 //!     [--jitter-ms J] [--seed RNG_SEED] [--deadline-s D] [--etcd-endpoint URL]
 //!     [--trials-per-scenario K] [--record FILE [--resume]] [--chaos P] [-v]
