@@ -31,24 +31,16 @@
 //! are kept by one task per limiter, not by a timer per connection).
 //!
 //! ```
-//! use std::net::{IpAddr, Ipv4Addr};
-//! use std::time::{Duration, Instant};
-//! use autocluster::listener::{ConnectionTable, Decision, ListenerLimits};
+//! use autocluster::listener::ListenerLimits;
+//! use autocluster::{Cookie, Node};
 //!
+//! // At most two connections still in their handshake per source address.
 //! let limits = ListenerLimits { max_pending_per_source: 2, ..ListenerLimits::default() };
-//! let mut table = ConnectionTable::new(limits);
-//! let attacker = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-//! let now = Instant::now();
-//!
-//! let Decision::Admit { id: first, .. } = table.admit(attacker, now) else { panic!() };
-//! table.admit(attacker, now);
-//! // The third connection from the same source evicts the oldest pending one.
-//! let Decision::Admit { id: third, evicted, .. } = table.admit(attacker, now) else { panic!() };
-//! assert_eq!(evicted[0].id, first);
-//! // A connection that proves itself becomes established and is never evicted.
-//! table.promote(third)?;
-//! assert_eq!(table.established(), 1);
-//! # Ok::<(), autocluster::listener::PromoteError>(())
+//! let builder = Node::builder("node@localhost".parse()?, Cookie::new("a long random cookie")?)
+//!     .listen("127.0.0.1:0".parse()?)
+//!     .limits(limits);
+//! # drop(builder);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
