@@ -193,25 +193,13 @@ impl NodeInner {
 
     /// The status for an initiator knocking (the acceptor's `mark_pending`).
     pub(super) fn decide(&self, hello: &PeerHello) -> StatusDecision {
-        let Some(peer) = &hello.name else {
-            // Dynamic names are not offered by this node.
-            return StatusDecision::NotAllowed;
-        };
-        if self.is_stopped() {
-            return StatusDecision::NotAllowed;
-        }
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        match peers.get(peer) {
-            Some(slot) if slot.conn.as_ref().is_some_and(|c| c.is_open()) => StatusDecision::Alive,
-            Some(slot) if slot.dialing => {
-                if self.name > *peer {
-                    StatusDecision::Nok
-                } else {
-                    StatusDecision::OkSimultaneous
-                }
-            }
-            _ => StatusDecision::Ok,
-        }
+        let state = match hello.name.as_ref().and_then(|p| peers.get(p)) {
+            Some(slot) if slot.conn.as_ref().is_some_and(|c| c.is_open()) => PeerState::Connected,
+            Some(slot) if slot.dialing => PeerState::Dialing,
+            _ => PeerState::Unknown,
+        };
+        status_for(&self.name, hello.name.as_ref(), self.is_stopped(), state)
     }
 
     /// Stops the node; returns its EPMD registration, for the caller to end.
@@ -240,3 +228,42 @@ impl Drop for NodeInner {
         drop(self.shutdown());
     }
 }
+
+/// What the peer table holds for a node whose hello arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PeerState {
+    /// Nothing: no connection, no dial in progress.
+    Unknown,
+    /// A live connection.
+    Connected,
+    /// This node is dialling it.
+    Dialing,
+}
+
+/// The acceptor's answer to `peer`'s hello, as `net_kernel` gives it: no dynamic names
+/// and nothing once stopped (`not_allowed`); `alive` when a connection is up (the
+/// initiator then says whether it is a new incarnation); when both nodes dial each other
+/// at once, the node with the greater name keeps its own attempt (`nok`) and the other
+/// takes the incoming one (`ok_simultaneous`), so exactly one connection survives.
+pub(super) fn status_for(
+    me: &NodeName,
+    peer: Option<&NodeName>,
+    stopped: bool,
+    state: PeerState,
+) -> StatusDecision {
+    let Some(peer) = peer else {
+        return StatusDecision::NotAllowed;
+    };
+    if stopped {
+        return StatusDecision::NotAllowed;
+    }
+    match state {
+        PeerState::Connected => StatusDecision::Alive,
+        PeerState::Dialing if me > peer => StatusDecision::Nok,
+        PeerState::Dialing => StatusDecision::OkSimultaneous,
+        PeerState::Unknown => StatusDecision::Ok,
+    }
+}
+
+#[cfg(test)]
+mod tests;
