@@ -78,7 +78,8 @@ struct Entry<W> {
 /// The calls in flight, keyed by their request reference.
 #[derive(Debug)]
 pub(crate) struct CallTable<W> {
-    map: HashMap<Reference, Entry<W>>,
+    /// Keyed by references this node made: a fast hasher is safe.
+    map: HashMap<Reference, Entry<W>, foldhash::fast::RandomState>,
     /// No entry expires before this.
     next_expiry: Option<Instant>,
 }
@@ -86,7 +87,7 @@ pub(crate) struct CallTable<W> {
 impl<W> Default for CallTable<W> {
     fn default() -> Self {
         CallTable {
-            map: HashMap::new(),
+            map: HashMap::default(),
             next_expiry: None,
         }
     }

@@ -235,9 +235,10 @@ where
             max_frame: timing.max_frame,
             decode_limits,
         };
-        let mut engine = Engine::new(now(), cfg, &leftover);
+        let start = now();
+        let mut engine = Engine::new(start, cfg, &leftover);
         drop(leftover);
-        let reason = drive(&mut engine, &mut read, &mut write, rx, &weak, &c).await;
+        let reason = drive(&mut engine, start, &mut read, &mut write, rx, &weak, &c).await;
         drop(engine);
         c.close(reason.clone());
         let graceful = reason.is_local();
@@ -274,6 +275,7 @@ fn now() -> Instant {
 /// and returns why.
 async fn drive<R, W>(
     engine: &mut Engine,
+    engine_start: Instant,
     read: &mut R,
     write: &mut W,
     mut rx: mpsc::Receiver<Outbound>,
@@ -289,8 +291,14 @@ where
     let mut out: Option<Vec<u8>> = None;
     let mut written = 0;
     let mut told = false;
+    // The time of the last event: one clock read per event.
+    let mut t = engine_start;
+    // The timer is set to the engine's next deadline, and moved only when that comes
+    // earlier: a deadline that moved later (the next tick, after each write) lets it fire
+    // early once, to no effect, instead of re-registering it at every event.
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         while let Some(event) = engine.poll_event() {
             match event {
@@ -326,35 +334,46 @@ where
             }
         }
         if out.is_none() {
-            out = engine.poll_transmit(now());
+            out = engine.poll_transmit(t);
             written = 0;
         }
-        let deadline = engine.poll_timeout().map(tokio::time::Instant::from_std);
-        if let Some(d) = deadline
-            && timer.deadline() != d
+        if let Some(d) = engine.poll_timeout().map(tokio::time::Instant::from_std)
+            && armed.is_none_or(|a| d < a)
         {
             timer.as_mut().reset(d);
+            armed = Some(d);
         }
         let (wants_read, has_room) = (engine.wants_read(), engine.has_room());
         tokio::select! {
             biased;
             () = closed(conn) => return conn.reason(),
-            () = &mut timer, if deadline.is_some() => engine.handle_timeout(now()),
+            () = &mut timer, if armed.is_some() => {
+                armed = None;
+                t = now();
+                engine.handle_timeout(t);
+            }
             r = write_some(write, out.as_deref(), written), if out.is_some() => match r {
                 Ok(Wrote::Bytes(n)) => written += n,
                 Ok(Wrote::All) => {
                     if let Some(batch) = out.take() {
-                        engine.on_transmitted(now(), batch);
+                        t = now();
+                        engine.on_transmitted(t, batch);
                     }
                 }
                 Err(e) => return DisconnectReason::from_io(&e),
             },
             r = read.read_buf(engine.read_buffer()), if wants_read => match r {
-                Ok(n) => engine.handle_read(now(), n),
+                Ok(n) => {
+                    t = now();
+                    engine.handle_read(t, n);
+                }
                 Err(e) => return DisconnectReason::from_io(&e),
             },
             f = rx.recv(), if has_room => match f {
-                Some(Outbound::Frame(f)) => engine.queue(f),
+                Some(Outbound::Frame(f)) => {
+                    t = now();
+                    engine.queue(f);
+                }
                 // Every handle is gone: nobody can send on it any more.
                 None => return DisconnectReason::Local,
             },

@@ -164,6 +164,10 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A map of the node's own: its keys are names this node dials or peers that passed the
+/// handshake, never what an unauthenticated peer chooses, so a fast hasher is safe.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct PeerSlot {
     conn: Option<Arc<ConnHandle>>,
@@ -177,14 +181,14 @@ pub(crate) struct NodeInner {
     name: NodeName,
     cfg: NodeConfig,
     pub(crate) procs: Processes,
-    peers: std::sync::Mutex<HashMap<NodeName, PeerSlot>>,
+    peers: std::sync::Mutex<FastMap<NodeName, PeerSlot>>,
     peers_changed: Notify,
-    dial_locks: std::sync::Mutex<HashMap<NodeName, Arc<tokio::sync::Mutex<()>>>>,
+    dial_locks: std::sync::Mutex<FastMap<NodeName, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<NodeEvent>,
     pub(crate) calls: calls::Calls,
-    port_cache: std::sync::Mutex<HashMap<NodeName, SocketAddr>>,
+    port_cache: std::sync::Mutex<FastMap<NodeName, SocketAddr>>,
     /// Resolved peer hosts, kept [`HOST_CACHE_TTL`].
-    host_cache: std::sync::Mutex<HashMap<String, (IpAddr, tokio::time::Instant)>>,
+    host_cache: std::sync::Mutex<FastMap<String, (IpAddr, tokio::time::Instant)>>,
     dial_counters: DialCounters,
     next_conn_id: AtomicU64,
     local_addr: Option<SocketAddr>,
@@ -307,13 +311,13 @@ impl Node {
                 cfg.mailbox_capacity,
             ),
             cfg,
-            peers: std::sync::Mutex::new(HashMap::new()),
+            peers: std::sync::Mutex::new(FastMap::default()),
             peers_changed: Notify::new(),
-            dial_locks: std::sync::Mutex::new(HashMap::new()),
+            dial_locks: std::sync::Mutex::new(FastMap::default()),
             events,
             calls: calls::Calls::default(),
-            port_cache: std::sync::Mutex::new(HashMap::new()),
-            host_cache: std::sync::Mutex::new(HashMap::new()),
+            port_cache: std::sync::Mutex::new(FastMap::default()),
+            host_cache: std::sync::Mutex::new(FastMap::default()),
             dial_counters: DialCounters::default(),
             next_conn_id: AtomicU64::new(1),
             local_addr,
