@@ -29,7 +29,7 @@ use std::time::Duration;
 use crate::dist::control::Control;
 use crate::node::{
     CallKind, CallOutcome as Outcome, Channel, ConnectError, DisconnectReason, Node, RpcMethod,
-    SendError,
+    SendError, deadline_after,
 };
 use crate::term::{Atom, Reference, Term};
 use crate::{Fault, NodeName};
@@ -150,6 +150,8 @@ impl RpcError {
     pub fn fault(&self) -> Option<Fault> {
         match self {
             RpcError::Connect(e) | RpcError::Send(SendError::Connect(e)) => Some(e.fault()),
+            // The connection went away between the connect and the send.
+            RpcError::Send(SendError::ConnectionClosed(_)) => Some(Fault::Unreachable),
             RpcError::Send(_) => Some(Fault::Local),
             RpcError::ConnectionLost { reason, .. } => Some(reason.fault()),
             RpcError::Timeout { .. } => Some(Fault::Timeout),
@@ -266,13 +268,14 @@ impl Node {
         if peer == self.name() {
             // A mailbox of this very node.
             let reference = self.new_ref();
-            let rx = self.expect_reply(&reference, peer, timeout);
+            let deadline = deadline_after(timeout);
+            let rx = self.expect_reply(&reference, peer, deadline);
             let message = gen_call_message(self, &reference, request);
             if let Err(e) = self.send_named(peer, name, message).await {
                 self.give_up(&reference);
                 return Err(e.into());
             }
-            return match tokio::time::timeout(timeout, rx).await {
+            return match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
                 Ok(_) => {
                     Err(GenCallError::Lost(DisconnectReason::NodeStopped).into_rpc(&site, timeout))
@@ -338,10 +341,13 @@ async fn erpc_call(
         Term::atom(site.function),
         Term::List(args),
     ]);
+    // One deadline for the send (which waits while the connection's queue is full) and
+    // the answer: the call table drops the entry a grace period after it.
+    let deadline = deadline_after(timeout);
     let rx = channel
-        .request(&req_id, CallKind::Erpc, timeout, &control, Some(&arg_list))
+        .request(&req_id, CallKind::Erpc, deadline, &control, Some(&arg_list))
         .await?;
-    let outcome = match tokio::time::timeout(timeout, rx).await {
+    let outcome = match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(_)) => Outcome::Lost(DisconnectReason::NodeStopped),
         Err(_) => {
@@ -483,17 +489,18 @@ async fn gen_call(
         from: node.caller(),
         to: Atom::from(name),
     };
+    let deadline = deadline_after(timeout);
     let rx = channel
         .request(
             &reference,
             CallKind::Reply,
-            timeout,
+            deadline,
             &control,
             Some(&message),
         )
         .await
         .map_err(GenCallError::Send)?;
-    match tokio::time::timeout(timeout, rx).await {
+    match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
         Ok(Ok(Outcome::Lost(reason))) => Err(GenCallError::Lost(reason)),
         Ok(Ok(_)) | Ok(Err(_)) => Err(GenCallError::Lost(DisconnectReason::NodeStopped)),

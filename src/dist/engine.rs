@@ -319,7 +319,10 @@ impl Engine {
         }
         self.queued += frame.len();
         self.outq.push_back(frame);
-        self.paused = self.queued > HIGH_WATER;
+        // Only a written batch resumes reading (and restarts the peer's silence clock).
+        if self.queued > HIGH_WATER {
+            self.paused = true;
+        }
     }
 
     /// The next batch to write, if nothing is being written: queued frames joined up to

@@ -154,7 +154,7 @@ pub enum NameError {
     /// The name is empty.
     #[error("empty")]
     Empty,
-    /// More than [`MAX_NAME_CHARS`] characters.
+    /// More than `MAX_NAME_CHARS` characters.
     #[error("{chars} characters, more than {MAX_NAME_CHARS}")]
     TooLong {
         /// Its length in characters (or bytes when it is not even valid UTF-8).
@@ -642,8 +642,8 @@ impl NamesResponse {
     /// Decodes a complete reply (everything read until EPMD closed the connection).
     ///
     /// Every line must be well formed and newline-terminated (epmd writes whole lines);
-    /// the reply may hold at most [`MAX_NAMES_RESPONSE_LEN`] bytes and
-    /// [`MAX_NAMES_ENTRIES`] lines.
+    /// the reply may hold at most `MAX_NAMES_RESPONSE_LEN` bytes and
+    /// `MAX_NAMES_ENTRIES` lines.
     pub fn decode(buf: &[u8]) -> Result<NamesResponse, CodecError> {
         let (epmd_port, text) = split_port_header(buf, "NAMES")?;
         let mut nodes = Vec::new();

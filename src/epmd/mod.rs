@@ -43,7 +43,10 @@ crate::internal_mod!(registry);
 mod server;
 
 pub use client::{EpmdClient, EpmdError, EpmdRegistration};
-pub use codec::{CodecError, NodeEntry, NodeType};
+pub use codec::{
+    Alive2Form, CodecError, DumpEntry, DumpResponse, NameEntry, NameError, NamesResponse,
+    NodeEntry, NodeType,
+};
 pub use server::{EpmdServer, EpmdServerConfig};
 
 /// The port EPMD listens on unless told otherwise.

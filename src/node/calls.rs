@@ -252,25 +252,32 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The deadline `timeout` from now, on tokio's clock; a timeout too long to add (such as
+/// `Duration::MAX`, "wait for ever") gives a deadline thirty years away.
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400))
+}
+
 impl Calls {
     fn lock(&self) -> std::sync::MutexGuard<'_, CallTable<oneshot::Sender<Outcome>>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a call to `peer` whose caller waits `timeout`; the receiver gets its
-    /// outcome (or an error once the entry is dropped unanswered).
+    /// Registers a call to `peer` whose caller waits until `deadline` (on tokio's clock);
+    /// the receiver gets its outcome (or an error once the entry is dropped unanswered,
+    /// a grace period after that deadline).
     pub(crate) fn register(
         &self,
         reference: Reference,
         peer: NodeName,
         kind: Kind,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        let now = now();
-        let deadline = now.checked_add(timeout).unwrap_or(now + SPAWN_WAIT);
         self.lock()
-            .register(now, reference, peer, kind, deadline, tx);
+            .register(now(), reference, peer, kind, deadline.into_std(), tx);
         rx
     }
 

@@ -3,9 +3,9 @@
 //! call table that matches answers to requests.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::NodeName;
 use crate::dist::control::Control;
@@ -49,16 +49,16 @@ impl Node {
     }
 
     /// Waits for `{Reference, Reply}` to reach the caller from `peer` (which may be this
-    /// node) within `timeout`.
+    /// node) until `deadline`.
     pub(crate) fn expect_reply(
         &self,
         reference: &Reference,
         peer: &NodeName,
-        timeout: Duration,
+        deadline: Instant,
     ) -> oneshot::Receiver<Outcome> {
         self.inner
             .calls
-            .register(reference.clone(), peer.clone(), Kind::Reply, timeout)
+            .register(reference.clone(), peer.clone(), Kind::Reply, deadline)
     }
 
     /// The caller of `reference` gave up.
@@ -80,19 +80,19 @@ impl Channel {
     }
 
     /// Sends a request and registers the call under `reference` (as `kind` says it is
-    /// answered), waiting `timeout`; the receiver gets how it ended.
+    /// answered), its caller waiting until `deadline`; the receiver gets how it ended.
     pub(crate) async fn request(
         &self,
         reference: &Reference,
         kind: Kind,
-        timeout: Duration,
+        deadline: Instant,
         control: &Control,
         message: Option<&Term>,
     ) -> Result<oneshot::Receiver<Outcome>, SendError> {
-        let rx = self
-            .node
-            .calls
-            .register(reference.clone(), self.conn.peer.clone(), kind, timeout);
+        let rx =
+            self.node
+                .calls
+                .register(reference.clone(), self.conn.peer.clone(), kind, deadline);
         match self.conn.send(control, message).await {
             Ok(()) => Ok(rx),
             Err(e) => {

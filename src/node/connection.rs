@@ -300,6 +300,9 @@ where
     tokio::pin!(timer);
     let mut armed: Option<tokio::time::Instant> = None;
     loop {
+        if !conn.is_open() {
+            return conn.reason();
+        }
         while let Some(event) = engine.poll_event() {
             match event {
                 Event::Message(msg) => {
@@ -325,7 +328,7 @@ where
         }
         if engine.reading_paused() && !told {
             told = true;
-            tracing::warn!(peer = %conn.peer, "the peer sends requests faster than it reads the replies: reading from it is paused while its replies wait");
+            tracing::warn!(peer = %conn.peer, "more than 256 KiB wait to be written to the peer (it reads slower than it is sent to, or sends requests faster than it reads the replies): reading from it is paused until it catches up");
         }
         while engine.has_room() {
             match rx.try_recv() {
@@ -344,8 +347,9 @@ where
             armed = Some(d);
         }
         let (wants_read, has_room) = (engine.wants_read(), engine.has_room());
+        // No branch goes first: a peer that is always readable, or a queue that is
+        // always writable, must not starve the other direction or the timer.
         tokio::select! {
-            biased;
             () = closed(conn) => return conn.reason(),
             () = &mut timer, if armed.is_some() => {
                 armed = None;

@@ -229,11 +229,11 @@ impl TlsError {
             | TlsError::PeerPresentedNoCertificate
             | TlsError::ClientCertificateRequired
             | TlsError::CertificateRejected { .. } => Fault::Rejected,
-            TlsError::PeerUsesTls | TlsError::PeerNotTls { .. } | TlsError::Handshake { .. } => {
-                Fault::PeerIncompatible
-            }
+            TlsError::PeerUsesTls | TlsError::PeerNotTls { .. } => Fault::PeerIncompatible,
             TlsError::Timeout { .. } => Fault::Timeout,
-            TlsError::Closed { .. } => Fault::Unreachable,
+            // `Handshake` also carries the socket errors of the TLS handshake (a network
+            // or host unreachable), so it counts as unreachable: worth a retry.
+            TlsError::Closed { .. } | TlsError::Handshake { .. } => Fault::Unreachable,
             TlsError::InvalidServerName { .. } => Fault::Local,
         }
     }

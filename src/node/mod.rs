@@ -56,7 +56,7 @@ use crate::handshake::{self, DistFlags};
 use crate::listener::{ConnectionLimiter, ListenerLimits};
 use crate::term::{Atom, DecodeLimits, Pid, Term};
 use crate::{Cookie, NodeName};
-pub(crate) use calls::{Kind as CallKind, Outcome as CallOutcome};
+pub(crate) use calls::{Kind as CallKind, Outcome as CallOutcome, deadline_after};
 pub(crate) use channel::Channel;
 use connection::{ConnHandle, Timing};
 use process::Processes;

@@ -355,3 +355,25 @@ fn io_errors_map_to_the_peer_closing_or_a_socket_error() {
         DisconnectReason::Io(e) if e.contains("boom")
     ));
 }
+
+/// Reading paused, a batch handed out (the queue now under the mark) and a local frame
+/// queued while it is written: reading stays paused until the batch is written, and then
+/// the peer's silence counts from that moment, however long the pause lasted.
+#[test]
+fn only_a_written_batch_resumes_reading_and_restarts_the_silence_clock() {
+    let start = Instant::now();
+    let mut e = Engine::new(start, config(), &[]);
+    let big = frame_of("big", Term::Binary(vec![0; 200_000]));
+    e.queue(big.clone());
+    e.queue(big.clone());
+    assert!(e.reading_paused());
+    let batch = e.poll_transmit(start).expect("a batch");
+    e.queue(frame_of("local", Term::nil()));
+    assert!(e.reading_paused(), "queueing never resumes reading");
+    // The write takes two tick times (the peer reads slowly); the batch gets out.
+    let later = start + 2 * TICK - Duration::from_secs(1);
+    e.on_transmitted(later, batch);
+    assert!(!e.reading_paused());
+    e.handle_timeout(later + TICK / 2);
+    assert_eq!(e.closed(), None, "silence counted from the resume, not from the start");
+}
