@@ -173,3 +173,19 @@ fn the_suites_that_need_the_testing_feature_are_not_skipped() {
          scripts/test, or cargo test --all-features"
     );
 }
+
+/// One transport type for plain TCP and TLS: outside `tls/`, only the node's transport
+/// knows whether TLS is compiled in (besides the configuration and error types that
+/// carry a TLS setting or failure).
+#[test]
+fn tls_is_one_place_of_the_node() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let allowed = ["transport.rs", "builder.rs", "error.rs"];
+    let found: Vec<String> = sources(root, "src/node")
+        .into_iter()
+        .filter(|f| !f.file_name().is_some_and(|n| allowed.iter().any(|a| n == *a)))
+        .filter(|f| std::fs::read_to_string(f).unwrap().contains("feature = \"tls\""))
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(found.is_empty(), "TLS cfg outside the transport: {found:?}");
+}

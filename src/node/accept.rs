@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use super::transport::{Role, Stream};
 use super::{NodeInner, TlsError, tasks};
 use crate::Fault;
 use crate::handshake::{self, AcceptorConfig, DistFlags, HandshakeError, LengthPrefix};
@@ -73,28 +74,12 @@ pub(super) async fn accept_loop(
                 tracing::warn!(peer = %outcome.handshaked.peer, %addr, error = %e, "distribution connection closed: listener limits");
                 return;
             }
-            match stream {
-                Accepted::Tcp(stream) => {
-                    let (read, write) = stream.into_split();
-                    let _ = inner.install(read, write, outcome, false, Some(permit));
-                }
-                #[cfg(feature = "tls")]
-                Accepted::Tls(stream) => {
-                    let (read, write) = tokio::io::split(*stream);
-                    let _ = inner.install(read, write, outcome, false, Some(permit));
-                }
-            }
+            let (read, write) = stream.split();
+            let _ = inner.install(read, write, outcome, false, Some(permit));
         };
         // Boxed: spawning moves a future several times, and this one is large.
         tokio::spawn(Box::pin(handshake));
     }
-}
-
-/// An accepted connection that finished its handshake, plain or inside TLS.
-enum Accepted {
-    Tcp(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<crate::tls::ServerStream>),
 }
 
 /// Tells the listener limits that an incoming handshake has got as far as the peer's name,
@@ -110,32 +95,22 @@ async fn accept_connection(
     stream: TcpStream,
     addr: SocketAddr,
     progress: &Progress,
-) -> Option<(Arc<NodeInner>, Accepted, handshake::HandshakeOutcome)> {
-    let _ = stream.set_nodelay(true);
-    #[cfg(feature = "tls")]
-    {
+) -> Option<(Arc<NodeInner>, Stream, handshake::HandshakeOutcome)> {
+    let (accepted, prefix) = {
         let inner = node.upgrade()?;
-        if let Some(tls) = &inner.tls {
-            let accepted = tls.accept(stream, inner.cfg.handshake_timeout).await?;
-            let stream = match accepted {
-                Ok(s) => s,
-                Err(e) => {
-                    log_tls_rejection(addr, &e);
-                    return None;
-                }
-            };
-            drop(inner);
-            return accept_one(node, stream, addr, LengthPrefix::U32, progress)
-                .await
-                .map(|(inner, s, outcome)| (inner, Accepted::Tls(Box::new(s)), outcome));
+        let timeout = inner.cfg.handshake_timeout;
+        let accepted = inner.security.accept(stream, timeout).await?;
+        (accepted, inner.security.prefix())
+    };
+    match accepted {
+        Ok(stream) => accept_one(node, stream, addr, prefix, progress).await,
+        Err(e) => {
+            log_tls_rejection(addr, &e);
+            None
         }
     }
-    accept_one(node, stream, addr, LengthPrefix::U16, progress)
-        .await
-        .map(|(inner, s, outcome)| (inner, Accepted::Tcp(s), outcome))
 }
 
-#[cfg(feature = "tls")]
 fn log_tls_rejection(addr: SocketAddr, e: &TlsError) {
     match e {
         // Port scanners, health checks and slow clients: not worth a warning each.
@@ -147,16 +122,13 @@ fn log_tls_rejection(addr: SocketAddr, e: &TlsError) {
 }
 
 /// Runs the acceptor's handshake; the connection to install when it succeeds.
-async fn accept_one<S>(
+async fn accept_one(
     node: &Weak<NodeInner>,
-    mut stream: S,
+    mut stream: Stream,
     addr: SocketAddr,
     prefix: LengthPrefix,
     progress: &Progress,
-) -> Option<(Arc<NodeInner>, S, handshake::HandshakeOutcome)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+) -> Option<(Arc<NodeInner>, Stream, handshake::HandshakeOutcome)> {
     let inner = node.upgrade()?;
     let cfg = AcceptorConfig {
         local: inner.name.clone(),
@@ -185,12 +157,8 @@ where
             None
         }
         Err(e) => {
-            #[cfg(feature = "tls")]
             if let HandshakeError::Io { source, .. } = &e
-                && let Some(tls) = inner
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.classify_io(source, crate::tls::Role::Server))
+                && let Some(tls) = inner.security.classify_io(source, Role::Server)
             {
                 log_tls_rejection(addr, &tls);
                 return None;

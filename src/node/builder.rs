@@ -9,6 +9,7 @@ use crate::handshake::HandshakeError;
 use crate::listener::ListenerLimits;
 use crate::term::DecodeLimits;
 use crate::{Cookie, NodeName};
+use crate::{epmd, handshake};
 
 /// How remote calls are made. See [`crate::rpc`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,6 +91,36 @@ pub struct NodeConfig {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub tls: Option<crate::tls::TlsConfig>,
+}
+
+impl NodeConfig {
+    /// The defaults [`Node::builder`] starts from: hidden, client-only, `net_ticktime`
+    /// 60 s.
+    pub(super) fn defaults(name: NodeName, cookie: Cookie) -> NodeConfig {
+        NodeConfig {
+            name,
+            cookie,
+            hidden: true,
+            net_ticktime: Duration::from_secs(60),
+            handshake_timeout: handshake::DEFAULT_STEP_TIMEOUT,
+            connect_timeout: Duration::from_secs(7),
+            max_frame: crate::dist::frame::DEFAULT_MAX_FRAME,
+            epmd_port: epmd::port_from_env(),
+            epmd_timeout: Duration::from_secs(5),
+            listen: None,
+            register_in_epmd: true,
+            limits: ListenerLimits::default(),
+            port_cache: true,
+            mailbox_capacity: 4096,
+            creation: None,
+            decode_limits: DecodeLimits::default(),
+            rpc_method: RpcMethod::Auto,
+            hosts: HashMap::new(),
+            name_in_use: NameInUse::Replace,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
 }
 
 /// Builds and starts a [`Node`].

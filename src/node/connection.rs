@@ -22,6 +22,7 @@ use crate::dist::frame;
 use crate::handshake::{DistFlags, Handshaked};
 use crate::term::{Atom, DecodeLimits, Term};
 
+use super::transport::{ReadHalf, WriteHalf};
 use super::{NodeInner, SendError};
 
 pub use crate::dist::engine::{DisconnectReason, Overload};
@@ -191,16 +192,12 @@ pub(crate) struct Setup<'a> {
 
 /// Starts the task of a connection that finished its handshake (reading, writing,
 /// closing) and returns its handle.
-pub(crate) fn spawn<R, W>(
+pub(crate) fn spawn(
     node: &Arc<NodeInner>,
-    read: R,
-    write: W,
+    read: ReadHalf,
+    write: WriteHalf,
     setup: Setup<'_>,
-) -> Arc<ConnHandle>
-where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: WriteHalf,
-{
+) -> Arc<ConnHandle> {
     let Setup {
         id,
         handshaked: hs,
@@ -413,24 +410,6 @@ async fn write_some<W: AsyncWrite + Unpin>(
         0 => Err(std::io::ErrorKind::WriteZero.into()),
         n => Ok(Wrote::Bytes(n)),
     }
-}
-
-/// The write half of a connection's transport.
-pub(crate) trait WriteHalf: AsyncWrite + Unpin + Send + 'static {
-    /// Lets go of the write half once the connection is over. Closing the socket ends
-    /// the connection anyway (a FIN, or a reset if the peer's bytes were left unread),
-    /// so a TCP write half skips its own `shutdown` call on drop.
-    fn release(self);
-}
-
-impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
-    fn release(self) {
-        self.forget();
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Send + 'static> WriteHalf for tokio::io::WriteHalf<T> {
-    fn release(self) {}
 }
 
 /// Sends our FIN and waits until the peer closes its side, discarding what it still

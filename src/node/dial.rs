@@ -12,6 +12,7 @@ use crate::epmd::EpmdClient;
 use crate::handshake::{self, DistFlags, HandshakeError, InitiatorConfig, LengthPrefix, LocalName};
 
 use super::connection::ConnHandle;
+use super::transport::Role;
 use super::{ConnectError, DialCounters, HOST_CACHE_TTL, NameInUse, NodeInner, TlsError};
 
 impl NodeInner {
@@ -294,7 +295,7 @@ impl NodeInner {
     ) -> Result<Arc<ConnHandle>, ConnectError> {
         let connect =
             tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await;
-        let mut stream = match connect {
+        let stream = match connect {
             Err(_) => {
                 return Err(ConnectError::ConnectTimeout {
                     node: peer.clone(),
@@ -317,56 +318,28 @@ impl NodeInner {
             }
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            return self.dial_tls(tls, peer, addr, stream).await;
-        }
-        let outcome = self
-            .initiate(&mut stream, peer, LengthPrefix::U16)
-            .await
-            .map_err(|e| match e {
-                HandshakeError::PeerUsesTls { .. } => ConnectError::Tls {
-                    node: peer.clone(),
-                    addr,
-                    kind: TlsError::PeerUsesTls,
-                },
-                e => ConnectError::Handshake(e),
-            })?;
-        let (read, write) = stream.into_split();
-        self.install(read, write, outcome, true, None)
-    }
-
-    /// TLS first, then the distribution handshake inside it.
-    #[cfg(feature = "tls")]
-    async fn dial_tls(
-        self: &Arc<Self>,
-        tls: &crate::tls::TlsContext,
-        peer: &NodeName,
-        addr: SocketAddr,
-        stream: TcpStream,
-    ) -> Result<Arc<ConnHandle>, ConnectError> {
         let tls_error = |kind| ConnectError::Tls {
             node: peer.clone(),
             addr,
             kind,
         };
-        let mut stream = tls
+        let mut stream = self
+            .security
             .connect(peer, stream, self.cfg.handshake_timeout)
             .await
             .map_err(tls_error)?;
         let outcome = self
-            .initiate(&mut stream, peer, LengthPrefix::U32)
+            .initiate(&mut stream, peer, self.security.prefix())
             .await
             .map_err(|e| match &e {
-                // A TLS 1.3 server judges our certificate after we consider the TLS
-                // handshake done: its alert arrives during the distribution handshake.
-                HandshakeError::Io { source, .. } => tls
-                    .classify_io(source, crate::tls::Role::Client)
+                HandshakeError::PeerUsesTls { .. } => tls_error(TlsError::PeerUsesTls),
+                HandshakeError::Io { source, .. } => self
+                    .security
+                    .classify_io(source, Role::Client)
                     .map_or(ConnectError::Handshake(e), tls_error),
                 _ => ConnectError::Handshake(e),
             })?;
-        let (read, write) = tokio::io::split(stream);
+        let (read, write) = stream.split();
         self.install(read, write, outcome, true, None)
     }
 

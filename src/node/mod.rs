@@ -34,6 +34,7 @@ mod mailbox;
 mod peers;
 mod process;
 mod tasks;
+mod transport;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -51,10 +52,10 @@ pub use mailbox::Mailbox;
 
 pub use process::{Envelope, GenCall, MAX_MONITORS_AND_LINKS_PER_PEER};
 
-use crate::epmd::{self, EpmdClient, EpmdRegistration, NodeEntry};
-use crate::handshake::{self, DistFlags};
-use crate::listener::{ConnectionLimiter, ListenerLimits};
-use crate::term::{Atom, DecodeLimits, Pid, Term};
+use crate::epmd::{EpmdClient, EpmdRegistration, NodeEntry};
+use crate::handshake::DistFlags;
+use crate::listener::ConnectionLimiter;
+use crate::term::{Atom, Pid, Term};
 use crate::{Cookie, NodeName};
 pub(crate) use calls::{Kind as CallKind, Outcome as CallOutcome, deadline_after};
 pub(crate) use channel::Channel;
@@ -194,8 +195,8 @@ pub(crate) struct NodeInner {
     local_addr: Option<SocketAddr>,
     registration: std::sync::Mutex<Option<EpmdRegistration>>,
     limiter: Option<ConnectionLimiter>,
-    #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsContext>,
+    /// Plain TCP or TLS.
+    security: transport::Security,
     /// The stop signal, and the count of the node's tasks that `Node::shutdown` awaits.
     tasks: Arc<tasks::Tasks>,
     /// Bounds the graceful closes of this node's connections.
@@ -206,29 +207,7 @@ impl Node {
     /// A builder with the defaults: hidden, client-only, `net_ticktime` 60 s.
     pub fn builder(name: NodeName, cookie: Cookie) -> NodeBuilder {
         NodeBuilder {
-            cfg: NodeConfig {
-                name,
-                cookie,
-                hidden: true,
-                net_ticktime: Duration::from_secs(60),
-                handshake_timeout: handshake::DEFAULT_STEP_TIMEOUT,
-                connect_timeout: Duration::from_secs(7),
-                max_frame: crate::dist::frame::DEFAULT_MAX_FRAME,
-                epmd_port: epmd::port_from_env(),
-                epmd_timeout: Duration::from_secs(5),
-                listen: None,
-                register_in_epmd: true,
-                limits: ListenerLimits::default(),
-                port_cache: true,
-                mailbox_capacity: 4096,
-                creation: None,
-                decode_limits: DecodeLimits::default(),
-                rpc_method: RpcMethod::Auto,
-                hosts: HashMap::new(),
-                name_in_use: NameInUse::Replace,
-                #[cfg(feature = "tls")]
-                tls: None,
-            },
+            cfg: NodeConfig::defaults(name, cookie),
         }
     }
 
@@ -249,17 +228,7 @@ impl Node {
                 crate::cookie::WEAK_COOKIE_LEN
             );
         }
-        #[cfg(feature = "tls")]
-        let tls = match &cfg.tls {
-            Some(t) => {
-                let ctx = crate::tls::TlsContext::new(t, cfg.listen.is_some())?;
-                for warning in t.warnings(cfg.listen.is_some()) {
-                    tracing::warn!(node = %cfg.name, "{warning}");
-                }
-                Some(ctx)
-            }
-            None => None,
-        };
+        let security = transport::Security::new(&cfg)?;
         let mut listener = None;
         let mut registration = None;
         let mut local_addr = None;
@@ -325,8 +294,7 @@ impl Node {
             limiter: listener
                 .as_ref()
                 .map(|_| ConnectionLimiter::new(cfg_limits)),
-            #[cfg(feature = "tls")]
-            tls,
+            security,
             linger: Arc::new(linger::Linger::counted_in(tasks.clone())),
             tasks,
         });
@@ -339,10 +307,7 @@ impl Node {
                 tracked,
             ));
         }
-        #[cfg(feature = "tls")]
-        let tls = inner.tls.is_some();
-        #[cfg(not(feature = "tls"))]
-        let tls = false;
+        let tls = inner.security.is_tls();
         tracing::info!(node = %inner.name, creation, listen = ?inner.local_addr, hidden = inner.cfg.hidden, tls, "node started");
         Ok(Node { inner })
     }

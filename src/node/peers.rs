@@ -12,24 +12,21 @@ use crate::term::{Atom, Reference, Term};
 
 use super::connection::{self, ConnHandle};
 use super::mailbox::{down_message, exit_message};
+use super::transport::{ReadHalf, WriteHalf};
 use super::{ConnectError, DisconnectReason, Envelope, NodeEvent, NodeInner};
 
 impl NodeInner {
     /// Registers a connection that finished its handshake and starts its task. Returns
     /// the connection kept for the peer (this one, or one that won a simultaneous
     /// connect); a node that has stopped drops the connection instead.
-    pub(super) fn install<R, W>(
+    pub(super) fn install(
         self: &Arc<Self>,
-        read: R,
-        write: W,
+        read: ReadHalf,
+        write: WriteHalf,
         outcome: handshake::HandshakeOutcome,
         initiated_locally: bool,
         permit: Option<ConnectionPermit>,
-    ) -> Result<Arc<ConnHandle>, ConnectError>
-    where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-        W: connection::WriteHalf,
-    {
+    ) -> Result<Arc<ConnHandle>, ConnectError> {
         let hs = outcome.handshaked;
         let Some(tracked) = self.tasks.track_running() else {
             return Err(ConnectError::NodeStopped(self.name.clone()));
