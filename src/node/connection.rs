@@ -30,7 +30,7 @@ pub use crate::dist::engine::{DisconnectReason, Overload};
 /// The replies a peer's messages provoked, encoded, for the driver to queue.
 pub(crate) type Replies = Vec<Vec<u8>>;
 
-/// Frames queued for the writer.
+/// Frames other tasks queue for a connection.
 pub(crate) enum Outbound {
     Frame(Vec<u8>),
 }
@@ -80,7 +80,7 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a message if the writer's queue has room, and drops it otherwise: for a
+    /// Queues a message if the connection's queue has room, and drops it otherwise: for a
     /// notice that is not worth waiting for, such as the kill of a remote call's worker
     /// after its caller gave up.
     pub(crate) fn try_send(&self, control: Control, message: Option<Term>) {
@@ -88,7 +88,7 @@ impl ConnHandle {
             return;
         };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Frame(buf)) {
-            tracing::debug!(peer = %self.peer, "writer queue full: notice dropped");
+            tracing::debug!(peer = %self.peer, "connection queue full: notice dropped");
         }
     }
 
