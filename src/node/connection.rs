@@ -161,6 +161,17 @@ impl ConnHandle {
             .unwrap_or(DisconnectReason::Local)
     }
 
+    /// Whether the connection was closed by this side (and so closes gracefully).
+    pub(crate) fn closed_locally(&self) -> bool {
+        !self.is_open()
+            && self
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(DisconnectReason::is_local)
+    }
+
     /// Whether the connection is hidden.
     pub(crate) fn is_hidden(&self) -> bool {
         !self.flags.contains(DistFlags::PUBLISHED)

@@ -105,7 +105,7 @@ impl NodeInner {
             s.closing > 0
                 || s.conn
                     .as_ref()
-                    .is_some_and(|c| !c.is_open() && c.reason().is_local())
+                    .is_some_and(|c| c.closed_locally())
         })
     }
 
