@@ -183,8 +183,15 @@ fn tls_is_one_place_of_the_node() {
     let allowed = ["transport.rs", "builder.rs", "error.rs"];
     let found: Vec<String> = sources(root, "src/node")
         .into_iter()
-        .filter(|f| !f.file_name().is_some_and(|n| allowed.iter().any(|a| n == *a)))
-        .filter(|f| std::fs::read_to_string(f).unwrap().contains("feature = \"tls\""))
+        .filter(|f| {
+            !f.file_name()
+                .is_some_and(|n| allowed.iter().any(|a| n == *a))
+        })
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .contains("feature = \"tls\"")
+        })
         .map(|f| f.display().to_string())
         .collect();
     assert!(found.is_empty(), "TLS cfg outside the transport: {found:?}");

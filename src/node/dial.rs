@@ -101,12 +101,9 @@ impl NodeInner {
     /// and not yet handed to its task (`Node::disconnect` only signals it).
     pub(super) fn closing(&self, peer: &NodeName) -> bool {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers.get(peer).is_some_and(|s| {
-            s.closing > 0
-                || s.conn
-                    .as_ref()
-                    .is_some_and(|c| c.closed_locally())
-        })
+        peers
+            .get(peer)
+            .is_some_and(|s| s.closing > 0 || s.conn.as_ref().is_some_and(|c| c.closed_locally()))
     }
 
     async fn wait_for_connection(
