@@ -312,6 +312,9 @@ where
             return conn.reason();
         }
         while let Some(event) = engine.poll_event() {
+            // Each message counts against the task's budget: a peer that floods this
+            // connection gets its turn, and the node's other tasks theirs.
+            tokio::task::consume_budget().await;
             match event {
                 Event::Message(msg) => {
                     let Some(node) = node.upgrade() else {
