@@ -76,26 +76,29 @@ fn names_matches_whole_words_only() {
     assert!(!names("let tokio_like = 1;", "tokio"));
 }
 
-#[test]
-fn sans_io_sources_name_no_runtime_socket_clock_or_upper_layer() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// Where `files` name any of `words` outside comments, as `path:line: word`.
+fn naming(files: &[PathBuf], words: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
-    let mut checked = 0;
-    for entry in SANS_IO {
-        for file in sources(root, entry) {
-            checked += 1;
-            let text = std::fs::read_to_string(&file).unwrap();
-            for (n, line) in text.lines().enumerate() {
-                let code = line.split("//").next().unwrap_or("");
-                for word in FORBIDDEN {
-                    if names(code, word) {
-                        found.push(format!("{}:{}: {word}", file.display(), n + 1));
-                    }
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in words {
+                if names(code, word) {
+                    found.push(format!("{}:{}: {word}", file.display(), n + 1));
                 }
             }
         }
     }
-    assert!(checked >= 20, "only {checked} files checked");
+    found
+}
+
+#[test]
+fn sans_io_sources_name_no_runtime_socket_clock_or_upper_layer() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<PathBuf> = SANS_IO.iter().flat_map(|e| sources(root, e)).collect();
+    assert!(files.len() >= 20, "only {} files checked", files.len());
+    let found = naming(&files, FORBIDDEN);
     assert!(
         found.is_empty(),
         "sans-IO sources naming I/O:\n{}",
@@ -117,23 +120,13 @@ fn lines_without_tests(text: &str) -> usize {
 #[test]
 fn the_node_names_no_layer_above_it() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut found = Vec::new();
-    for file in sources(root, "src/node") {
-        let text = std::fs::read_to_string(&file).unwrap();
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or("");
-            for word in [
-                "crate::rpc",
-                "crate::formation",
-                "crate::health",
-                "crate::backend",
-            ] {
-                if names(code, word) {
-                    found.push(format!("{}:{}: {word}", file.display(), n + 1));
-                }
-            }
-        }
-    }
+    let upper = [
+        "crate::rpc",
+        "crate::formation",
+        "crate::health",
+        "crate::backend",
+    ];
+    let found = naming(&sources(root, "src/node"), &upper);
     assert!(
         found.is_empty(),
         "the node reaches up:\n{}",
