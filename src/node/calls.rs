@@ -20,6 +20,7 @@ use crate::NodeName;
 use crate::term::{Pid, Reference, Term};
 
 use super::DisconnectReason;
+use super::connection::now;
 
 /// An entry outlives its caller's deadline by this much: a reply that late is dropped.
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
@@ -246,10 +247,6 @@ impl<W> CallTable<W> {
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     table: std::sync::Mutex<CallTable<oneshot::Sender<Outcome>>>,
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// The deadline `timeout` from now, on tokio's clock; a timeout too long to add (such as

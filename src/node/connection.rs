@@ -273,9 +273,9 @@ pub(crate) fn spawn(
     conn
 }
 
-/// The time, as the engine takes it: tokio's clock, so that a paused runtime's time is
-/// the connection's too.
-fn now() -> Instant {
+/// The time, as the pure parts of the node (the engine, the call table) take it: tokio's
+/// clock, so that a paused runtime's time is theirs too.
+pub(super) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
