@@ -16,7 +16,14 @@
 //! - frames to send go into [`Engine::queue`]; [`Engine::poll_transmit`] hands out the
 //!   next batch to write, and [`Engine::on_transmitted`] says when it is written;
 //! - [`Engine::poll_timeout`] says when to call [`Engine::handle_timeout`] next;
-//! - once [`Engine::closed`] is `Some`, the connection is over.
+//! - once [`Engine::closed`] is `Some`, the connection is over for the node: no event
+//!   comes out and no frame goes in any more;
+//! - the socket is closed once [`Engine::is_finished`]. Until then, a connection the
+//!   local side ended is closed gracefully ([`Shutdown`]): the driver keeps writing what
+//!   [`Engine::poll_transmit`] hands out, shuts its write side when
+//!   [`Engine::poll_shutdown`] says so, and reads (what it reads is dropped) until the
+//!   peer has closed its side too. How long that may take is the driver's bound: the
+//!   node's linger clock, after which it calls [`Engine::abandon`].
 //!
 //! Each step costs bounded memory: the read buffer grows only as far as the frame being
 //! read needs (its length checked against the maximum first), events are decoded one at
@@ -149,6 +156,27 @@ impl DisconnectReason {
     }
 }
 
+/// How far the close of a connection has got.
+///
+/// A connection the peer ended, or that failed, is closed at once. One the local side
+/// ended ([`DisconnectReason::is_local`]) is closed the way a well-behaved TCP peer
+/// closes: the frames already queued are written, then the write side is shut (our
+/// FIN), then the peer's own FIN is awaited. The peer has then taken the connection
+/// down, so a new connection to it is not met with `alive` (an Erlang node that still
+/// holds the old connection makes the initiator confirm and then tears the old one down
+/// first, which costs a round trip and, on OTP, milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// The connection is open.
+    Open,
+    /// Writing what was queued before the close.
+    Flushing,
+    /// Our FIN is sent (or due): waiting for the peer's.
+    AwaitingPeer,
+    /// Nothing more to do: the socket can be dropped.
+    Finished,
+}
+
 /// What the engine is configured with.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -192,6 +220,9 @@ pub(crate) struct Engine {
     /// Reading is paused because too much waits to be written.
     paused: bool,
     closed: Option<DisconnectReason>,
+    shutdown: Shutdown,
+    /// The peer closed its side (after ours was closed).
+    peer_finished: bool,
 }
 
 impl Engine {
@@ -210,6 +241,8 @@ impl Engine {
             spare: Vec::new(),
             paused: false,
             closed: None,
+            shutdown: Shutdown::Open,
+            peer_finished: false,
         }
     }
 
@@ -218,17 +251,67 @@ impl Engine {
         self.closed.as_ref()
     }
 
-    /// Ends the connection; the first reason given wins.
+    /// Ends the connection; the first reason given wins. A reason of the local side
+    /// starts a graceful close ([`Shutdown`]), any other ends it at once.
     pub(crate) fn close(&mut self, reason: DisconnectReason) {
-        if self.closed.is_none() {
-            self.closed = Some(reason);
+        if self.closed.is_some() {
+            return;
         }
+        self.shutdown = if reason.is_local() {
+            Shutdown::Flushing
+        } else {
+            Shutdown::Finished
+        };
+        self.closed = Some(reason);
+        // Nothing more is read for the node: what was read and not handed out is dropped.
+        self.inbuf.clear();
+    }
+
+    /// How far the close has got.
+    #[cfg(test)]
+    pub(crate) fn shutdown(&self) -> Shutdown {
+        self.shutdown
+    }
+
+    /// Whether the connection is closed and the close is over: the socket can be
+    /// dropped.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.shutdown == Shutdown::Finished
+    }
+
+    /// Whether to shut the write side now (send our FIN): everything queued before the
+    /// close is written. Says so once.
+    pub(crate) fn poll_shutdown(&mut self) -> bool {
+        if self.shutdown != Shutdown::Flushing || self.in_flight.is_some() || !self.outq.is_empty()
+        {
+            return false;
+        }
+        self.shutdown = if self.peer_finished {
+            Shutdown::Finished
+        } else {
+            Shutdown::AwaitingPeer
+        };
+        true
+    }
+
+    /// Gives the close up (its time is up, or the socket failed): the socket is dropped
+    /// without waiting any longer.
+    pub(crate) fn abandon(&mut self) {
+        if self.closed.is_none() {
+            self.close(DisconnectReason::Local);
+        }
+        self.shutdown = Shutdown::Finished;
     }
 
     /// Whether the driver should read: the connection is open, every frame read so far
-    /// has been handed out, and the peer reads what it is sent.
+    /// has been handed out, and the peer reads what it is sent; or the connection is
+    /// closing and the peer has not closed its side yet.
     pub(crate) fn wants_read(&self) -> bool {
-        self.closed.is_none() && !self.paused && !self.has_frame()
+        match self.shutdown {
+            Shutdown::Open => !self.paused && !self.has_frame(),
+            Shutdown::Flushing | Shutdown::AwaitingPeer => !self.peer_finished,
+            Shutdown::Finished => false,
+        }
     }
 
     /// Whether reading is paused because more than [`HIGH_WATER`] bytes wait to be
@@ -246,6 +329,12 @@ impl Engine {
     /// step while only ticks have arrived, up to 1 MiB at a time for a large frame, never
     /// more than the frame's checked length.
     pub(crate) fn read_buffer(&mut self) -> &mut BytesMut {
+        if self.closed.is_some() {
+            // Closing: what the peer still sends is read only to be dropped.
+            self.inbuf.clear();
+            self.inbuf.reserve(64);
+            return &mut self.inbuf;
+        }
         let (least, guess) = if self.quiet {
             (64, 64)
         } else {
@@ -260,6 +349,16 @@ impl Engine {
     /// Bytes were read into [`read_buffer`](Self::read_buffer) at `now`; `n == 0` means
     /// the peer closed its side.
     pub(crate) fn handle_read(&mut self, now: Instant, n: usize) {
+        if self.closed.is_some() {
+            self.inbuf.clear();
+            if n == 0 {
+                self.peer_finished = true;
+                if self.shutdown == Shutdown::AwaitingPeer {
+                    self.shutdown = Shutdown::Finished;
+                }
+            }
+            return;
+        }
         if n == 0 {
             self.close(DisconnectReason::ClosedByPeer);
         } else {
@@ -326,9 +425,11 @@ impl Engine {
     }
 
     /// The next batch to write, if nothing is being written: queued frames joined up to
-    /// 256 KiB (a large frame goes alone, uncopied).
+    /// 256 KiB (a large frame goes alone, uncopied). While the connection is open, or
+    /// while its graceful close writes what was queued before it.
     pub(crate) fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        if self.closed.is_some() || self.in_flight.is_some() {
+        if !matches!(self.shutdown, Shutdown::Open | Shutdown::Flushing) || self.in_flight.is_some()
+        {
             return None;
         }
         let first = self.outq.pop_front()?;
@@ -370,7 +471,7 @@ impl Engine {
 
     /// When [`handle_timeout`](Self::handle_timeout) is due next: the peer's silence
     /// limit (while reading), the write limit (while writing), or the next tick (while
-    /// idle).
+    /// idle). None once closed: the driver bounds a graceful close.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.closed.is_some() {
             return None;

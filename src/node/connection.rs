@@ -4,9 +4,10 @@
 //! deadlines, batching, when reading pauses); the driver, one task per connection, moves
 //! bytes between it and the socket, the time into it, the frames other tasks queue
 //! through the [`ConnHandle`] into it, and the messages that arrived to the node's
-//! dispatch. Whatever ends the connection, the task then closes the socket (gracefully
-//! when the local side ended it, bounded by the [linger clock](super::linger)) and
-//! reports why.
+//! dispatch. Whatever ends the connection, the task reports why and then closes the
+//! socket the way the engine says (gracefully when the local side ended it: see
+//! [`Shutdown`](crate::dist::engine::Shutdown)), for no longer than the node's
+//! [linger clock](super::linger) allows.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,10 +247,22 @@ pub(crate) fn spawn(
         let start = now();
         let mut engine = Engine::new(start, cfg, &leftover);
         drop(leftover);
-        let reason = drive(&mut engine, start, &mut read, &mut write, rx, &weak, &c).await;
-        drop(engine);
-        c.close(reason.clone());
-        let graceful = reason.is_local();
+        let mut out = Batch::default();
+        let reason = drive(
+            &mut engine,
+            start,
+            &mut read,
+            &mut write,
+            &mut out,
+            rx,
+            &weak,
+            &c,
+        )
+        .await;
+        engine.close(reason);
+        let reason = engine.closed().cloned().unwrap_or(DisconnectReason::Local);
+        c.close(reason);
+        let graceful = !engine.is_finished();
         if let Some(node) = weak.upgrade() {
             if graceful {
                 node.closing_started(&c.peer);
@@ -257,8 +270,12 @@ pub(crate) fn spawn(
             node.connection_closed(&c, c.reason());
         }
         if graceful {
-            let _ = linger.bound(close_gracefully(&mut read, &mut write)).await;
+            let close = close_gracefully(&mut engine, &mut read, &mut write, &mut out);
+            if linger.bound(close).await.is_none() {
+                engine.abandon();
+            }
         }
+        drop(engine);
         write.release();
         drop(read);
         // The listener slot is held for as long as the connection lives.
@@ -279,13 +296,22 @@ pub(super) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The batch being written, and how much of it is.
+#[derive(Default)]
+struct Batch {
+    bytes: Option<Vec<u8>>,
+    written: usize,
+}
+
 /// Runs the connection until the engine, the socket, the node or a local close ends it,
 /// and returns why.
+#[allow(clippy::too_many_arguments)]
 async fn drive<R, W>(
     engine: &mut Engine,
     engine_start: Instant,
     read: &mut R,
     write: &mut W,
+    out: &mut Batch,
     mut rx: mpsc::Receiver<Outbound>,
     node: &std::sync::Weak<NodeInner>,
     conn: &Arc<ConnHandle>,
@@ -295,9 +321,6 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut replies = Replies::new();
-    // The batch being written, and how much of it is.
-    let mut out: Option<Vec<u8>> = None;
-    let mut written = 0;
     let mut told = false;
     // The time of the last event: one clock read per event.
     let mut t = engine_start;
@@ -347,9 +370,9 @@ where
                 Err(_) => break,
             }
         }
-        if out.is_none() {
-            out = engine.poll_transmit(t);
-            written = 0;
+        if out.bytes.is_none() {
+            out.bytes = engine.poll_transmit(t);
+            out.written = 0;
         }
         if let Some(d) = engine.poll_timeout().map(tokio::time::Instant::from_std)
             && armed.is_none_or(|a| d < a)
@@ -367,10 +390,10 @@ where
                 t = now();
                 engine.handle_timeout(t);
             }
-            r = write_some(write, out.as_deref(), written), if out.is_some() => match r {
-                Ok(Wrote::Bytes(n)) => written += n,
+            r = write_some(write, out.bytes.as_deref(), out.written), if out.bytes.is_some() => match r {
+                Ok(Wrote::Bytes(n)) => out.written += n,
                 Ok(Wrote::All) => {
-                    if let Some(batch) = out.take() {
+                    if let Some(batch) = out.bytes.take() {
                         t = now();
                         engine.on_transmitted(t, batch);
                     }
@@ -426,21 +449,47 @@ async fn write_some<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Sends our FIN and waits until the peer closes its side, discarding what it still
-/// sends; the caller bounds the wait (see [`super::linger`]). The peer has then taken
-/// the connection down, so a new connection to it is not met with `alive` (an Erlang
-/// node that still holds the old connection makes the initiator confirm and then tears
-/// the old one down first, which costs a round trip and, on OTP, milliseconds).
+/// Closes a connection the local side ended as its engine says: writes what was queued
+/// before the close, shuts the write side, and reads (dropping what it reads) until the
+/// peer has closed its side; a socket error gives the close up. The caller bounds the
+/// time it takes (see [`super::linger`]).
 async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    engine: &mut Engine,
     read: &mut R,
     write: &mut W,
+    out: &mut Batch,
 ) {
-    if write.shutdown().await.is_err() {
-        return;
+    // The engine takes no decision on time once closed: one reading serves.
+    let t = now();
+    while !engine.is_finished() {
+        if out.bytes.is_none() {
+            out.bytes = engine.poll_transmit(t);
+            out.written = 0;
+        }
+        if engine.poll_shutdown() {
+            if write.shutdown().await.is_err() {
+                engine.abandon();
+            }
+            continue;
+        }
+        let wants_read = engine.wants_read();
+        tokio::select! {
+            r = write_some(write, out.bytes.as_deref(), out.written), if out.bytes.is_some() => match r {
+                Ok(Wrote::Bytes(n)) => out.written += n,
+                Ok(Wrote::All) => {
+                    if let Some(batch) = out.bytes.take() {
+                        engine.on_transmitted(t, batch);
+                    }
+                }
+                Err(_) => engine.abandon(),
+            },
+            r = read.read_buf(engine.read_buffer()), if wants_read => match r {
+                Ok(n) => engine.handle_read(t, n),
+                Err(_) => engine.abandon(),
+            },
+            else => engine.abandon(),
+        }
     }
-    // Small: what a peer still sends after our FIN is read only to be dropped.
-    let mut sink = [0u8; 64];
-    while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 async fn closed(c: &ConnHandle) {

@@ -377,3 +377,143 @@ fn only_a_written_batch_resumes_reading_and_restarts_the_silence_clock() {
     e.handle_timeout(later + TICK / 2);
     assert_eq!(e.closed(), None, "silence counted from the resume, not from the start");
 }
+
+/// Moves `a`'s FIN to `b` (which then closes at once, as a peer that saw the connection
+/// end does) and `b`'s FIN back.
+fn exchange_fins(p: &mut Pair) {
+    p.b.handle_read(p.now, 0);
+    assert_eq!(p.b.closed(), Some(&DisconnectReason::ClosedByPeer));
+    assert!(p.b.is_finished(), "a connection the peer ended closes at once");
+    p.a.handle_read(p.now, 0);
+}
+
+#[test]
+fn a_local_close_writes_what_was_queued_then_sends_fin_then_waits_for_the_peers() {
+    let mut p = Pair::new();
+    for name in ["one", "two"] {
+        p.a.queue(frame_of(name, Term::atom("x")));
+    }
+    p.a.close(DisconnectReason::Local);
+    assert_eq!(p.a.shutdown(), Shutdown::Flushing);
+    assert!(!p.a.poll_shutdown(), "no FIN before the queue is written");
+    assert!(!p.a.has_room(), "nothing is queued after the close");
+    p.a.queue(frame_of("late", Term::nil()));
+    p.pump();
+    assert_eq!(received(&mut p.b), ["one", "two"], "queued before the close, so written");
+    assert!(p.a.poll_shutdown(), "the queue is written: FIN");
+    assert!(!p.a.poll_shutdown(), "said once");
+    assert_eq!(p.a.shutdown(), Shutdown::AwaitingPeer);
+    assert!(p.a.wants_read() && !p.a.is_finished());
+    // What the peer still sends is read and dropped, not handed out.
+    p.b.queue(frame_of("after", Term::nil()));
+    p.pump();
+    assert!(p.a.poll_event().is_none());
+    assert!(p.a.poll_timeout().is_none(), "the driver bounds the close");
+    exchange_fins(&mut p);
+    assert!(p.a.is_finished() && !p.a.wants_read());
+    assert_eq!(p.a.closed(), Some(&DisconnectReason::Local));
+}
+
+#[test]
+fn a_close_in_the_middle_of_a_write_finishes_that_write_first() {
+    let mut p = Pair::new();
+    p.a.queue(frame_of("big", Term::Binary(vec![1; 100_000])));
+    let batch = p.a.poll_transmit(p.now).unwrap();
+    p.a.close(DisconnectReason::NodeStopped);
+    assert!(!p.a.poll_shutdown(), "a batch is being written");
+    p.b.handle_input(p.now, &batch);
+    p.a.on_transmitted(p.now, batch);
+    assert_eq!(received(&mut p.b), ["big"]);
+    assert!(p.a.poll_shutdown());
+}
+
+#[test]
+fn a_close_the_peer_or_a_failure_caused_is_finished_at_once() {
+    for reason in [
+        DisconnectReason::ClosedByPeer,
+        DisconnectReason::TickTimeout(TICK),
+        DisconnectReason::WriteTimeout(TICK),
+        DisconnectReason::Io("reset".into()),
+        DisconnectReason::FrameTooLarge { len: 9, max: 1 },
+        DisconnectReason::Overloaded(Overload::MonitorsAndLinks { max: 1 }),
+    ] {
+        let mut e = Engine::new(Instant::now(), config(), &[]);
+        e.queue(frame_of("dropped", Term::nil()));
+        e.close(reason.clone());
+        assert!(e.is_finished(), "{reason}");
+        assert!(e.poll_transmit(e.last_output).is_none(), "{reason}: nothing written");
+        assert!(!e.poll_shutdown() && !e.wants_read(), "{reason}");
+    }
+}
+
+#[test]
+fn every_local_reason_closes_gracefully() {
+    for reason in [
+        DisconnectReason::Local,
+        DisconnectReason::Replaced,
+        DisconnectReason::NodeStopped,
+    ] {
+        let mut p = Pair::new();
+        p.a.close(reason.clone());
+        assert!(p.a.poll_shutdown(), "{reason}: nothing queued, FIN at once");
+        assert!(!p.a.is_finished(), "{reason}");
+        exchange_fins(&mut p);
+        assert!(p.a.is_finished(), "{reason}");
+    }
+}
+
+#[test]
+fn a_peer_that_closes_first_ends_the_wait_as_soon_as_our_fin_is_out() {
+    let mut p = Pair::new();
+    p.a.queue(frame_of("one", Term::nil()));
+    p.a.close(DisconnectReason::Local);
+    // The peer's FIN arrives while the queue is still being written.
+    p.a.handle_read(p.now, 0);
+    assert!(!p.a.wants_read(), "nothing more to read");
+    assert!(!p.a.is_finished(), "what was queued is still written");
+    p.pump();
+    assert_eq!(received(&mut p.b), ["one"]);
+    assert!(p.a.poll_shutdown());
+    assert!(p.a.is_finished(), "both sides are closed");
+}
+
+#[test]
+fn a_close_whose_time_is_up_or_whose_socket_fails_is_abandoned() {
+    // The peer never reads nor closes: the driver's linger bound runs out.
+    let mut p = Pair::new();
+    p.a.queue(frame_of("never read", Term::nil()));
+    let _stuck = p.a.poll_transmit(p.now).unwrap();
+    p.a.close(DisconnectReason::Local);
+    assert!(!p.a.poll_shutdown() && !p.a.is_finished());
+    p.a.abandon();
+    assert!(p.a.is_finished() && !p.a.wants_read());
+    assert!(p.a.poll_transmit(p.now).is_none());
+    assert_eq!(p.a.closed(), Some(&DisconnectReason::Local), "the reason stays");
+    // Abandoning an open connection closes it, as the local side.
+    let mut e = Engine::new(p.now, config(), &[]);
+    e.abandon();
+    assert_eq!(e.closed(), Some(&DisconnectReason::Local));
+    assert!(e.is_finished());
+}
+
+#[test]
+fn a_stopping_node_tells_its_peer_what_was_queued_and_the_peer_sees_it_closed() {
+    // Node stop, seen from both engines: what the stopping node queued reaches the
+    // peer, then the peer sees the connection closed by its peer.
+    let mut p = Pair::new();
+    p.a.queue(frame_of("last words", Term::nil()));
+    p.b.queue(frame_of("in flight", Term::nil()));
+    let from_b = p.b.poll_transmit(p.now).unwrap();
+    p.a.close(DisconnectReason::NodeStopped);
+    // What b sent meanwhile is dropped by the closing side.
+    p.a.handle_input(p.now, &from_b);
+    p.b.on_transmitted(p.now, from_b);
+    assert!(p.a.poll_event().is_none());
+    p.pump();
+    assert_eq!(received(&mut p.b), ["last words"]);
+    assert!(p.a.poll_shutdown());
+    exchange_fins(&mut p);
+    assert!(p.a.is_finished());
+    assert_eq!(p.b.closed(), Some(&DisconnectReason::ClosedByPeer));
+    assert_eq!(p.b.closed().unwrap().fault(), crate::Fault::Unreachable);
+}
