@@ -124,18 +124,6 @@ impl ConnHandle {
         Ok(buf)
     }
 
-    /// Whether `pid`, named as the sender of a signal that arrived on this connection,
-    /// is a process of the peer, as the protocol requires; a signal that names another
-    /// node's process is ignored (it would make this node hold state, or send, for a
-    /// node that did not ask).
-    pub(crate) fn sent_by_peer(&self, pid: &crate::term::Pid) -> bool {
-        let ok = pid.node == self.peer_atom;
-        if !ok {
-            tracing::debug!(peer = %self.peer, sender = ?pid, "signal naming a process of another node as its sender ignored");
-        }
-        ok
-    }
-
     /// Whether the connection is still up.
     pub(crate) fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire)

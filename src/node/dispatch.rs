@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::dist::control::{Control, DistMessage, ProcessRef};
+use crate::dist::control::{Control, DistMessage};
 use crate::term::{Pid, Term};
 
 use super::connection::{ConnHandle, Replies};
-use super::mailbox::{down_message, exit_message};
-use super::process::{self, Watched};
+use super::process;
+use super::table::Action;
 use super::{DisconnectReason, MAX_MONITORS_AND_LINKS_PER_PEER, NodeInner, Overload, builtin};
 
 impl NodeInner {
@@ -54,132 +54,34 @@ impl NodeInner {
                     tracing::debug!(node = %self.name, from = ?from, "message to an unknown alias dropped");
                 }
             }
-            Control::Monitor {
-                from,
-                to,
-                reference,
-            } => {
-                if !conn.sent_by_peer(&from) {
-                    return;
-                }
-                let recorded = match self.local_id(&to) {
-                    // The node's own processes never exit while it runs.
-                    Some(id) if id < 100 => Watched::Recorded,
-                    Some(id) => self.procs.add_monitor(id, reference.clone(), from.clone()),
-                    None => Watched::NoProcess,
-                };
-                match recorded {
-                    Watched::Recorded => {}
-                    Watched::NoProcess => {
-                        let exit = Control::MonitorExit {
-                            from: to,
-                            to: from,
-                            reference,
-                            reason: Term::atom("noproc"),
-                        };
-                        conn.reply(out, exit, None);
-                    }
-                    Watched::TooMany => self.overloaded(conn),
-                }
-            }
-            Control::Demonitor {
-                from,
-                to,
-                reference,
-            } => {
-                if !conn.sent_by_peer(&from) {
-                    return;
-                }
-                if let Some(id) = self.local_id(&to)
-                    && let Some(p) = self.procs.lock().by_id.get_mut(&id)
-                {
-                    p.remove_monitor(&reference);
-                }
-            }
+            // A monitor a remote call placed on its worker.
             Control::MonitorExit {
-                from,
-                to,
-                reference,
-                reason,
-            } => {
-                if self.calls.monitor_exit(&reference, reason.clone()) {
-                    return;
-                }
-                if !self.procs.is_local(&to) {
-                    return;
-                }
-                let removed = {
-                    let mut t = self.procs.lock();
-                    t.by_id
-                        .get_mut(&to.id)
-                        .and_then(|p| p.monitors.remove(&reference))
-                };
-                if removed.is_some() {
-                    let target = match &from {
-                        ProcessRef::Pid(p) => Term::from(p.clone()),
-                        ProcessRef::Name(n) => Term::Tuple(vec![
-                            Term::Atom(n.clone()),
-                            Term::Atom(conn.peer_atom.clone()),
-                        ]),
-                    };
-                    let from_pid = match from {
-                        ProcessRef::Pid(p) => Some(p),
-                        ProcessRef::Name(_) => None,
-                    };
-                    self.deliver_local(to.id, from_pid, down_message(&reference, target, reason));
-                }
-            }
-            Control::Link { from, to } => {
-                if !conn.sent_by_peer(&from) {
-                    return;
-                }
-                let linked = if self.procs.is_local(&to) {
-                    self.procs.add_link(to.id, from.clone())
-                } else {
-                    Watched::NoProcess
-                };
-                match linked {
-                    Watched::Recorded => {}
-                    Watched::NoProcess if to.id >= 100 => {
-                        let exit = Control::Exit {
-                            from: to,
-                            to: from,
-                            reason: Term::atom("noproc"),
-                        };
-                        conn.reply(out, exit, None);
+                ref reference,
+                ref reason,
+                ..
+            } if self.calls.monitor_exit(reference, reason.clone()) => {}
+            signal @ (Control::Monitor { .. }
+            | Control::Demonitor { .. }
+            | Control::MonitorExit { .. }
+            | Control::Link { .. }
+            | Control::UnlinkId { .. }
+            | Control::Exit { .. }
+            | Control::Exit2 { .. }) => {
+                let mut actions = Vec::new();
+                self.procs
+                    .lock()
+                    .signal(&conn.peer_atom, signal, &mut actions);
+                for action in actions {
+                    match action {
+                        Action::Reply(control) => conn.reply(out, control, None),
+                        Action::Deliver { id, from, message } => {
+                            self.deliver_local(id, from, message)
+                        }
+                        Action::Overloaded => self.overloaded(conn),
                     }
-                    Watched::NoProcess => {}
-                    Watched::TooMany => self.overloaded(conn),
                 }
-            }
-            Control::UnlinkId { id, from, to } => {
-                if !conn.sent_by_peer(&from) {
-                    return;
-                }
-                if self.procs.is_local(&to)
-                    && let Some(p) = self.procs.lock().by_id.get_mut(&to.id)
-                {
-                    p.remove_link(&from);
-                }
-                let ack = Control::UnlinkIdAck {
-                    id,
-                    from: to,
-                    to: from,
-                };
-                conn.reply(out, ack, None);
             }
             Control::UnlinkIdAck { .. } | Control::GroupLeader { .. } => {}
-            Control::Exit { from, to, reason } | Control::Exit2 { from, to, reason } => {
-                if !conn.sent_by_peer(&from) {
-                    return;
-                }
-                if self.procs.is_local(&to) {
-                    if let Some(p) = self.procs.lock().by_id.get_mut(&to.id) {
-                        p.remove_link(&from);
-                    }
-                    self.deliver_local(to.id, Some(from.clone()), exit_message(&from, reason));
-                }
-            }
             Control::SpawnRequest { req_id, from, .. } => {
                 // This node runs no Erlang code.
                 let refusal = Control::SpawnReply {

@@ -105,20 +105,6 @@ impl Drop for Mailbox {
             .process_exited(self.pid.id, Term::atom("normal"));
     }
 }
-pub(crate) fn exit_message(from: &Pid, reason: Term) -> Term {
-    Term::Tuple(vec![Term::atom("EXIT"), Term::from(from.clone()), reason])
-}
-
-pub(crate) fn down_message(reference: &Reference, target: Term, reason: Term) -> Term {
-    Term::Tuple(vec![
-        Term::atom("DOWN"),
-        Term::from(reference.clone()),
-        Term::atom("process"),
-        target,
-        reason,
-    ])
-}
-
 impl NodeInner {
     fn node_of(&self, atom: &Atom) -> Result<NodeName, SendError> {
         NodeName::new(atom.as_str()).map_err(|_| SendError::BadNode(atom.as_str().to_owned()))
@@ -219,13 +205,9 @@ impl NodeInner {
         target: &Pid,
     ) -> Result<Reference, SendError> {
         let reference = self.procs.make_ref();
-        {
-            let mut t = self.procs.lock();
-            if let Some(p) = t.by_id.get_mut(&from.id) {
-                p.monitors
-                    .insert(reference.clone(), Term::from(target.clone()));
-            }
-        }
+        self.procs
+            .lock()
+            .monitor(from.id, reference.clone(), Term::from(target.clone()));
         let node = self.node_of(&target.node)?;
         let control = Control::Monitor {
             from: from.clone(),
@@ -233,10 +215,7 @@ impl NodeInner {
             reference: reference.clone(),
         };
         if let Err(e) = self.send_control(&node, &control, None).await {
-            let mut t = self.procs.lock();
-            if let Some(p) = t.by_id.get_mut(&from.id) {
-                p.monitors.remove(&reference);
-            }
+            self.procs.lock().demonitor(from.id, &reference);
             return Err(e);
         }
         Ok(reference)
@@ -247,12 +226,7 @@ impl NodeInner {
         from: &Pid,
         reference: &Reference,
     ) -> Result<(), SendError> {
-        let target = {
-            let mut t = self.procs.lock();
-            t.by_id
-                .get_mut(&from.id)
-                .and_then(|p| p.monitors.remove(reference))
-        };
+        let target = self.procs.lock().demonitor(from.id, reference);
         let Some(Term::Pid(target)) = target else {
             return Ok(());
         };
@@ -272,12 +246,7 @@ impl NodeInner {
     }
 
     pub(super) async fn link(self: &Arc<Self>, from: &Pid, target: &Pid) -> Result<(), SendError> {
-        {
-            let mut t = self.procs.lock();
-            if let Some(p) = t.by_id.get_mut(&from.id) {
-                p.add_link(target.clone(), true);
-            }
-        }
+        self.procs.lock().link(from.id, target.clone());
         let node = self.node_of(&target.node)?;
         let control = Control::Link {
             from: from.clone(),
@@ -288,40 +257,9 @@ impl NodeInner {
 
     /// A local process ended: tell the remote processes that monitor or link it.
     fn process_exited(self: &Arc<Self>, id: u32, reason: Term) {
-        let Some(p) = self.procs.remove(id) else {
+        let outgoing = self.procs.lock().exited(id, &reason);
+        if outgoing.is_empty() {
             return;
-        };
-        if !p.is_watched() {
-            return;
-        }
-        let me = self.procs.pid(id);
-        let name = p.name.clone();
-        let (monitored_by, links) = p.into_watchers();
-        let mut outgoing = Vec::new();
-        for (reference, watcher) in monitored_by {
-            let to = match &name {
-                Some(name) => ProcessRef::Name(name.clone()),
-                None => ProcessRef::Pid(me.clone()),
-            };
-            outgoing.push((
-                watcher.node.clone(),
-                Control::MonitorExit {
-                    from: to,
-                    to: watcher,
-                    reference,
-                    reason: reason.clone(),
-                },
-            ));
-        }
-        for linked in links {
-            outgoing.push((
-                linked.node.clone(),
-                Control::Exit {
-                    from: me.clone(),
-                    to: linked,
-                    reason: reason.clone(),
-                },
-            ));
         }
         // Once the node stops, its connections are closing: nothing to tell.
         let Some(tracked) = self.tasks.track_running() else {
@@ -336,16 +274,5 @@ impl NodeInner {
                 }
             }
         });
-    }
-
-    /// The local process a signal names (by pid of this incarnation, or registered
-    /// name), if there is one.
-    pub(super) fn local_id(&self, to: &ProcessRef) -> Option<u32> {
-        match to {
-            ProcessRef::Pid(p) if self.procs.is_local(p) => Some(p.id),
-            ProcessRef::Pid(_) => None,
-            ProcessRef::Name(n) if n.as_str() == "net_kernel" => Some(process::NET_KERNEL_ID),
-            ProcessRef::Name(n) => self.procs.whereis(n),
-        }
     }
 }

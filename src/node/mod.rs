@@ -33,6 +33,7 @@ mod linger;
 mod mailbox;
 mod peers;
 mod process;
+mod table;
 mod tasks;
 mod transport;
 
@@ -50,7 +51,8 @@ pub use connection::{DisconnectReason, Overload};
 pub use error::{ClientStartError, ConnectError, RegisterError, SendError, StartError, TlsError};
 pub use mailbox::Mailbox;
 
-pub use process::{Envelope, GenCall, MAX_MONITORS_AND_LINKS_PER_PEER};
+pub use process::{Envelope, GenCall};
+pub use table::MAX_MONITORS_AND_LINKS_PER_PEER;
 
 use crate::epmd::{EpmdClient, EpmdRegistration, NodeEntry};
 use crate::handshake::DistFlags;

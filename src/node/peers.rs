@@ -8,10 +8,10 @@ use crate::NodeName;
 use crate::epmd::EpmdRegistration;
 use crate::handshake::{self, PeerHello, StatusDecision};
 use crate::listener::ConnectionPermit;
-use crate::term::{Atom, Reference, Term};
+use crate::term::Atom;
 
 use super::connection::{self, ConnHandle};
-use super::mailbox::{down_message, exit_message};
+use super::table::Action;
 use super::transport::{ReadHalf, WriteHalf};
 use super::{ConnectError, DisconnectReason, Envelope, NodeEvent, NodeInner};
 
@@ -156,35 +156,11 @@ impl NodeInner {
     /// Tells local processes that monitor or link processes of a vanished node.
     fn peer_gone(&self, node: &Atom) {
         let mut notices = Vec::new();
-        {
-            let mut t = self.procs.lock();
-            for (id, p) in t.by_id.iter_mut() {
-                for pid in p.forget_node(node) {
-                    notices.push((
-                        *id,
-                        exit_message(&pid, Term::atom("noconnection")),
-                        Some(pid),
-                    ));
-                }
-                let downs: Vec<(Reference, Term)> = p
-                    .monitors
-                    .iter()
-                    .filter(|(_, target)| target.as_pid().is_some_and(|t| &t.node == node))
-                    .map(|(r, t)| (r.clone(), t.clone()))
-                    .collect();
-                for (r, target) in downs {
-                    p.monitors.remove(&r);
-                    let from = target.as_pid().cloned();
-                    notices.push((
-                        *id,
-                        down_message(&r, target, Term::atom("noconnection")),
-                        from,
-                    ));
-                }
+        self.procs.lock().node_down(node, &mut notices);
+        for notice in notices {
+            if let Action::Deliver { id, from, message } = notice {
+                let _ = self.procs.deliver(id, Envelope { from, message });
             }
-        }
-        for (id, message, from) in notices {
-            let _ = self.procs.deliver(id, Envelope { from, message });
         }
     }
 

@@ -1,12 +1,14 @@
-//! Local processes: mailboxes with pids, registered names, and the monitors and links
-//! remote processes hold on them.
+//! Local processes: mailboxes with pids and registered names, in the node's
+//! [process table](super::table) behind one lock.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
 use crate::term::{Atom, Pid, Reference, Term};
+
+pub(crate) use super::table::{IO_ID, NET_KERNEL_ID, RPC_ID};
+use super::table::{NameTaken, Table};
 
 /// A message delivered to a mailbox.
 ///
@@ -20,148 +22,13 @@ pub struct Envelope {
     pub message: Term,
 }
 
-/// Well-known local processes the node itself runs.
-pub(crate) const NET_KERNEL_ID: u32 = 1;
-pub(crate) const RPC_ID: u32 = 2;
-pub(crate) const IO_ID: u32 = 3;
-const FIRST_USER_ID: u32 = 100;
-
-/// How many monitors and links one peer node holds at most on one local process (a
-/// [`Mailbox`](crate::Mailbox)). A peer whose `MONITOR` or `LINK` would go past it is
-/// disconnected with [`Overload::MonitorsAndLinks`](crate::node::Overload); what a peer
-/// holds is forgotten when its connection goes down. At about 150 bytes each, one peer
-/// holds at most about 2.5 MB on one process.
-pub const MAX_MONITORS_AND_LINKS_PER_PEER: usize = 16_384;
-
-/// What recording a remote monitor or link found.
-pub(crate) enum Watched {
-    Recorded,
-    NoProcess,
-    /// The peer holds [`MAX_MONITORS_AND_LINKS_PER_PEER`] on the process already.
-    TooMany,
-}
-
-/// Names the node answers for itself.
-pub(crate) const RESERVED_NAMES: &[&str] = &["net_kernel"];
-
-pub(crate) struct LocalProcess {
-    pub(crate) tx: mpsc::Sender<Envelope>,
-    pub(crate) name: Option<Atom>,
-    /// Remote monitors on this process: reference -> monitoring pid. Changed only
-    /// through the methods below, which keep `held` in step.
-    monitored_by: HashMap<Reference, Pid>,
-    /// Remote processes linked to this one (changed only through the methods below).
-    links: HashSet<Pid>,
-    /// How many of `monitored_by` and `links` each remote node holds.
-    held: HashMap<Atom, usize>,
-    /// Monitors this process holds on remote processes: reference -> (target, node).
-    pub(crate) monitors: HashMap<Reference, Term>,
-}
-
-impl LocalProcess {
-    /// Whether `node` may hold one more monitor or link on this process.
-    fn has_room_for(&self, node: &Atom) -> bool {
-        self.held.get(node).copied().unwrap_or(0) < MAX_MONITORS_AND_LINKS_PER_PEER
-    }
-
-    fn hold(&mut self, node: &Atom) {
-        *self.held.entry(node.clone()).or_default() += 1;
-    }
-
-    fn release(&mut self, node: &Atom) {
-        if let Some(n) = self.held.get_mut(node) {
-            *n -= 1;
-            if *n == 0 {
-                self.held.remove(node);
-            }
-        }
-    }
-
-    /// Records that the remote `watcher` monitors this process under `reference`.
-    pub(crate) fn add_monitor(&mut self, reference: Reference, watcher: Pid) -> Watched {
-        if self.monitored_by.contains_key(&reference) {
-            return Watched::Recorded;
-        }
-        if !self.has_room_for(&watcher.node) {
-            return Watched::TooMany;
-        }
-        self.hold(&watcher.node);
-        self.monitored_by.insert(reference, watcher);
-        Watched::Recorded
-    }
-
-    /// Forgets the remote monitor `reference`.
-    pub(crate) fn remove_monitor(&mut self, reference: &Reference) {
-        if let Some(watcher) = self.monitored_by.remove(reference) {
-            self.release(&watcher.node);
-        }
-    }
-
-    /// Records a link with the remote process `pid`. A link this node's side asked for
-    /// (`local`) is always recorded; one a peer asked for counts against its limit.
-    pub(crate) fn add_link(&mut self, pid: Pid, local: bool) -> Watched {
-        if self.links.contains(&pid) {
-            return Watched::Recorded;
-        }
-        if !local && !self.has_room_for(&pid.node) {
-            return Watched::TooMany;
-        }
-        self.hold(&pid.node);
-        self.links.insert(pid);
-        Watched::Recorded
-    }
-
-    /// Forgets the link with `pid`.
-    pub(crate) fn remove_link(&mut self, pid: &Pid) {
-        if self.links.remove(pid) {
-            self.release(&pid.node);
-        }
-    }
-
-    /// Forgets every monitor and link that processes of `node` hold; returns the pids
-    /// that were linked.
-    pub(crate) fn forget_node(&mut self, node: &Atom) -> Vec<Pid> {
-        if self.held.remove(node).is_none() {
-            return Vec::new();
-        }
-        self.monitored_by.retain(|_, pid| &pid.node != node);
-        let linked: Vec<Pid> = self
-            .links
-            .iter()
-            .filter(|p| &p.node == node)
-            .cloned()
-            .collect();
-        for pid in &linked {
-            self.links.remove(pid);
-        }
-        linked
-    }
-
-    /// Whether any remote process monitors or links this one.
-    pub(crate) fn is_watched(&self) -> bool {
-        !self.held.is_empty()
-    }
-
-    /// The remote monitors and links, taken when the process ends.
-    pub(crate) fn into_watchers(self) -> (HashMap<Reference, Pid>, HashSet<Pid>) {
-        (self.monitored_by, self.links)
-    }
-}
-
-/// The node's process table.
+/// The node's processes.
 pub(crate) struct Processes {
     pub(crate) node: Atom,
     pub(crate) creation: u32,
-    next_id: AtomicU32,
     next_ref: AtomicU64,
-    pub(crate) table: std::sync::Mutex<Table>,
+    table: std::sync::Mutex<Table<mpsc::Sender<Envelope>>>,
     pub(crate) capacity: usize,
-}
-
-#[derive(Default)]
-pub(crate) struct Table {
-    pub(crate) by_id: HashMap<u32, LocalProcess>,
-    pub(crate) names: HashMap<Atom, u32>,
 }
 
 /// What a delivery attempt found.
@@ -174,16 +41,16 @@ pub(crate) enum Delivery {
 impl Processes {
     pub(crate) fn new(node: Atom, creation: u32, capacity: usize) -> Processes {
         Processes {
+            table: std::sync::Mutex::new(Table::new(node.clone(), creation)),
             node,
             creation,
-            next_id: AtomicU32::new(FIRST_USER_ID),
             next_ref: AtomicU64::new(1),
-            table: std::sync::Mutex::new(Table::default()),
             capacity,
         }
     }
 
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+    /// The table, locked.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Table<mpsc::Sender<Envelope>>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -218,81 +85,32 @@ impl Processes {
         name: Option<Atom>,
     ) -> Result<(Pid, mpsc::Receiver<Envelope>), super::RegisterError> {
         let (tx, rx) = mpsc::channel(self.capacity);
-        let mut t = self.lock();
-        if let Some(name) = &name {
-            if RESERVED_NAMES.contains(&name.as_str()) {
-                return Err(super::RegisterError::Reserved(name.to_string()));
-            }
-            if t.names.contains_key(name) {
-                return Err(super::RegisterError::AlreadyRegistered(name.to_string()));
+        let taken = |name: &Option<Atom>| name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+        match self.lock().spawn(name.clone(), tx) {
+            Ok(id) => Ok((self.pid(id), rx)),
+            Err(NameTaken::Reserved) => Err(super::RegisterError::Reserved(taken(&name))),
+            Err(NameTaken::Registered) => {
+                Err(super::RegisterError::AlreadyRegistered(taken(&name)))
             }
         }
-        let id = loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id >= FIRST_USER_ID && !t.by_id.contains_key(&id) {
-                break id;
-            }
-        };
-        if let Some(name) = &name {
-            t.names.insert(name.clone(), id);
-        }
-        t.by_id.insert(
-            id,
-            LocalProcess {
-                tx,
-                name,
-                monitored_by: HashMap::new(),
-                links: HashSet::new(),
-                held: HashMap::new(),
-                monitors: HashMap::new(),
-            },
-        );
-        Ok((self.pid(id), rx))
     }
 
     /// The process id registered under `name`.
     pub(crate) fn whereis(&self, name: &Atom) -> Option<u32> {
-        self.lock().names.get(name).copied()
+        self.lock().whereis(name)
     }
 
     /// Queues `envelope` for process `id` without waiting.
     pub(crate) fn deliver(&self, id: u32, envelope: Envelope) -> Delivery {
         let t = self.lock();
-        let Some(p) = t.by_id.get(&id) else {
+        let Some(tx) = t.mailbox(id) else {
             return Delivery::NoProcess;
         };
-        match p.tx.try_send(envelope) {
+        match tx.try_send(envelope) {
             Ok(()) => Delivery::Delivered,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NoProcess,
         }
-    }
-
-    /// Records that the remote process `pid` links process `id` (see
-    /// [`LocalProcess::add_link`]).
-    pub(crate) fn add_link(&self, id: u32, pid: Pid) -> Watched {
-        match self.lock().by_id.get_mut(&id) {
-            Some(p) => p.add_link(pid, false),
-            None => Watched::NoProcess,
-        }
-    }
-
-    /// Records that the remote `watcher` monitors process `id`.
-    pub(crate) fn add_monitor(&self, id: u32, reference: Reference, watcher: Pid) -> Watched {
-        match self.lock().by_id.get_mut(&id) {
-            Some(p) => p.add_monitor(reference, watcher),
-            None => Watched::NoProcess,
-        }
-    }
-
-    /// Removes process `id`; returns who must hear of its exit.
-    pub(crate) fn remove(&self, id: u32) -> Option<LocalProcess> {
-        let mut t = self.lock();
-        let p = t.by_id.remove(&id)?;
-        if let Some(name) = &p.name {
-            t.names.remove(name);
-        }
-        Some(p)
     }
 }
 
