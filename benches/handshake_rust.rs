@@ -10,6 +10,12 @@
 //!   echo acceptor, in the same runtime: what connecting costs before any protocol.
 //!
 //! Serial and concurrent (up to 64 initiators); each initiator keeps one node name.
+//!
+//! `BENCH_PROFILE=<ours|erl_dist|erl_dist_to_ours|floor>` with `BENCH_PROFILE_OPS=<n>`
+//! (default 200) skips the measurement and runs n serial cycles of that pair alone, on one
+//! spawned task as in the serial level, for `valgrind --tool=callgrind`: two runs with a < b
+//! cycles give the user-space instructions of one cycle, both sides, as
+//! (Ir_b − Ir_a) / (b − a).
 
 mod common;
 
@@ -131,6 +137,43 @@ async fn run(settings: Settings) {
     };
     let max = *levels.iter().max().unwrap();
     let unused_epmd: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    if let Ok(which) = std::env::var("BENCH_PROFILE") {
+        // For `valgrind --tool=callgrind`: one initiator, serial, a fixed number of cycles,
+        // nothing recorded.
+        let ops: usize = std::env::var("BENCH_PROFILE_OPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let t0 = std::time::Instant::now();
+        let (user0, system0) = common::cpu_times();
+        let c = match which.as_str() {
+            "ours" => {
+                let w = our_workers(1, &our_name, 9, false, Some(our_addr), "prof").await;
+                profile_ops(w, ops).await
+            }
+            "erl_dist" | "erl_dist_to_ours" => {
+                let (alive, port) = if which == "erl_dist" {
+                    (ed_name.alive(), ed_addr.port())
+                } else {
+                    (our_name.alive(), our_addr.port())
+                };
+                let w = erl_dist_workers(1, host, alive, unused_epmd, Some(port), "prof");
+                profile_ops(w, ops).await
+            }
+            "floor" => profile_ops(vec![Floor { addr: floor_addr }], ops).await,
+            other => panic!("BENCH_PROFILE={other}: ours, erl_dist, erl_dist_to_ours or floor"),
+        };
+        let (user1, system1) = common::cpu_times();
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / c.max(1) as f64;
+        progress(format!(
+            "profile {which}: {c} of {ops} cycles in {:?} ({:.0} us each); CPU us per cycle: user {:.1}, system {:.1}",
+            t0.elapsed(),
+            per(t0.elapsed()),
+            per(user1.saturating_sub(user0)),
+            per(system1.saturating_sub(system0)),
+        ));
+        return;
+    }
     let mut ours = our_workers(max, &our_name, 9, false, Some(our_addr), "rr").await;
     let mut ed_ed = erl_dist_workers(
         max,
@@ -212,4 +255,21 @@ async fn run(settings: Settings) {
         }
     }
     results.write(&settings);
+}
+
+/// `ops` serial operations of the first of `workers` on a spawned task, as `throughput`
+/// runs them; returns how many succeeded.
+async fn profile_ops<W: Worker>(mut workers: Vec<W>, ops: usize) -> usize {
+    let mut w = workers.swap_remove(0);
+    tokio::spawn(async move {
+        let mut ok = 0;
+        for _ in 0..ops {
+            if w.op().await.is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    })
+    .await
+    .expect("the profiled worker panicked")
 }
