@@ -119,7 +119,7 @@ impl Acceptor {
             our_challenge,
             old_form: false,
             peer_name: None,
-            peer_label: "unknown peer".into(),
+            peer_label: String::new(),
             peer_flags: DistFlags::empty(),
             peer_creation: 0,
             replaces_existing: false,
@@ -130,6 +130,20 @@ impl Acceptor {
     pub fn set_peer_label(&mut self, label: impl Into<String>) {
         if self.peer_name.is_none() {
             self.peer_label = label.into();
+        }
+    }
+
+    /// Whether errors name the peer: by its name, once it sent it, or by the label set.
+    pub(crate) fn knows_peer(&self) -> bool {
+        self.peer_name.is_some() || !self.peer_label.is_empty()
+    }
+
+    /// The peer as errors name it.
+    fn label(&self) -> String {
+        match &self.peer_name {
+            Some(name) => name.to_string(),
+            None if self.peer_label.is_empty() => "unknown peer".to_owned(),
+            None => self.peer_label.clone(),
         }
     }
 
@@ -158,7 +172,7 @@ impl Acceptor {
     fn unexpected(&mut self, detail: String) -> HandshakeError {
         let step = self.step();
         self.fail(HandshakeError::Unexpected {
-            peer: self.peer_label.clone(),
+            peer: self.label(),
             step,
             detail,
         })
@@ -174,7 +188,7 @@ impl Acceptor {
             flags: self.our_flags(),
             challenge: self.our_challenge,
             creation: self.cfg.creation,
-            name: self.cfg.local.to_string(),
+            name: self.cfg.local.as_str().to_owned(),
         };
         write_frame(out, self.prefix, |o| ch.encode(o));
         self.state = if self.old_form {
@@ -202,7 +216,7 @@ impl Acceptor {
         match self.state {
             State::AwaitName => {
                 let msg = SendName::decode(body).map_err(|source| HandshakeError::Protocol {
-                    peer: self.peer_label.clone(),
+                    peer: self.label(),
                     step,
                     source,
                 });
@@ -222,7 +236,6 @@ impl Acceptor {
                         (DistFlags::from_bits(u64::from(flags)), 0, name)
                     }
                 };
-                self.peer_label = name.clone();
                 self.peer_flags = flags.expand_digest();
                 self.peer_creation = creation;
                 let dynamic = flags.contains(DistFlags::NAME_ME);
@@ -244,6 +257,8 @@ impl Acceptor {
                         let err = HandshakeError::InvalidPeerName { name, reason };
                         return Err(self.refuse(out, err));
                     }
+                    // Errors name it by its host until it has a name.
+                    self.peer_label = name.clone();
                     PeerHello {
                         name: None,
                         dynamic_host: Some(name),
@@ -274,15 +289,13 @@ impl Acceptor {
             }
             State::AwaitAliveReply => {
                 let reply = AliveReply::decode(body).map_err(|source| HandshakeError::Protocol {
-                    peer: self.peer_label.clone(),
+                    peer: self.label(),
                     step,
                     source,
                 });
                 let AliveReply(dead) = reply.map_err(|e| self.fail(e))?;
                 if !dead {
-                    let err = HandshakeError::AlreadyConnected {
-                        peer: self.peer_label.clone(),
-                    };
+                    let err = HandshakeError::AlreadyConnected { peer: self.label() };
                     return Err(self.fail(err));
                 }
                 self.replaces_existing = true;
@@ -291,7 +304,7 @@ impl Acceptor {
             }
             State::AwaitComplement => {
                 let c = Complement::decode(body).map_err(|source| HandshakeError::Protocol {
-                    peer: self.peer_label.clone(),
+                    peer: self.label(),
                     step,
                     source,
                 });
@@ -304,7 +317,7 @@ impl Acceptor {
                 let missing = self.peer_flags.missing(self.cfg.required);
                 if !missing.is_empty() {
                     let err = HandshakeError::MissingFlags {
-                        peer: self.peer_label.clone(),
+                        peer: self.label(),
                         missing,
                     };
                     return Err(self.fail(err));
@@ -315,15 +328,13 @@ impl Acceptor {
             State::AwaitReply => {
                 let reply =
                     ChallengeReply::decode(body).map_err(|source| HandshakeError::Protocol {
-                        peer: self.peer_label.clone(),
+                        peer: self.label(),
                         step,
                         source,
                     });
                 let reply = reply.map_err(|e| self.fail(e))?;
                 if !digest::verify(&self.cfg.cookie, self.our_challenge, &reply.digest) {
-                    let err = HandshakeError::CookieMismatch {
-                        peer: self.peer_label.clone(),
-                    };
+                    let err = HandshakeError::CookieMismatch { peer: self.label() };
                     return Err(self.fail(err));
                 }
                 let ack = ChallengeAck {
@@ -401,7 +412,7 @@ impl Acceptor {
                     "not allowed"
                 };
                 let err = HandshakeError::Refused {
-                    peer: self.peer_label.clone(),
+                    peer: self.label(),
                     reason: reason.into(),
                 };
                 Err(self.fail(err))
@@ -420,7 +431,7 @@ impl Acceptor {
     /// What a connection closed by the initiator at the current step means.
     pub fn closed_error(&self) -> HandshakeError {
         HandshakeError::Closed {
-            peer: self.peer_label.clone(),
+            peer: self.label(),
             step: self.step(),
         }
     }

@@ -12,8 +12,22 @@ use crate::Cookie;
 pub fn digest(cookie: &Cookie, challenge: u32) -> [u8; 16] {
     let mut md5 = Md5::new();
     md5.update(cookie.as_bytes());
-    md5.update(challenge.to_string().as_bytes());
+    let mut text = [0u8; 10];
+    md5.update(decimal(challenge, &mut text));
     md5.finalize().into()
+}
+
+/// `n` in decimal, written at the end of `buf` (a `u32` has at most 10 digits).
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// Whether `received` is the digest of `challenge` under `cookie`, compared in
@@ -25,6 +39,14 @@ pub fn verify(cookie: &Cookie, challenge: u32, received: &[u8; 16]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges_are_written_as_unsigned_decimals() {
+        for n in [0, 7, 10, 99, 100, 4_000_000_000, u32::MAX] {
+            let mut buf = [0; 10];
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn matches_erlang() {

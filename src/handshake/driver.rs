@@ -47,6 +47,22 @@ fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
+/// Runs `step` for at most `limit`; `None` when it did not finish in time. A step that
+/// finishes at its first poll (a write with room in the socket buffer, bytes that are
+/// already there) sets no timer.
+async fn bounded<F: std::future::Future>(limit: Duration, step: F) -> Option<F::Output> {
+    let mut step = std::pin::pin!(step);
+    let first = std::future::poll_fn(|cx| match step.as_mut().poll(cx) {
+        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    match first {
+        Some(out) => Some(out),
+        None => tokio::time::timeout(limit, step).await.ok(),
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
     /// Reads until a whole message is buffered; returns its body's range in `buf`.
     async fn next(&mut self) -> Result<std::ops::Range<usize>, ReadError> {
@@ -72,11 +88,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
                 self.start = 0;
             }
             self.buf.reserve(512);
-            match tokio::time::timeout(self.timeout, self.io.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(ReadError::Timeout),
-                Ok(Ok(0)) => return Err(ReadError::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(ReadError::Io(e)),
+            match bounded(self.timeout, self.io.read_buf(&mut self.buf)).await {
+                None => return Err(ReadError::Timeout),
+                Some(Ok(0)) => return Err(ReadError::Closed),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ReadError::Io(e)),
             }
         }
     }
@@ -89,10 +105,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
             self.io.write_all(&self.out).await?;
             self.io.flush().await
         };
-        match tokio::time::timeout(self.timeout, write).await {
-            Err(_) => Err(ReadError::Timeout),
-            Ok(Err(e)) => Err(ReadError::Io(e)),
-            Ok(Ok(())) => {
+        match bounded(self.timeout, write).await {
+            None => Err(ReadError::Timeout),
+            Some(Err(e)) => Err(ReadError::Io(e)),
+            Some(Ok(())) => {
                 self.out.clear();
                 Ok(())
             }
@@ -152,7 +168,8 @@ pub async fn initiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let peer = cfg.peer.to_string();
+    // Formatted only for an error.
+    let peer = cfg.peer.clone();
     let mut hs = Initiator::new(cfg, prefix, rand::rng().random());
     let mut io = Io {
         io,
@@ -168,7 +185,7 @@ where
         if let Err(e) = io.flush_out().await {
             return Err(map_read_error(
                 e,
-                peer,
+                peer.to_string(),
                 HandshakeStep::Send,
                 step_timeout,
                 || hs.closed_error(),
@@ -177,9 +194,13 @@ where
         let range = match io.next().await {
             Ok(range) => range,
             Err(e) => {
-                return Err(map_read_error(e, peer, step, step_timeout, || {
-                    hs.closed_error()
-                }));
+                return Err(map_read_error(
+                    e,
+                    peer.to_string(),
+                    step,
+                    step_timeout,
+                    || hs.closed_error(),
+                ));
             }
         };
         let done = hs.handle(&io.buf[range], &mut io.out);
@@ -210,20 +231,20 @@ where
 ///
 /// `decide` is called once, with the initiator's checked name and flags, and returns the
 /// status to send (see [`StatusDecision`]). `peer_label` names the peer in errors until
-/// its name is known (e.g. its socket address).
+/// its name is known (e.g. its socket address); it is formatted only for an error.
 pub async fn accept<S>(
     io: &mut S,
     prefix: LengthPrefix,
     cfg: AcceptorConfig,
     step_timeout: Duration,
-    peer_label: &str,
+    peer_label: impl std::fmt::Display,
     mut decide: impl FnMut(&PeerHello) -> StatusDecision,
 ) -> Result<HandshakeOutcome, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let peer_label = &peer_label;
     let mut hs = Acceptor::new(cfg, prefix, rand::rng().random());
-    hs.set_peer_label(peer_label);
     let mut io = Io {
         io,
         prefix,
@@ -239,7 +260,7 @@ where
             Err(e) => {
                 let peer = label(&hs, peer_label);
                 return Err(map_read_error(e, peer, step, step_timeout, || {
-                    hs.closed_error()
+                    named(hs.closed_error(), &hs, peer_label)
                 }));
             }
         };
@@ -249,7 +270,7 @@ where
             Err(e) => {
                 // A `not_allowed` status is queued for some refusals: deliver it.
                 let _ = io.flush_out().await;
-                return Err(e);
+                return Err(named(e, &hs, peer_label));
             }
         };
         match progress {
@@ -266,7 +287,7 @@ where
                         peer,
                         HandshakeStep::Send,
                         step_timeout,
-                        || hs.closed_error(),
+                        || named(hs.closed_error(), &hs, peer_label),
                     ));
                 }
                 continue;
@@ -301,7 +322,31 @@ where
     }
 }
 
-fn label(hs: &Acceptor, fallback: &str) -> String {
+fn label(hs: &Acceptor, fallback: &impl std::fmt::Display) -> String {
     hs.peer_name()
-        .map_or_else(|| fallback.to_owned(), |n| n.to_string())
+        .map_or_else(|| fallback.to_string(), |n| n.to_string())
+}
+
+/// Names the peer by `fallback` in an error of an acceptor that does not know it yet.
+fn named(e: HandshakeError, hs: &Acceptor, fallback: &impl std::fmt::Display) -> HandshakeError {
+    if hs.knows_peer() {
+        return e;
+    }
+    match e {
+        HandshakeError::Protocol { step, source, .. } => HandshakeError::Protocol {
+            peer: fallback.to_string(),
+            step,
+            source,
+        },
+        HandshakeError::Unexpected { step, detail, .. } => HandshakeError::Unexpected {
+            peer: fallback.to_string(),
+            step,
+            detail,
+        },
+        HandshakeError::Closed { step, .. } => HandshakeError::Closed {
+            peer: fallback.to_string(),
+            step,
+        },
+        other => other,
+    }
 }

@@ -135,7 +135,7 @@ impl Initiator {
                 SendName::New {
                     flags: self.cfg.flags,
                     creation: self.cfg.creation,
-                    name: name.to_string(),
+                    name: name.as_str().to_owned(),
                 }
             }
             LocalName::Dynamic { host } => {

@@ -137,13 +137,12 @@ async fn accept_one(
         required: DistFlags::REQUIRED,
         cookie: inner.cfg.cookie.clone(),
     };
-    let label = addr.to_string();
     let result = handshake::accept(
         &mut stream,
         prefix,
         cfg,
         inner.cfg.handshake_timeout,
-        &label,
+        addr,
         |hello| {
             progress.limiter.mark_progress(progress.id);
             inner.decide(hello)
