@@ -159,6 +159,10 @@ impl Ord for NodeName {
 }
 
 impl NodeName {
+    /// The full name, shared.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.full.clone()
+    }
     /// Parses and validates `alive@host`.
     pub fn new(name: &str) -> Result<NodeName, NodeNameError> {
         if name.len() > MAX_NODE_NAME_LEN {

@@ -9,12 +9,13 @@
 //! [`Shutdown`](crate::dist::engine::Shutdown)), for no longer than the node's
 //! [linger clock](super::linger) allows.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::NodeName;
 use crate::dist::control::{self, Control};
@@ -31,9 +32,14 @@ pub use crate::dist::engine::{DisconnectReason, Overload};
 /// The replies a peer's messages provoked, encoded, for the driver to queue.
 pub(crate) type Replies = Vec<Vec<u8>>;
 
-/// Frames other tasks queue for a connection.
-pub(crate) enum Outbound {
-    Frame(Vec<u8>),
+/// How many frames other tasks may queue for a connection before a sender waits.
+const OUTBOX: usize = 1024;
+
+/// What queueing a frame in a connection's outbox found.
+enum Pushed {
+    Queued,
+    Full,
+    Closed,
 }
 
 /// The node's handle on a live connection.
@@ -44,10 +50,14 @@ pub(crate) struct ConnHandle {
     pub(crate) peer_creation: u32,
     pub(crate) flags: DistFlags,
     pub(crate) initiated_locally: bool,
-    tx: mpsc::Sender<Outbound>,
     max_frame: usize,
+    /// Frames other tasks queued, for the driver to take (allocated on first use).
+    outbox: std::sync::Mutex<VecDeque<Vec<u8>>>,
+    /// Wakes the driver: a frame was queued, or the connection closed.
+    wake: Notify,
+    /// Wakes the senders waiting for room in the outbox, or for it to close.
+    room: Notify,
     closed: AtomicBool,
-    close_signal: Notify,
     reason: std::sync::Mutex<Option<DisconnectReason>>,
 }
 
@@ -58,11 +68,52 @@ impl ConnHandle {
         control: &Control,
         message: Option<&Term>,
     ) -> Result<(), SendError> {
-        let buf = self.encode(control, message)?;
-        self.tx
-            .send(Outbound::Frame(buf))
-            .await
-            .map_err(|_| SendError::ConnectionClosed(self.peer.clone()))
+        let mut buf = Some(self.encode(control, message)?);
+        loop {
+            // Created before looking: room made in between is not missed.
+            let room = self.room.notified();
+            match self.push(&mut buf) {
+                Pushed::Queued => return Ok(()),
+                Pushed::Closed => return Err(SendError::ConnectionClosed(self.peer.clone())),
+                Pushed::Full => room.await,
+            }
+        }
+    }
+
+    /// Queues the frame in `buf` for the driver if the outbox has room (else it stays
+    /// in `buf`).
+    fn push(&self, buf: &mut Option<Vec<u8>>) -> Pushed {
+        if !self.is_open() {
+            return Pushed::Closed;
+        }
+        let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= OUTBOX {
+            return Pushed::Full;
+        }
+        q.extend(buf.take());
+        drop(q);
+        self.wake.notify_one();
+        Pushed::Queued
+    }
+
+    /// Moves queued frames into the engine while it has room.
+    fn take_into(&self, engine: &mut Engine) {
+        let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+        if q.is_empty() {
+            return;
+        }
+        let was_full = q.len() >= OUTBOX;
+        while engine.has_room() {
+            match q.pop_front() {
+                Some(f) => engine.queue(f),
+                None => break,
+            }
+        }
+        let freed = was_full && q.len() < OUTBOX;
+        drop(q);
+        if freed {
+            self.room.notify_waiters();
+        }
     }
 
     /// Encodes a reply the peer provoked (the answer to a request, the notice of a
@@ -88,7 +139,7 @@ impl ConnHandle {
         let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
             return;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Outbound::Frame(buf)) {
+        if let Pushed::Full = self.push(&mut Some(buf)) {
             tracing::debug!(peer = %self.peer, "connection queue full: notice dropped");
         }
     }
@@ -138,8 +189,8 @@ impl ConnHandle {
             }
         }
         self.closed.store(true, Ordering::Release);
-        self.close_signal.notify_waiters();
-        self.close_signal.notify_one();
+        self.wake.notify_one();
+        self.room.notify_waiters();
     }
 
     pub(crate) fn reason(&self) -> DisconnectReason {
@@ -209,18 +260,18 @@ pub(crate) fn spawn(
         linger,
         tracked,
     } = setup;
-    let (tx, rx) = mpsc::channel(1024);
     let conn = Arc::new(ConnHandle {
         id,
         peer: hs.peer.clone(),
-        peer_atom: Atom::from(hs.peer.as_str()),
+        peer_atom: Atom::from(hs.peer.shared()),
         peer_creation: hs.peer_creation,
         flags: hs.flags,
         initiated_locally,
-        tx,
         max_frame: timing.max_frame,
+        outbox: std::sync::Mutex::new(VecDeque::new()),
+        wake: Notify::new(),
+        room: Notify::new(),
         closed: AtomicBool::new(false),
-        close_signal: Notify::new(),
         reason: std::sync::Mutex::new(None),
     });
     let weak = Arc::downgrade(node);
@@ -242,7 +293,6 @@ pub(crate) fn spawn(
             &mut read,
             &mut write,
             &mut out,
-            rx,
             &weak,
             &c,
         )
@@ -293,14 +343,12 @@ struct Batch {
 
 /// Runs the connection until the engine, the socket, the node or a local close ends it,
 /// and returns why.
-#[allow(clippy::too_many_arguments)]
 async fn drive<R, W>(
     engine: &mut Engine,
     engine_start: Instant,
     read: &mut R,
     write: &mut W,
     out: &mut Batch,
-    mut rx: mpsc::Receiver<Outbound>,
     node: &std::sync::Weak<NodeInner>,
     conn: &Arc<ConnHandle>,
 ) -> DisconnectReason
@@ -318,6 +366,9 @@ where
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut armed: Option<tokio::time::Instant> = None;
+    // One wait for the handle's wake-ups, kept across turns of the loop.
+    let wake = conn.wake.notified();
+    tokio::pin!(wake);
     loop {
         if !conn.is_open() {
             return conn.reason();
@@ -352,12 +403,7 @@ where
             told = true;
             tracing::warn!(peer = %conn.peer, "more than 256 KiB wait to be written to the peer (it reads slower than it is sent to, or sends requests faster than it reads the replies): reading from it is paused until it catches up");
         }
-        while engine.has_room() {
-            match rx.try_recv() {
-                Ok(Outbound::Frame(f)) => engine.queue(f),
-                Err(_) => break,
-            }
-        }
+        conn.take_into(engine);
         if out.bytes.is_none() {
             out.bytes = engine.poll_transmit(t);
             out.written = 0;
@@ -368,11 +414,15 @@ where
             timer.as_mut().reset(d);
             armed = Some(d);
         }
-        let (wants_read, has_room) = (engine.wants_read(), engine.has_room());
+        let wants_read = engine.wants_read();
         // No branch goes first: a peer that is always readable, or a queue that is
         // always writable, must not starve the other direction or the timer.
         tokio::select! {
-            () = closed(conn) => return conn.reason(),
+            // Closed, or frames queued: the top of the loop sees which.
+            () = &mut wake => {
+                wake.set(conn.wake.notified());
+                t = now();
+            }
             () = &mut timer, if armed.is_some() => {
                 armed = None;
                 t = now();
@@ -394,14 +444,6 @@ where
                     engine.handle_read(t, n);
                 }
                 Err(e) => return DisconnectReason::from_io(&e),
-            },
-            f = rx.recv(), if has_room => match f {
-                Some(Outbound::Frame(f)) => {
-                    t = now();
-                    engine.queue(f);
-                }
-                // Every handle is gone: nobody can send on it any more.
-                None => return DisconnectReason::Local,
             },
         }
     }
@@ -477,15 +519,5 @@ async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             },
             else => engine.abandon(),
         }
-    }
-}
-
-async fn closed(c: &ConnHandle) {
-    loop {
-        let notified = c.close_signal.notified();
-        if !c.is_open() {
-            return;
-        }
-        notified.await;
     }
 }
