@@ -257,7 +257,9 @@ pub(crate) struct ConnectionTable {
     pending: BTreeSet<ConnId>,
     /// The pending connections that have made no progress (a subset of `pending`).
     idle: BTreeSet<ConnId>,
-    sources: HashMap<SourceKey, SourceCounts>,
+    /// Seeded per table: sources are the peers' addresses. Bounded in size by the
+    /// limits (an entry lives while its source has pending or established connections).
+    sources: HashMap<SourceKey, SourceCounts, foldhash::fast::RandomState>,
     established: usize,
 }
 
@@ -270,7 +272,7 @@ impl ConnectionTable {
             conns: ConnMap::default(),
             pending: BTreeSet::new(),
             idle: BTreeSet::new(),
-            sources: HashMap::new(),
+            sources: HashMap::default(),
             established: 0,
         }
     }
