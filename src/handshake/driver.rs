@@ -47,20 +47,26 @@ fn looks_like_tls(bytes: &[u8]) -> bool {
     matches!(bytes, [0x15 | 0x16, 0x03, ..])
 }
 
-/// Runs `step` for at most `limit`; `None` when it did not finish in time. A step that
-/// finishes at its first poll (a write with room in the socket buffer, bytes that are
-/// already there) sets no timer.
+/// Runs `step` for at most `limit`; `None` when it did not finish in time. The timer is
+/// created only when the step first has to wait: a write with room in the socket buffer,
+/// or bytes that are already there, read no clock and set no timer.
 async fn bounded<F: std::future::Future>(limit: Duration, step: F) -> Option<F::Output> {
+    use std::task::Poll;
     let mut step = std::pin::pin!(step);
-    let first = std::future::poll_fn(|cx| match step.as_mut().poll(cx) {
-        std::task::Poll::Ready(out) => std::task::Poll::Ready(Some(out)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    let mut timer = std::pin::pin!(None::<tokio::time::Sleep>);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = step.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep(limit)));
+        }
+        match timer.as_mut().as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
     })
-    .await;
-    match first {
-        Some(out) => Some(out),
-        None => tokio::time::timeout(limit, step).await.ok(),
-    }
+    .await
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Io<'_, S> {
