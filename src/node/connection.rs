@@ -503,6 +503,14 @@ async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             continue;
         }
         let wants_read = engine.wants_read();
+        if out.bytes.is_none() && wants_read {
+            // The usual case: nothing was left to write, our FIN is out.
+            match read.read_buf(engine.read_buffer()).await {
+                Ok(n) => engine.handle_read(t, n),
+                Err(_) => engine.abandon(),
+            }
+            continue;
+        }
         tokio::select! {
             r = write_some(write, out.bytes.as_deref(), out.written), if out.bytes.is_some() => match r {
                 Ok(Wrote::Bytes(n)) => out.written += n,
