@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::NodeName;
 use crate::dist::control::{self, Control};
@@ -35,13 +35,6 @@ pub(crate) type Replies = Vec<Vec<u8>>;
 /// How many frames other tasks may queue for a connection before a sender waits.
 const OUTBOX: usize = 1024;
 
-/// What queueing a frame in a connection's outbox found.
-enum Pushed {
-    Queued,
-    Full,
-    Closed,
-}
-
 /// The node's handle on a live connection.
 pub(crate) struct ConnHandle {
     pub(crate) id: u64,
@@ -55,8 +48,8 @@ pub(crate) struct ConnHandle {
     outbox: std::sync::Mutex<VecDeque<Vec<u8>>>,
     /// Wakes the driver: a frame was queued, or the connection closed.
     wake: Notify,
-    /// Wakes the senders waiting for room in the outbox, or for it to close.
-    room: Notify,
+    /// Room in the outbox, a permit per frame; closed with the connection.
+    room: Semaphore,
     closed: AtomicBool,
     reason: std::sync::Mutex<Option<DisconnectReason>>,
 }
@@ -68,51 +61,59 @@ impl ConnHandle {
         control: &Control,
         message: Option<&Term>,
     ) -> Result<(), SendError> {
-        let mut buf = Some(self.encode(control, message)?);
-        loop {
-            // Created before looking: room made in between is not missed.
-            let room = self.room.notified();
-            match self.push(&mut buf) {
-                Pushed::Queued => return Ok(()),
-                Pushed::Closed => return Err(SendError::ConnectionClosed(self.peer.clone())),
-                Pushed::Full => room.await,
-            }
+        let buf = self.encode(control, message)?;
+        // One permit per frame in the outbox: senders wait for room in turn.
+        match self.room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(SendError::ConnectionClosed(self.peer.clone())),
+        }
+        if self.push(buf) {
+            Ok(())
+        } else {
+            Err(SendError::ConnectionClosed(self.peer.clone()))
         }
     }
 
-    /// Queues the frame in `buf` for the driver if the outbox has room (else it stays
-    /// in `buf`).
-    fn push(&self, buf: &mut Option<Vec<u8>>) -> Pushed {
-        if !self.is_open() {
-            return Pushed::Closed;
-        }
+    /// Queues a frame (its room taken) for the driver; `false` once the connection is
+    /// closed. Checked under the outbox's lock, which [`close`](Self::close) takes too:
+    /// a frame is either refused or in the outbox when the connection closes.
+    fn push(&self, frame: Vec<u8>) -> bool {
         let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() >= OUTBOX {
-            return Pushed::Full;
+        if self.closed.load(Ordering::Acquire) {
+            return false;
         }
-        q.extend(buf.take());
+        q.push_back(frame);
         drop(q);
         self.wake.notify_one();
-        Pushed::Queued
+        true
     }
 
-    /// Moves queued frames into the engine while it has room.
+    /// Moves queued frames into the engine while it has room, and gives their room back
+    /// to the senders.
     fn take_into(&self, engine: &mut Engine) {
         let mut q = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
-        if q.is_empty() {
-            return;
-        }
-        let was_full = q.len() >= OUTBOX;
+        let mut taken = 0;
         while engine.has_room() {
             match q.pop_front() {
                 Some(f) => engine.queue(f),
                 None => break,
             }
+            taken += 1;
         }
-        let freed = was_full && q.len() < OUTBOX;
         drop(q);
-        if freed {
-            self.room.notify_waiters();
+        if taken > 0 {
+            self.room.add_permits(taken);
+        }
+    }
+
+    /// Moves every frame still queued into the engine (a connection closed locally
+    /// writes what was sent before the close), or drops them.
+    fn drain(&self, into: Option<&mut Engine>) {
+        let frames = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(engine) = into {
+            for f in frames {
+                engine.queue(f);
+            }
         }
     }
 
@@ -139,8 +140,15 @@ impl ConnHandle {
         let Some(buf) = self.encode_reply(&control, message.as_ref()) else {
             return;
         };
-        if let Pushed::Full = self.push(&mut Some(buf)) {
-            tracing::debug!(peer = %self.peer, "connection queue full: notice dropped");
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.push(buf);
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                tracing::debug!(peer = %self.peer, "connection queue full: notice dropped");
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => {}
         }
     }
 
@@ -188,9 +196,12 @@ impl ConnHandle {
                 *r = Some(reason);
             }
         }
-        self.closed.store(true, Ordering::Release);
+        {
+            let _outbox = self.outbox.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Release);
+        }
         self.wake.notify_one();
-        self.room.notify_waiters();
+        self.room.close();
     }
 
     pub(crate) fn reason(&self) -> DisconnectReason {
@@ -270,13 +281,16 @@ pub(crate) fn spawn(
         max_frame: timing.max_frame,
         outbox: std::sync::Mutex::new(VecDeque::new()),
         wake: Notify::new(),
-        room: Notify::new(),
+        room: Semaphore::new(OUTBOX),
         closed: AtomicBool::new(false),
         reason: std::sync::Mutex::new(None),
     });
     let weak = Arc::downgrade(node);
     let c = conn.clone();
     let task = async move {
+        // However this task ends, even dropped with its runtime, the handle is closed:
+        // senders then fail instead of waiting for a driver that is gone.
+        let _closes = CloseOnDrop(c.clone());
         let (mut read, mut write) = (read, write);
         let cfg = engine::Config {
             net_ticktime: timing.net_ticktime,
@@ -297,9 +311,16 @@ pub(crate) fn spawn(
             &c,
         )
         .await;
+        // Frames sent through the handle before a local close are written too: the
+        // handle is closed first, so that nothing more gets in.
+        if engine.closed().is_none() && reason.is_local() {
+            c.close(reason.clone());
+            c.drain(Some(&mut engine));
+        }
         engine.close(reason);
         let reason = engine.closed().cloned().unwrap_or(DisconnectReason::Local);
         c.close(reason);
+        c.drain(None);
         let graceful = !engine.is_finished();
         if let Some(node) = weak.upgrade() {
             if graceful {
@@ -326,6 +347,16 @@ pub(crate) fn spawn(
     // Boxed: spawning moves a future several times, and this one is a few kilobytes.
     tokio::spawn(Box::pin(task));
     conn
+}
+
+/// Closes a connection's handle (and drops the frames it still holds) when dropped.
+struct CloseOnDrop(Arc<ConnHandle>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(DisconnectReason::Local);
+        self.0.drain(None);
+    }
 }
 
 /// The time, as the pure parts of the node (the engine, the call table) take it: tokio's

@@ -827,6 +827,44 @@ async fn rust_to_rust_through_the_embedded_epmd() {
     assert!(!client.is_connected(server.name()));
 }
 
+/// What was sent before a disconnect reaches the peer: the frames still queued in the
+/// connection's handle and engine are written before its FIN.
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_sent_before_a_disconnect_all_arrive() {
+    let (epmd_server, server) = server_behind_embedded_epmd("localhost").await;
+    let mut inbox = server.register("inbox").unwrap();
+    let client = Node::builder(
+        format!("{}@localhost", unique_name("cli")).parse().unwrap(),
+        Cookie::new(COOKIE).unwrap(),
+    )
+    .epmd_port(epmd_server.port())
+    .start()
+    .await
+    .unwrap();
+    client.ping(server.name(), SECS5).await.unwrap();
+    // About 2 MB: more than a connection writes at once, so much of it is still queued
+    // when the disconnect comes.
+    const N: i64 = 500;
+    for i in 0..N {
+        let message = Term::Tuple(vec![Term::from(i), Term::Binary(vec![7; 4096])]);
+        client
+            .send_named(server.name(), "inbox", message)
+            .await
+            .unwrap();
+    }
+    assert!(client.disconnect(server.name()));
+    for i in 0..N {
+        let got = tokio::time::timeout(SECS5, inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {N} never arrived"))
+            .unwrap();
+        let first = got.message.as_tuple().and_then(|t| t.first().cloned());
+        assert_eq!(first, Some(Term::from(i)), "in order");
+    }
+    client.shutdown().await;
+    server.shutdown().await;
+}
+
 /// A host the resolver does not know is reached through an address given to the
 /// builder; without it, the same connect fails with a resolve error naming the node.
 #[tokio::test(flavor = "multi_thread")]
