@@ -108,8 +108,14 @@ impl<M> Process<M> {
         Watched::Recorded
     }
 
-    fn remove_monitor(&mut self, reference: &Reference) {
-        if let Some(watcher) = self.monitored_by.remove(reference) {
+    /// Forgets the monitor `reference` if a process of `node` holds it.
+    fn remove_monitor(&mut self, reference: &Reference, node: &Atom) {
+        if self
+            .monitored_by
+            .get(reference)
+            .is_some_and(|watcher| &watcher.node == node)
+            && let Some(watcher) = self.monitored_by.remove(reference)
+        {
             self.release(&watcher.node);
         }
     }
@@ -161,6 +167,17 @@ pub(crate) struct Table<M> {
     by_id: HashMap<u32, Process<M>>,
     names: HashMap<Atom, u32>,
     next_id: u32,
+}
+
+/// The node of a monitor's target: a pid's, or `Node` of `{Name, Node}`.
+fn node_of(target: &Term) -> Option<&Atom> {
+    match target {
+        Term::Pid(p) => Some(&p.node),
+        _ => match target.as_tuple()? {
+            [_, node] => node.as_atom(),
+            _ => None,
+        },
+    }
 }
 
 /// `{'EXIT', From, Reason}`, as a process that traps exits receives it.
@@ -323,11 +340,15 @@ impl<M> Table<M> {
                     Watched::TooMany => out.push(Action::Overloaded),
                 }
             }
-            Control::Demonitor { to, reference, .. } => {
+            Control::Demonitor {
+                from,
+                to,
+                reference,
+            } => {
                 if let Some(id) = self.local_id(&to)
                     && let Some(p) = self.by_id.get_mut(&id)
                 {
-                    p.remove_monitor(&reference);
+                    p.remove_monitor(&reference, &from.node);
                 }
             }
             Control::MonitorExit {
@@ -336,7 +357,14 @@ impl<M> Table<M> {
                 reference,
                 reason,
             } => {
-                if !self.is_local(&to) || self.demonitor(to.id, &reference).is_none() {
+                // Only the node of the monitored process tells of its end.
+                let held = self.is_local(&to)
+                    && self
+                        .by_id
+                        .get(&to.id)
+                        .and_then(|p| p.monitors.get(&reference))
+                        .is_some_and(|target| node_of(target) == Some(peer));
+                if !held || self.demonitor(to.id, &reference).is_none() {
                     return;
                 }
                 let (target, from) = match from {

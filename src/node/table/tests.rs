@@ -199,7 +199,16 @@ fn the_limit_is_per_peer_node_and_counts_links_too() {
 #[test]
 fn a_signal_naming_another_nodes_process_as_its_sender_is_ignored() {
     let (mut t, id) = table();
-    let forged = remote(&Atom::from("victim@h"), 5);
+    let victim = Atom::from("victim@h");
+    // The victim node monitors the process; the peer tries to take that monitor down.
+    let watched = ProcessRef::Pid(t.pid(id));
+    let held = Control::Monitor {
+        from: remote(&victim, 9),
+        to: watched.clone(),
+        reference: reference(7),
+    };
+    assert!(signal(&mut t, &victim, held).is_empty());
+    let forged = remote(&victim, 5);
     let to = ProcessRef::Name(Atom::from("nobody"));
     assert!(
         monitor(&mut t, forged.clone(), to, 1).is_empty(),
@@ -215,18 +224,53 @@ fn a_signal_naming_another_nodes_process_as_its_sender_is_ignored() {
             to: t.pid(id),
             reason: Term::atom("kill"),
         },
+        Control::Exit2 {
+            from: forged.clone(),
+            to: t.pid(id),
+            reason: Term::atom("kill"),
+        },
         Control::UnlinkId {
             id: Term::from(1),
             from: forged.clone(),
             to: t.pid(id),
         },
+        Control::Demonitor {
+            from: forged.clone(),
+            to: watched.clone(),
+            reference: reference(7),
+        },
+        // Its own process, with the victim's reference.
+        Control::Demonitor {
+            from: remote(&peer(), 5),
+            to: watched,
+            reference: reference(7),
+        },
     ] {
         assert!(signal(&mut t, &peer(), control).is_empty());
     }
-    assert!(
-        t.exited(id, &Term::atom("normal")).is_empty(),
-        "nothing held"
+    let sent = t.exited(id, &Term::atom("normal"));
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the victim's own monitor is held: {sent:?}"
     );
+    assert_eq!(sent[0].0, victim);
+}
+
+#[test]
+fn only_the_node_of_a_monitored_process_can_tell_of_its_end() {
+    let (mut t, id) = table();
+    let target = remote(&Atom::from("other@h"), 5);
+    t.monitor(id, reference(1), Term::from(target.clone()));
+    let exit = Control::MonitorExit {
+        from: ProcessRef::Pid(target.clone()),
+        to: t.pid(id),
+        reference: reference(1),
+        reason: Term::atom("forged"),
+    };
+    assert!(signal(&mut t, &peer(), exit.clone()).is_empty());
+    // The monitor is still there for its own node.
+    assert_eq!(signal(&mut t, &Atom::from("other@h"), exit).len(), 1);
 }
 
 #[test]
@@ -323,7 +367,8 @@ fn a_monitor_exit_is_delivered_once_as_a_down_message() {
     );
     assert!(signal(&mut t, &peer(), exit).is_empty(), "delivered once");
     // A monitor by name names the process {Name, Node}.
-    t.monitor(id, reference(2), Term::atom("ignored"));
+    let server = Term::Tuple(vec![Term::atom("server"), Term::Atom(peer())]);
+    t.monitor(id, reference(2), server);
     let exit = Control::MonitorExit {
         from: ProcessRef::Name(Atom::from("server")),
         to: t.pid(id),
