@@ -129,7 +129,15 @@ pub struct NodeName {
     at: u8,
     /// Decided once: connecting checks it every time.
     kind: NameKind,
+    /// The text's hash ([`NAME_HASH`]), computed once: the node looks names up in its
+    /// tables several times per connection. 32 bits keep a name 24 bytes long.
+    hash: u32,
 }
+
+/// How names are hashed, the same for the whole process, from a seed chosen at random
+/// when it starts (so that nobody can choose names that collide).
+static NAME_HASH: std::sync::LazyLock<foldhash::fast::RandomState> =
+    std::sync::LazyLock::new(Default::default);
 
 // Everything else is derived from the text: compare and hash that alone.
 impl PartialEq for NodeName {
@@ -142,7 +150,7 @@ impl Eq for NodeName {}
 
 impl std::hash::Hash for NodeName {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.full.hash(state);
+        state.write_u32(self.hash);
     }
 }
 
@@ -178,6 +186,7 @@ impl NodeName {
             full: Arc::from(name),
             at: u8::try_from(at).map_err(|_| NodeNameError::TooLong { len: name.len() })?,
             kind: host_kind(host),
+            hash: std::hash::BuildHasher::hash_one(&*NAME_HASH, name) as u32,
         })
     }
 
@@ -324,6 +333,18 @@ impl PartialEq<&str> for NodeName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_hash_by_their_text_and_stay_small() {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        let a = NodeName::new("rabbit@node-1").unwrap();
+        let b = NodeName::from_parts("rabbit", "node-1").unwrap();
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        let c = NodeName::new("rabbit@node-2").unwrap();
+        assert_ne!(state.hash_one(&a), state.hash_one(&c));
+        assert_eq!(std::mem::size_of::<NodeName>(), 24);
+    }
 
     #[test]
     fn parses_short_and_long_names() {

@@ -190,6 +190,10 @@ impl ConnHandle {
 
     /// Closes the connection; the first reason given wins.
     pub(crate) fn close(&self, reason: DisconnectReason) {
+        if self.closed.load(Ordering::Acquire) {
+            // Closed already, its reason set and its outbox shut.
+            return;
+        }
         {
             let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_none() {
@@ -320,7 +324,6 @@ pub(crate) fn spawn(
         engine.close(reason);
         let reason = engine.closed().cloned().unwrap_or(DisconnectReason::Local);
         c.close(reason);
-        c.drain(None);
         let graceful = !engine.is_finished();
         if let Some(node) = weak.upgrade() {
             if graceful {
