@@ -172,10 +172,7 @@ async fn run(settings: Settings, pinned: bool) {
     if let Ok(which) = std::env::var("BENCH_PROFILE") {
         // For `valgrind --tool=callgrind`: one initiator, serial, a fixed number of
         // handshakes, nothing recorded.
-        let ops: usize = std::env::var("BENCH_PROFILE_OPS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200);
+        let ops = common::profile_ops();
         let t0 = std::time::Instant::now();
         let cpu = OtherCpu::start(&others);
         let (user0, system0) = common::cpu_times();

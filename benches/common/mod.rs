@@ -426,6 +426,15 @@ impl Summary {
 // Results
 // ---------------------------------------------------------------------------------
 
+/// How many operations a `BENCH_PROFILE` run does: `BENCH_PROFILE_OPS`, default 200.
+#[allow(dead_code)]
+pub fn profile_ops() -> usize {
+    std::env::var("BENCH_PROFILE_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
 /// Where results go: `BENCH_RESULTS`, else `<crate>/benches/results` (the published
 /// results) for a full run and `<crate>/target/bench-quick` for a quick one.
 pub fn results_dir(settings: &Settings) -> PathBuf {

@@ -56,12 +56,7 @@ impl Processes {
 
     /// A pid of this node with the given number.
     pub(crate) fn pid(&self, id: u32) -> Pid {
-        Pid {
-            node: self.node.clone(),
-            id,
-            serial: 0,
-            creation: self.creation,
-        }
+        super::table::pid_of(&self.node, self.creation, id)
     }
 
     /// A fresh reference, unique for this node incarnation.

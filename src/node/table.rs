@@ -169,6 +169,16 @@ pub(crate) struct Table<M> {
     next_id: u32,
 }
 
+/// The pid numbered `id` of the node `node`, incarnation `creation`.
+pub(crate) fn pid_of(node: &Atom, creation: u32, id: u32) -> Pid {
+    Pid {
+        node: node.clone(),
+        id,
+        serial: 0,
+        creation,
+    }
+}
+
 /// The node of a monitor's target: a pid's, or `Node` of `{Name, Node}`.
 fn node_of(target: &Term) -> Option<&Atom> {
     match target {
@@ -210,12 +220,7 @@ impl<M> Table<M> {
 
     /// The pid of local process `id`.
     pub(crate) fn pid(&self, id: u32) -> Pid {
-        Pid {
-            node: self.node.clone(),
-            id,
-            serial: 0,
-            creation: self.creation,
-        }
+        pid_of(&self.node, self.creation, id)
     }
 
     /// Whether `pid` names a process of this node incarnation.
