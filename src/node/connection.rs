@@ -315,15 +315,13 @@ pub(crate) fn spawn(
             &c,
         )
         .await;
-        // Frames sent through the handle before a local close are written too: the
-        // handle is closed first, so that nothing more gets in.
-        if engine.closed().is_none() && reason.is_local() {
-            c.close(reason.clone());
+        // The handle is closed first, so that nothing more gets in; frames sent through
+        // it before a local close are written too (an engine closed already drops them).
+        c.close(reason.clone());
+        if reason.is_local() {
             c.drain(Some(&mut engine));
         }
         engine.close(reason);
-        let reason = engine.closed().cloned().unwrap_or(DisconnectReason::Local);
-        c.close(reason);
         let graceful = !engine.is_finished();
         if let Some(node) = weak.upgrade() {
             if graceful {
@@ -373,6 +371,31 @@ pub(super) fn now() -> Instant {
 struct Batch {
     bytes: Option<Vec<u8>>,
     written: usize,
+}
+
+impl Batch {
+    /// Takes the engine's next batch if none is being written.
+    fn refill(&mut self, engine: &mut Engine, now: Instant) {
+        if self.bytes.is_none() {
+            self.bytes = engine.poll_transmit(now);
+            self.written = 0;
+        }
+    }
+
+    /// Writes some more of the batch (see [`write_some`]); the batch's buffer once all
+    /// of it is written, for the engine to take back.
+    async fn write<W: AsyncWrite + Unpin>(
+        &mut self,
+        write: &mut W,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        match write_some(write, self.bytes.as_deref(), self.written).await? {
+            Wrote::Bytes(n) => {
+                self.written += n;
+                Ok(None)
+            }
+            Wrote::All => Ok(self.bytes.take()),
+        }
+    }
 }
 
 /// Runs the connection until the engine, the socket, the node or a local close ends it,
@@ -438,10 +461,7 @@ where
             tracing::warn!(peer = %conn.peer, "more than 256 KiB wait to be written to the peer (it reads slower than it is sent to, or sends requests faster than it reads the replies): reading from it is paused until it catches up");
         }
         conn.take_into(engine);
-        if out.bytes.is_none() {
-            out.bytes = engine.poll_transmit(t);
-            out.written = 0;
-        }
+        out.refill(engine, t);
         if let Some(d) = engine.poll_timeout().map(tokio::time::Instant::from_std)
             && armed.is_none_or(|a| d < a)
         {
@@ -462,13 +482,11 @@ where
                 t = now();
                 engine.handle_timeout(t);
             }
-            r = write_some(write, out.bytes.as_deref(), out.written), if out.bytes.is_some() => match r {
-                Ok(Wrote::Bytes(n)) => out.written += n,
-                Ok(Wrote::All) => {
-                    if let Some(batch) = out.bytes.take() {
-                        t = now();
-                        engine.on_transmitted(t, batch);
-                    }
+            r = out.write(write), if out.bytes.is_some() => match r {
+                Ok(None) => {}
+                Ok(Some(batch)) => {
+                    t = now();
+                    engine.on_transmitted(t, batch);
                 }
                 Err(e) => return DisconnectReason::from_io(&e),
             },
@@ -526,10 +544,7 @@ async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     // The engine takes no decision on time once closed: one reading serves.
     let t = now();
     while !engine.is_finished() {
-        if out.bytes.is_none() {
-            out.bytes = engine.poll_transmit(t);
-            out.written = 0;
-        }
+        out.refill(engine, t);
         if engine.poll_shutdown() {
             if write.shutdown().await.is_err() {
                 engine.abandon();
@@ -546,13 +561,9 @@ async fn close_gracefully<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             continue;
         }
         tokio::select! {
-            r = write_some(write, out.bytes.as_deref(), out.written), if out.bytes.is_some() => match r {
-                Ok(Wrote::Bytes(n)) => out.written += n,
-                Ok(Wrote::All) => {
-                    if let Some(batch) = out.bytes.take() {
-                        engine.on_transmitted(t, batch);
-                    }
-                }
+            r = out.write(write), if out.bytes.is_some() => match r {
+                Ok(None) => {}
+                Ok(Some(batch)) => engine.on_transmitted(t, batch),
                 Err(_) => engine.abandon(),
             },
             r = read.read_buf(engine.read_buffer()), if wants_read => match r {
