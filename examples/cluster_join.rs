@@ -28,7 +28,7 @@ use autocluster::backend::{Backend, BackendError, MemoryBackend};
 use autocluster::epmd::EpmdClient;
 use autocluster::formation::{Agent, ErlangMesh, FormationConfig, Outcome};
 use autocluster::term::Term;
-use autocluster::{Cookie, Node, NodeName, health};
+use autocluster::{Cookie, Node, NodeName};
 
 const USAGE: &str = "usage: cluster_join [--node NAME]... [--cookie C | --cookie-file F] [--etcd-endpoint URL]... [--nodes N] [--keep-running] [--epmd-port P]";
 
@@ -357,7 +357,7 @@ async fn run(args: Args) -> Result<bool, String> {
 
     println!("health:");
     for agent in &agents {
-        let report = health::check(agent.target().as_ref(), Some(backend.as_ref()), None).await;
+        let report = agent.health().await;
         println!("  {report}");
         ok &= report.healthy;
     }

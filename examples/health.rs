@@ -172,7 +172,11 @@ async fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let report = health::check(target.as_ref(), backend.as_deref(), args.expect_nodes).await;
+    let mut options = health::CheckOptions::default();
+    if let Some(n) = args.expect_nodes {
+        options = options.expect_nodes(n);
+    }
+    let report = health::check(target.as_ref(), backend.as_deref(), &options).await;
     if args.json {
         println!("{}", report.to_json());
     } else {

@@ -3,9 +3,12 @@
 //! Like rabbitmq-autocluster's `cluster_health_check_report`, and without taking the
 //! startup lock:
 //!
-//! 1. find the seed: the alphabetically first **live** registered node, the checked
-//!    node included (without a backend: the alphabetically first running member of the
-//!    node's own cluster);
+//! 1. find the seed with formation's own [seed selector](crate::formation::seed::Selector),
+//!    so that the check names the seed formation chose: the alphabetically first **live**
+//!    registered node, the checked node included, or the node of the largest cluster
+//!    ([`SeedOrder::LargestCluster`]), or the backend's deterministic seed (static list,
+//!    StatefulSet, DNS) when it is live (without a backend: the alphabetically first
+//!    running member of the node's own cluster);
 //! 2. when the node is not the seed: check **both ways** that the node and the seed list
 //!    each other among their running, non-partitioned members;
 //! 3. when the node is the seed: check that every other live registered node and the
@@ -26,7 +29,7 @@
 //! let probe = Node::builder("probe@localhost".parse()?, Cookie::from_default_file()?).start().await?;
 //! let target = ErlangMesh::new(probe, "app@localhost".parse()?);
 //! let backend = MemoryBackend::new();
-//! let report = health::check(&target, Some(&backend), None).await;
+//! let report = health::check(&target, Some(&backend), &health::CheckOptions::default()).await;
 //! println!("{report}");
 //! std::process::exit(report.exit_code());
 //! # }
@@ -37,7 +40,39 @@ use std::time::{Duration, Instant};
 
 use crate::NodeName;
 use crate::backend::Backend;
-use crate::formation::{ClusterTarget, Membership};
+use crate::formation::seed::{SeedOrder, Selector};
+use crate::formation::{ClusterTarget, FormationConfig, Membership, Probe};
+
+/// How a health check chooses the seed and what it requires.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckOptions {
+    /// The seed order formation uses ([`FormationConfig::seed_order`]).
+    pub seed_order: SeedOrder,
+    /// Without a backend: the number of running, non-partitioned members required.
+    pub expect_nodes: Option<usize>,
+}
+
+impl CheckOptions {
+    /// The same options with `order`.
+    pub fn seed_order(mut self, order: SeedOrder) -> CheckOptions {
+        self.seed_order = order;
+        self
+    }
+
+    /// The same options, requiring `n` running, non-partitioned members (without a
+    /// backend).
+    pub fn expect_nodes(mut self, n: usize) -> CheckOptions {
+        self.expect_nodes = Some(n);
+        self
+    }
+}
+
+impl From<&FormationConfig> for CheckOptions {
+    fn from(config: &FormationConfig) -> CheckOptions {
+        CheckOptions::default().seed_order(config.seed_order)
+    }
+}
 
 /// The verdict on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,15 +163,18 @@ impl Builder {
     }
 }
 
-/// Checks the node `target` manages. With `backend`, the seed is the alphabetically
-/// first live registered node; without, it is the first running member of the node's
-/// own cluster and `expect_nodes` (when given) is the number of running,
-/// non-partitioned members required.
+/// Checks the node `target` manages. With `backend`, the seed is the one formation
+/// chooses with `options.seed_order` and the backend (see the [module
+/// documentation](self)); without, it is the first running member of the node's own
+/// cluster and [`CheckOptions::expect_nodes`] (when given) is the number of running,
+/// non-partitioned members required. [`Agent::health`](crate::formation::Agent::health)
+/// checks with the agent's own configuration.
 pub async fn check(
     target: &dyn ClusterTarget,
     backend: Option<&dyn Backend>,
-    expect_nodes: Option<usize>,
+    options: &CheckOptions,
 ) -> HealthReport {
+    let expect_nodes = options.expect_nodes;
     let me = target.node().clone();
     let mut b = Builder {
         node: me.clone(),
@@ -206,7 +244,7 @@ pub async fn check(
             return b.finish(String::new());
         }
     };
-    let mut registered: Vec<NodeName> = listing.into_iter().map(|r| r.node).collect();
+    let mut registered: Vec<NodeName> = listing.iter().map(|r| r.node.clone()).collect();
     if !registered.contains(&me) {
         registered.push(me.clone());
     }
@@ -214,30 +252,66 @@ pub async fn check(
     registered.dedup();
     b.registered = Some(registered.clone());
 
-    // The seed: the first live registered node in name order. The node itself is live.
-    let mut seed = me.clone();
-    let mut seed_probe = None;
-    for node in &registered {
-        if *node == me {
-            break;
+    let policy = match crate::formation::seed_policy(backend, options.seed_order, &me).await {
+        Ok(policy) => policy,
+        Err(e) => {
+            b.problems.push(format!(
+                "the {} backend failed, so the seed is unknown: {e}",
+                backend.name()
+            ));
+            return b.finish(String::new());
         }
-        match target.probe(node).await {
-            Ok(p) if p.live => {
-                seed = node.clone();
-                seed_probe = Some(p);
-                break;
-            }
-            _ => {}
-        }
+    };
+    // The node is a candidate, live with its own view (and its start time, which the
+    // largest-cluster order compares).
+    let own = match options.seed_order {
+        SeedOrder::LargestCluster => target.probe(&me).await.ok().filter(|p| p.live),
+        SeedOrder::Alphabetical => None,
+    };
+    let own = own.unwrap_or_else(|| Probe {
+        node: me.clone(),
+        live: true,
+        membership: b.membership.clone(),
+        started_at_ms: None,
+        reason: None,
+        gone: false,
+        booting: false,
+    });
+    let mut selector = Selector::new(policy, &me, &listing, Some(own));
+    while let Some(node) = selector.next_probe() {
+        let probe = match target.probe(&node).await {
+            Ok(p) => p,
+            Err(e) => Probe::down(node, e.to_string()),
+        };
+        selector.record(probe);
     }
+    let choice = selector.choice();
+    let Some(seed) = choice.seed else {
+        let det = choice.waiting_for.unwrap_or_else(|| me.clone());
+        b.seed = Some(det.clone());
+        b.problems.push(format!(
+            "the seed {det} is not live, and no other live cluster is registered"
+        ));
+        return b.finish(String::new());
+    };
+    let seed_probe = selector
+        .probes()
+        .iter()
+        .find(|p| p.node == seed && p.node != me && p.live)
+        .cloned();
     b.seed = Some(seed.clone());
 
     if seed == me {
         // The seed must be clustered with every other live registered node.
         let mut live_others = 0;
         for node in registered.iter().filter(|n| **n != me) {
-            let Ok(p) = target.probe(node).await else {
-                continue;
+            let probed = selector.probes().iter().find(|p| &p.node == node).cloned();
+            let p = match probed {
+                Some(p) => p,
+                None => match target.probe(node).await {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                },
             };
             if !p.live {
                 continue;

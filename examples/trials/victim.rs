@@ -16,7 +16,8 @@ use autocluster::backend::{
     RegistrationHandle, Timings,
 };
 use autocluster::formation::{
-    Agent, ClusterTarget, DataState, FormationConfig, FormationError, Membership, Probe,
+    Agent, ClusterTarget, DataState, FormationConfig, FormationError, Inspection, Membership,
+    Probe, Stage, Step,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -97,20 +98,20 @@ pub struct HookTarget {
 }
 
 impl HookTarget {
-    async fn around<F>(&self, what: &str, f: F) -> Result<(), FormationError>
+    async fn around<F>(&self, what: &str, f: F) -> Result<Stage, FormationError>
     where
-        F: std::future::Future<Output = Result<(), FormationError>>,
+        F: std::future::Future<Output = Result<Stage, FormationError>>,
     {
         if self.point == KillPoint::BeforeJoin {
             self.signal.send(&format!("before-{what}"));
             std::future::pending::<()>().await;
         }
-        f.await?;
+        let stage = f.await?;
         if self.point == KillPoint::AfterJoin {
             self.signal.send(&format!("after-{what}"));
             std::future::pending::<()>().await;
         }
-        Ok(())
+        Ok(stage)
     }
 }
 
@@ -128,23 +129,24 @@ impl ClusterTarget for HookTarget {
     async fn membership(&self) -> Result<Membership, FormationError> {
         self.inner.membership().await
     }
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        self.inner.data_state().await
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        self.inner.inspect().await
     }
-    async fn form(&self) -> Result<(), FormationError> {
-        self.around("form", self.inner.form()).await
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        self.inner.inventory().await
     }
-    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
-        self.around("join", self.inner.join(seed, reset)).await
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form => self.around("form", self.inner.execute(step)).await,
+            Step::Join { .. } => self.around("join", self.inner.execute(step)).await,
+            step => self.inner.execute(step).await,
+        }
     }
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
         self.inner.reconnect(member).await
     }
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
         self.inner.forget(member).await
-    }
-    async fn leave(&self) -> Result<(), FormationError> {
-        self.inner.leave().await
     }
 }
 

@@ -9,7 +9,9 @@ use crate::term::Term;
 use crate::{Node, NodeName};
 
 use super::FormationError;
-use super::target::{ClusterTarget, DataState, Membership, Probe, worth_one_retry};
+use super::target::{
+    ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported, worth_one_retry,
+};
 
 /// The default limit of each call an agent makes.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,7 +201,7 @@ impl ClusterTarget for ErlangMesh {
         Ok(membership)
     }
 
-    async fn data_state(&self) -> Result<DataState, FormationError> {
+    async fn inventory(&self) -> Result<DataState, FormationError> {
         let nodes = self
             .call(
                 "reading the membership",
@@ -217,13 +219,53 @@ impl ClusterTarget for ErlangMesh {
         })
     }
 
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form | Step::Start => self.form().await?,
+            Step::Join { seed, .. } => self.join(seed).await?,
+            Step::Finish { .. } => {}
+            Step::Leave => self.leave().await?,
+            step => return Err(unsupported(self.kind(), step)),
+        }
+        Ok(Stage::Complete)
+    }
+
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        let r = self
+            .call(
+                "reconnecting",
+                &self.node,
+                "net_kernel",
+                "connect_node",
+                vec![Term::atom(member.as_str())],
+            )
+            .await?;
+        Ok(r.is_atom("true"))
+    }
+
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.call(
+            "forgetting",
+            &self.node,
+            "erlang",
+            "disconnect_node",
+            vec![Term::atom(member.as_str())],
+        )
+        .await?;
+        self.known().remove(member);
+        Ok(())
+    }
+}
+
+/// The steps, carried out.
+impl ErlangMesh {
     async fn form(&self) -> Result<(), FormationError> {
         self.call("checking the node", &self.node, "erlang", "node", vec![])
             .await?;
         Ok(())
     }
 
-    async fn join(&self, seed: &NodeName, _reset_allowed: bool) -> Result<(), FormationError> {
+    async fn join(&self, seed: &NodeName) -> Result<(), FormationError> {
         let r = self
             .call(
                 "joining",
@@ -272,32 +314,6 @@ impl ClusterTarget for ErlangMesh {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-        let r = self
-            .call(
-                "reconnecting",
-                &self.node,
-                "net_kernel",
-                "connect_node",
-                vec![Term::atom(member.as_str())],
-            )
-            .await?;
-        Ok(r.is_atom("true"))
-    }
-
-    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        self.call(
-            "forgetting",
-            &self.node,
-            "erlang",
-            "disconnect_node",
-            vec![Term::atom(member.as_str())],
-        )
-        .await?;
-        self.known().remove(member);
         Ok(())
     }
 

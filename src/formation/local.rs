@@ -9,7 +9,7 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, Connections, node_list, probe_erlang};
-use super::target::{ClusterTarget, DataState, Membership, Probe};
+use super::target::{ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported};
 
 /// This Rust process joining an Erlang cluster: it dials every member of the seed's
 /// cluster.
@@ -97,15 +97,39 @@ impl ClusterTarget for LocalTarget {
         })
     }
 
-    async fn data_state(&self) -> Result<DataState, FormationError> {
+    async fn inventory(&self) -> Result<DataState, FormationError> {
         Ok(DataState::Empty)
     }
 
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form | Step::Start => self.form().await?,
+            Step::Join { seed, .. } => self.join(seed).await?,
+            Step::Finish { .. } => {}
+            Step::Leave => self.leave().await?,
+            step => return Err(unsupported(self.kind(), step)),
+        }
+        Ok(Stage::Complete)
+    }
+
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        Ok(self.node.connect(member).await.is_ok())
+    }
+
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        self.joined().remove(member);
+        self.node.disconnect(member);
+        Ok(())
+    }
+}
+
+/// The steps, carried out.
+impl LocalTarget {
     async fn form(&self) -> Result<(), FormationError> {
         Ok(())
     }
 
-    async fn join(&self, seed: &NodeName, _reset_allowed: bool) -> Result<(), FormationError> {
+    async fn join(&self, seed: &NodeName) -> Result<(), FormationError> {
         let members = self
             .node
             .call(seed, "erlang", "nodes", vec![], self.timeout)
@@ -125,16 +149,6 @@ impl ClusterTarget for LocalTarget {
                 }
             }
         }
-        Ok(())
-    }
-
-    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-        Ok(self.node.connect(member).await.is_ok())
-    }
-
-    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        self.joined().remove(member);
-        self.node.disconnect(member);
         Ok(())
     }
 

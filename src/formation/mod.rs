@@ -13,7 +13,9 @@
 //!    step; it is never an empty list) and probes them as a hidden node (EPMD, handshake,
 //!    a call), walking them in seed order and stopping at the first live one, so nodes
 //!    are never all connected to each other.
-//! 3. **The seed** is the alphabetically first live registered node
+//! 3. **The seed** (chosen by the [seed selector](seed::Selector) that
+//!    [`health::check`](crate::health::check) uses too, and published as
+//!    [`FormationEvent::SeedChosen`]) is the alphabetically first live registered node
 //!    ([`SeedOrder::Alphabetical`]), or RabbitMQ 3.13's order (largest cluster, longest
 //!    running, name: [`SeedOrder::LargestCluster`]). The managed node itself is not
 //!    registered yet, so it never picks itself merely because its name sorts first: when
@@ -27,7 +29,9 @@
 //!    (this Rust process dialling the cluster's members), or [`NativeTarget`] (a cluster
 //!    of Rust processes: a star around the seed). A managed node whose application is
 //!    stopped (an agent killed in the middle of a RabbitMQ join) is started first, then
-//!    the agent decides as usual: the interrupted join is finished.
+//!    the agent decides as usual: the interrupted join is finished. The target only
+//!    reports facts and carries out steps; every decision (form, join, reset, start,
+//!    wait) is the pure [`plan`](plan::plan)'s, tested without I/O.
 //! 5. **Never discard data silently**: a node that holds data, or belongs to another
 //!    cluster, is not reset and joined unless [`FormationConfig::allow_reset`] says so;
 //!    otherwise [`FormationError::DataAtRisk`] names what would be lost.
@@ -35,7 +39,7 @@
 //!    lock covers what decides the node's membership, no more: a form or join whose
 //!    target has work left that changes none (RabbitMQ: starting the application again,
 //!    or the rest of a first boot, seconds) finishes after the release
-//!    ([`ClusterTarget::join_membership`]), so that the next node's join overlaps it,
+//!    ([`Stage::Recorded`], [`Stage::Decided`]), so that the next node's join overlaps it,
 //!    and is then verified.
 //! 7. **Failure policy**: bounded retries with backoff, then [`FailurePolicy::Stop`]
 //!    (return the error) or [`FailurePolicy::Ignore`] (log it, run standalone).
@@ -61,39 +65,36 @@
 //! # Ok(()) }
 //! ```
 
+mod agent;
 pub mod cleanup;
 mod erlang;
 mod local;
 mod native;
+pub mod plan;
 mod rabbitmq;
 pub mod seed;
 mod target;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-use tokio::time::Instant;
-use tracing::Instrument as _;
-
+pub(crate) use agent::seed_policy;
+pub use agent::{Agent, WatchHandle};
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub use cleanup::CleanupState;
-#[cfg(not(feature = "testing"))]
-use cleanup::CleanupState;
 pub use cleanup::{CleanupAction, CleanupConfig};
 pub use erlang::ErlangMesh;
 pub use local::LocalTarget;
 pub use native::{MEMBERSHIP_SERVICE, NativeTarget};
 pub use rabbitmq::{RabbitMq, RabbitVersion};
-pub use seed::SeedOrder;
-pub use target::{ClusterTarget, DataState, Membership, Probe, Stage};
+pub use seed::{SeedOrder, SeedPolicy};
+pub use target::{
+    ClusterTarget, DataState, Inspection, Membership, MetadataStore, Probe, Stage, Step,
+};
 
 use crate::NodeName;
-use crate::backend::{
-    Backend, BackendError, LockGuard, LockRequest, Registration, RegistrationHandle,
-};
+use crate::backend::{BackendError, RegistrationHandle};
 use crate::rpc::RpcError;
 
 /// What to do when formation fails after its retries (rabbitmq-autocluster's
@@ -254,6 +255,17 @@ pub enum FormationError {
         /// The nodes, each with why its probe failed.
         nodes: Vec<(NodeName, String)>,
     },
+    /// The managed node is in a state the plan does not act on yet (e.g. a Khepri member
+    /// of the seed's cluster that does not list the seed as running). Retried.
+    #[error("{node} is not joined to {seed} yet: {reason}")]
+    Unsettled {
+        /// The managed node.
+        node: NodeName,
+        /// The seed.
+        seed: NodeName,
+        /// Why the plan waits.
+        reason: String,
+    },
 }
 
 fn describe_nodes(nodes: &[(NodeName, String)]) -> String {
@@ -275,7 +287,8 @@ impl FormationError {
             FormationError::Rpc { .. } => true,
             FormationError::Unexpected { .. }
             | FormationError::JoinNotVerified { .. }
-            | FormationError::MaybeAlive { .. } => true,
+            | FormationError::MaybeAlive { .. }
+            | FormationError::Unsettled { .. } => true,
             FormationError::DataAtRisk { .. }
             | FormationError::NoSeed { .. }
             | FormationError::SeedUnavailable { .. }
@@ -422,15 +435,6 @@ pub enum FormationEvent {
     Left,
 }
 
-/// A form or join whose last part ([`ClusterTarget::finish`]) is still to run.
-#[derive(Debug)]
-struct Pending {
-    /// `None` when forming.
-    seed: Option<NodeName>,
-    /// Register the node only once the finished join is verified ([`Stage::Decided`]).
-    register_after: bool,
-}
-
 /// Counters of an agent.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -500,776 +504,5 @@ impl Metrics {
             cleanup_forgotten: g(&self.cleanup_forgotten),
             cleanup_warnings: g(&self.cleanup_warnings),
         }
-    }
-}
-
-/// The formation agent of one managed node. See the [module documentation](self).
-#[derive(Clone)]
-pub struct Agent {
-    inner: Arc<AgentInner>,
-}
-
-struct AgentInner {
-    backend: Arc<dyn Backend>,
-    target: Arc<dyn ClusterTarget>,
-    config: FormationConfig,
-    events: broadcast::Sender<FormationEvent>,
-    metrics: Metrics,
-}
-
-impl std::fmt::Debug for Agent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent")
-            .field("node", self.inner.target.node())
-            .field("backend", &self.inner.backend.name())
-            .field("target", &self.inner.target.kind())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Agent {
-    /// An agent forming `target` through `backend`.
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        target: Arc<dyn ClusterTarget>,
-        config: FormationConfig,
-    ) -> Agent {
-        let (events, _) = broadcast::channel(256);
-        Agent {
-            inner: Arc::new(AgentInner {
-                backend,
-                target,
-                config,
-                events,
-                metrics: Metrics::default(),
-            }),
-        }
-    }
-
-    /// The managed node.
-    pub fn node(&self) -> &NodeName {
-        self.inner.target.node()
-    }
-
-    /// The backend.
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.inner.backend
-    }
-
-    /// The target.
-    pub fn target(&self) -> &Arc<dyn ClusterTarget> {
-        &self.inner.target
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &FormationConfig {
-        &self.inner.config
-    }
-
-    /// Subscribes to the agent's events.
-    pub fn events(&self) -> broadcast::Receiver<FormationEvent> {
-        self.inner.events.subscribe()
-    }
-
-    /// The agent's counters.
-    pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot()
-    }
-
-    fn emit(&self, event: FormationEvent) {
-        let _ = self.inner.events.send(event);
-    }
-
-    fn node_ttl(&self) -> Duration {
-        self.inner
-            .backend
-            .timings()
-            .node_ttl
-            .unwrap_or(self.inner.config.node_ttl)
-    }
-
-    fn lock_request(&self) -> LockRequest {
-        let t = self.inner.backend.timings();
-        LockRequest::new(
-            self.node().as_str(),
-            t.lock_ttl.unwrap_or(self.inner.config.lock_ttl),
-            t.lock_wait.unwrap_or(self.inner.config.lock_wait),
-        )
-    }
-
-    /// Runs formation: attempts with backoff, then the failure policy.
-    pub async fn run(&self) -> Result<Formed, FormationError> {
-        let started = Instant::now();
-        let span = tracing::info_span!("formation", node = %self.node(), backend = self.inner.backend.name(), target = self.inner.target.kind());
-        async {
-            let cfg = &self.inner.config;
-            let mut delay = cfg.backoff_initial;
-            let mut attempt = 0;
-            let error = loop {
-                attempt += 1;
-                match self.attempt().instrument(tracing::info_span!("attempt", attempt)).await {
-                    Ok((outcome, registration, fencing_token)) => {
-                        tracing::info!(%outcome, attempts = attempt, elapsed_ms = started.elapsed().as_millis() as u64, "formation finished");
-                        self.emit(FormationEvent::Finished(outcome.clone()));
-                        return Ok(Formed {
-                            node: self.node().clone(),
-                            outcome,
-                            registration,
-                            fencing_token,
-                            attempts: attempt,
-                            elapsed: started.elapsed(),
-                        });
-                    }
-                    Err(e) if e.is_retryable() && attempt < cfg.max_attempts.max(1) => {
-                        tracing::warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "formation attempt failed; retrying");
-                        Metrics::bump(&self.inner.metrics.retries);
-                        self.emit(FormationEvent::Retrying { attempt, error: e.to_string() });
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(cfg.backoff_max);
-                    }
-                    Err(e) => break e,
-                }
-            };
-            match cfg.failure {
-                FailurePolicy::Stop => {
-                    tracing::error!(error = %error, attempts = attempt, "formation failed");
-                    Err(error)
-                }
-                FailurePolicy::Ignore => {
-                    tracing::error!(error = %error, attempts = attempt, "formation failed; running standalone (failure policy: ignore)");
-                    let outcome = Outcome::Standalone { error: error.to_string() };
-                    self.emit(FormationEvent::Finished(outcome.clone()));
-                    Ok(Formed {
-                        node: self.node().clone(),
-                        outcome,
-                        registration: None,
-                        fencing_token: None,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                    })
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    async fn attempt(
-        &self,
-    ) -> Result<(Outcome, Option<RegistrationHandle>, Option<u64>), FormationError> {
-        let backend = &self.inner.backend;
-        if backend.supports_lock() {
-            let guard = self.take_lock().await?;
-            let token = guard.fencing_token();
-            let result = self.locked_steps().await;
-            self.release(guard).await;
-            let (outcome, mut registration, pending) = result?;
-            if let Some(pending) = pending {
-                let register_after = pending.register_after;
-                // A failure here drops the registration (which deregisters the node); the
-                // next attempt finds its application stopped and finishes the join.
-                self.finish(pending).await?;
-                if register_after {
-                    registration = self.register().await?;
-                }
-            }
-            Ok((outcome, registration, Some(token)))
-        } else {
-            let outcome = self.lockless_steps().await?;
-            Ok((outcome, None, None))
-        }
-    }
-
-    async fn take_lock(&self) -> Result<LockGuard, FormationError> {
-        let request = self.lock_request();
-        let waited = Instant::now();
-        self.emit(FormationEvent::LockWaiting);
-        Metrics::bump(&self.inner.metrics.lock_waits);
-        let guard = self
-            .inner
-            .backend
-            .lock(request)
-            .instrument(tracing::info_span!("lock"))
-            .await
-            .map_err(|source| FormationError::Backend {
-                step: "taking the startup lock",
-                source,
-            })?;
-        let waited = waited.elapsed();
-        self.inner
-            .metrics
-            .lock_wait_ms
-            .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
-        tracing::info!(
-            fencing_token = guard.fencing_token(),
-            waited_ms = waited.as_millis() as u64,
-            "startup lock acquired"
-        );
-        self.emit(FormationEvent::LockAcquired {
-            fencing_token: guard.fencing_token(),
-            waited,
-        });
-        Ok(guard)
-    }
-
-    async fn release(&self, guard: LockGuard) {
-        match guard.release().await {
-            Ok(()) => {
-                tracing::info!("startup lock released");
-                self.emit(FormationEvent::LockReleased);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "startup lock was lost or could not be released");
-                self.emit(FormationEvent::LockLost(e.to_string()));
-            }
-        }
-    }
-
-    async fn list(&self) -> Result<Vec<crate::backend::RegisteredNode>, FormationError> {
-        self.inner
-            .backend
-            .list_nodes()
-            .await
-            .map_err(|source| FormationError::Backend {
-                step: "listing the registered nodes",
-                source,
-            })
-    }
-
-    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        let probe = self.inner.target.probe(node).await?;
-        tracing::debug!(%node, live = probe.live, reason = ?probe.reason, "probed");
-        self.emit(FormationEvent::Probed {
-            node: node.clone(),
-            live: probe.live,
-        });
-        Ok(probe)
-    }
-
-    /// Steps 2–6 under the startup lock; returns the part of a join left for after the
-    /// lock's release, if any.
-    async fn locked_steps(
-        &self,
-    ) -> Result<(Outcome, Option<RegistrationHandle>, Option<Pending>), FormationError> {
-        let me = self.node().clone();
-        let listed = self.list().await?;
-        let candidates = seed::probe_order(&listed, &me);
-        // Registered nodes that did not answer, with nothing proving them down.
-        let mut unknown: Vec<(NodeName, String)> = Vec::new();
-        // Registered nodes that are booting, in probe order.
-        let mut booting: Vec<NodeName> = Vec::new();
-        let seed = match self.inner.config.seed_order {
-            SeedOrder::Alphabetical => {
-                let mut found = None;
-                for node in &candidates {
-                    let p = self.probe(node).await?;
-                    if p.live {
-                        found = Some(node.clone());
-                        break;
-                    }
-                    if p.booting {
-                        booting.push(node.clone());
-                    }
-                    if !p.gone {
-                        unknown.push((node.clone(), p.reason.unwrap_or_default()));
-                    }
-                }
-                found
-            }
-            SeedOrder::LargestCluster => {
-                let mut probes = Vec::with_capacity(candidates.len());
-                for node in &candidates {
-                    probes.push(self.probe(node).await?);
-                }
-                unknown.extend(
-                    probes
-                        .iter()
-                        .filter(|p| !p.live && !p.gone)
-                        .map(|p| (p.node.clone(), p.reason.clone().unwrap_or_default())),
-                );
-                booting.extend(
-                    probes
-                        .iter()
-                        .filter(|p| !p.live && p.booting)
-                        .map(|p| p.node.clone()),
-                );
-                seed::choose(&probes, SeedOrder::LargestCluster)
-            }
-        };
-        let seed = match seed {
-            // No registered node is live yet, but some are booting: nodes whose boot forms
-            // a new cluster (a node whose boot joins one registers only once it has
-            // joined) or members restarting. A managed node that is booting too joins the
-            // first of them, and the boots form one cluster (a running node waits for a
-            // live seed instead: it can only join a cluster whose database is up).
-            None if !booting.is_empty() && self.inner.target.membership().await?.booting => {
-                booting.into_iter().next()
-            }
-            seed => seed,
-        };
-        if seed.is_none() && !unknown.is_empty() {
-            // Forming now could start a second cluster beside a live one that a timeout
-            // or a connection cut hid from us: retry instead (the lock is released in
-            // between). A dead node stops being registered within its TTL.
-            return Err(FormationError::MaybeAlive { nodes: unknown });
-        }
-        Metrics::bump(&self.inner.metrics.seed_choices);
-        tracing::info!(seed = ?seed.as_ref().map(NodeName::as_str), registered = listed.len(), "seed chosen");
-        self.emit(FormationEvent::SeedChosen(seed.clone()));
-        let (outcome, pending) = match seed {
-            None => self.form_new().await?,
-            Some(seed) => self.join(&seed).await?,
-        };
-        let registration = if pending.as_ref().is_some_and(|p| p.register_after) {
-            None
-        } else {
-            self.register().await?
-        };
-        Ok((outcome, registration, pending))
-    }
-
-    async fn form_new(&self) -> Result<(Outcome, Option<Pending>), FormationError> {
-        // No registered node is live. A node already clustered with running peers (an
-        // existing cluster whose registrations expired, or nodes given to a fresh
-        // registry) keeps its cluster: nothing to form.
-        if let Ok(m) = self.inner.target.membership().await
-            && m.running
-            && m.running_members.iter().any(|n| n != self.node())
-            && let Some(seed) = m.running_members.iter().min()
-        {
-            return Ok((Outcome::AlreadyMember { seed: seed.clone() }, None));
-        }
-        let stage = self
-            .inner
-            .target
-            .form_membership()
-            .instrument(tracing::info_span!("form"))
-            .await?;
-        if stage == Stage::Complete {
-            Metrics::bump(&self.inner.metrics.forms);
-        }
-        Ok((Outcome::FormedNew, self.decided(stage, None)))
-    }
-
-    /// What is left after a [`Stage`]: nothing, or the finish after the lock.
-    fn decided(&self, stage: Stage, seed: Option<&NodeName>) -> Option<Pending> {
-        if stage == Stage::Complete {
-            return None;
-        }
-        let register_after = stage == Stage::Decided;
-        tracing::info!(seed = ?seed.map(NodeName::as_str), register_after, "membership decided; the rest finishes after the startup lock");
-        self.emit(FormationEvent::Decided(seed.cloned()));
-        Some(Pending {
-            seed: seed.cloned(),
-            register_after,
-        })
-    }
-
-    /// Runs what a form or join left at once, for the paths without a lock.
-    async fn settle(
-        &self,
-        (outcome, pending): (Outcome, Option<Pending>),
-    ) -> Result<Outcome, FormationError> {
-        if let Some(pending) = pending {
-            self.finish(pending).await?;
-        }
-        Ok(outcome)
-    }
-
-    /// Joins `seed` as far as the target's membership step; what is left, if anything, is
-    /// for [`finish`](Self::finish).
-    async fn join(&self, seed: &NodeName) -> Result<(Outcome, Option<Pending>), FormationError> {
-        let target = &self.inner.target;
-        let mut before = target.membership().await?;
-        if !before.running && before.booting {
-            // Its data cannot be read yet: the target checks it (see join_membership).
-            let stage = target
-                .join_membership(seed, self.inner.config.allow_reset)
-                .instrument(tracing::info_span!("join", %seed, booting = true))
-                .await?;
-            return self.joined(stage, seed).await;
-        }
-        if !before.running {
-            // The node answers but its application is stopped: an agent was killed
-            // between stopping and starting it (or an operator stopped it). Its data
-            // cannot be read while stopped, so start it first; a node that had already
-            // joined is then a running member, and the join is finished.
-            tracing::warn!(%seed, members = ?before.members, "the managed node's application is stopped (an interrupted join?): starting it before deciding");
-            target
-                .form()
-                .instrument(tracing::info_span!("resume"))
-                .await?;
-            before = target.membership().await?;
-            if before.members.contains(seed) && before.lists_running(seed) {
-                Metrics::bump(&self.inner.metrics.joins);
-                return Ok((Outcome::Joined { seed: seed.clone() }, None));
-            }
-        }
-        if before.members.contains(seed) && before.lists_running(seed) {
-            return Ok((Outcome::AlreadyMember { seed: seed.clone() }, None));
-        }
-        let data = target.data_state().await?;
-        let reset = match &data {
-            DataState::Empty => false,
-            _ if self.inner.config.allow_reset => {
-                tracing::warn!(%seed, %data, "resetting the node to join (allowed by configuration)");
-                true
-            }
-            _ => {
-                return Err(FormationError::DataAtRisk {
-                    node: self.node().clone(),
-                    seed: seed.clone(),
-                    data,
-                });
-            }
-        };
-        let stage = target
-            .join_membership(seed, reset)
-            .instrument(tracing::info_span!("join", %seed))
-            .await?;
-        self.joined(stage, seed).await
-    }
-
-    async fn joined(
-        &self,
-        stage: Stage,
-        seed: &NodeName,
-    ) -> Result<(Outcome, Option<Pending>), FormationError> {
-        if stage == Stage::Complete {
-            self.verify(Some(seed)).await?;
-        }
-        Ok((
-            Outcome::Joined { seed: seed.clone() },
-            self.decided(stage, Some(seed)),
-        ))
-    }
-
-    /// The last part of a form or join, after the startup lock (if any) is released.
-    async fn finish(&self, pending: Pending) -> Result<(), FormationError> {
-        let seed = pending.seed.as_ref();
-        self.inner
-            .target
-            .finish(seed)
-            .instrument(tracing::info_span!("finish", seed = ?seed.map(NodeName::as_str)))
-            .await?;
-        self.verify(seed).await
-    }
-
-    /// Checks the managed node after a join (it lists `seed` as a running member) or a
-    /// form (`None`: it runs).
-    async fn verify(&self, seed: Option<&NodeName>) -> Result<(), FormationError> {
-        let after = self.inner.target.membership().await?;
-        match seed {
-            Some(seed) if !after.lists_running(seed) => Err(FormationError::JoinNotVerified {
-                node: self.node().clone(),
-                seed: seed.clone(),
-                members: after.running_members,
-            }),
-            Some(_) => {
-                Metrics::bump(&self.inner.metrics.joins);
-                Ok(())
-            }
-            None if !after.running => Err(FormationError::unexpected(
-                "forming a new cluster",
-                self.node(),
-                "the node is not running after forming",
-            )),
-            None => {
-                Metrics::bump(&self.inner.metrics.forms);
-                Ok(())
-            }
-        }
-    }
-
-    async fn register(&self) -> Result<Option<RegistrationHandle>, FormationError> {
-        let backend = &self.inner.backend;
-        if !self.inner.config.register || !backend.supports_registration() {
-            return Ok(None);
-        }
-        let registration = Registration::new(self.node().clone(), self.node_ttl());
-        let handle =
-            backend
-                .register(registration)
-                .await
-                .map_err(|source| FormationError::Backend {
-                    step: "registering the node",
-                    source,
-                })?;
-        Metrics::bump(&self.inner.metrics.registrations);
-        tracing::info!(ttl_ms = handle.ttl().as_millis() as u64, "registered");
-        self.emit(FormationEvent::Registered);
-        Ok(Some(handle))
-    }
-
-    /// Formation without a lock: only the deterministic seed forms a cluster.
-    async fn lockless_steps(&self) -> Result<Outcome, FormationError> {
-        let me = self.node().clone();
-        let det = self
-            .inner
-            .backend
-            .deterministic_seed(&me)
-            .await
-            .map_err(|source| FormationError::Backend {
-                step: "asking for the deterministic seed",
-                source,
-            })?
-            .ok_or(FormationError::NoSeed {
-                backend: self.inner.backend.name(),
-            })?;
-        let started = Instant::now();
-        let mut delay = self.inner.config.backoff_initial;
-        loop {
-            let listed = self.list().await?;
-            // A node already in a multi-node cluster with a listed node stays there.
-            let mine = self.inner.target.membership().await?;
-            if mine.members.len() > 1
-                && let Some(seed) = mine
-                    .members
-                    .iter()
-                    .filter(|m| **m != me && mine.lists_running(m))
-                    .find(|m| **m == det || listed.iter().any(|r| &r.node == *m))
-            {
-                return Ok(Outcome::AlreadyMember { seed: seed.clone() });
-            }
-            let others = seed::probe_order(&listed, &me);
-            if det == me {
-                // The seed forms the cluster, unless the others already run one (the
-                // seed restarted without its data): then it joins them.
-                for node in &others {
-                    let p = self.probe(node).await?;
-                    if p.live && p.cluster_size() >= 2 {
-                        self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                        return self.settle(self.join(node).await?).await;
-                    }
-                }
-                self.emit(FormationEvent::SeedChosen(None));
-                return self.settle(self.form_new().await?).await;
-            }
-            let p = self.probe(&det).await?;
-            if p.live {
-                self.emit(FormationEvent::SeedChosen(Some(det.clone())));
-                Metrics::bump(&self.inner.metrics.seed_choices);
-                return self.settle(self.join(&det).await?).await;
-            }
-            // The seed is down: join a cluster the others already formed, if any.
-            for node in others.iter().filter(|n| **n != det) {
-                let p = self.probe(node).await?;
-                if p.live && p.cluster_size() >= 2 {
-                    self.emit(FormationEvent::SeedChosen(Some(node.clone())));
-                    return self.settle(self.join(node).await?).await;
-                }
-            }
-            if started.elapsed() >= self.inner.config.seed_wait {
-                return Err(FormationError::SeedUnavailable {
-                    seed: det,
-                    waited: started.elapsed(),
-                });
-            }
-            tracing::info!(seed = %det, "waiting for the seed to come up");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(self.inner.config.backoff_max);
-        }
-    }
-
-    /// Keeps watching after formation, in the background: reconnects disconnected
-    /// registered members, detects splits, runs cleanup, and counts registration
-    /// keep-alive failures. Stops when the returned handle is dropped or stopped.
-    pub fn watch(&self, formed: &Formed) -> WatchHandle {
-        let agent = self.clone();
-        let mut keepalive = formed.registration.as_ref().map(|r| r.subscribe());
-        let task = tokio::spawn(async move {
-            let mut cleanup = CleanupState::new();
-            let cfg = agent.inner.config.clone();
-            let mut tick = tokio::time::interval(cfg.watch_interval.min(cfg.cleanup.interval));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_cleanup = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    ev = async {
-                        match keepalive.as_mut() {
-                            Some(rx) => rx.recv().await.ok(),
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        if let Some(crate::backend::RegistrationEvent::RefreshFailed { .. }) = ev {
-                            Metrics::bump(&agent.inner.metrics.keepalive_failures);
-                        }
-                        continue;
-                    }
-                }
-                let run_cleanup =
-                    cfg.cleanup.enabled && last_cleanup.elapsed() >= cfg.cleanup.interval;
-                if run_cleanup {
-                    last_cleanup = Instant::now();
-                }
-                agent
-                    .watch_once(&mut cleanup, run_cleanup)
-                    .instrument(tracing::info_span!("watch", node = %agent.node()))
-                    .await;
-            }
-        });
-        WatchHandle { task }
-    }
-
-    /// One round of watching, for the crate's tests and trial harness to drive the agent
-    /// step by step (the `testing` feature; outside semver).
-    #[cfg(feature = "testing")]
-    #[doc(hidden)]
-    pub async fn watch_round(&self, cleanup: &mut CleanupState, run_cleanup: bool) {
-        self.watch_once(cleanup, run_cleanup).await
-    }
-
-    /// One round of watching.
-    async fn watch_once(&self, cleanup: &mut CleanupState, run_cleanup: bool) {
-        let me = self.node().clone();
-        let target = &self.inner.target;
-        let listing = self.inner.backend.list_nodes().await;
-        let membership = match target.membership().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the node's membership");
-                return;
-            }
-        };
-        if !membership.running {
-            // A stopped node lists no running member: reading that as "every member is
-            // unreachable" would reconnect and clean up against a node under maintenance.
-            tracing::warn!(
-                "the managed node's application is stopped: nothing to watch this round"
-            );
-            return;
-        }
-        if let Ok(listed) = &listing {
-            let mut my_group: Vec<NodeName> = membership.running_members.clone();
-            if !my_group.contains(&me) {
-                my_group.push(me.clone());
-            }
-            my_group.sort();
-            let mut groups: Vec<Vec<NodeName>> = vec![my_group.clone()];
-            for r in listed.iter().filter(|r| r.node != me) {
-                if my_group.contains(&r.node) {
-                    continue;
-                }
-                // A registered node outside our running members: a member we lost (the
-                // node still lists it, as RabbitMQ does, or it still runs with some of
-                // our members: an Erlang mesh forgets a lost node), or another cluster.
-                let probe = self.probe(&r.node).await.ok().filter(|p| p.live);
-                let ours = membership.members.contains(&r.node)
-                    || probe.as_ref().is_some_and(|p| {
-                        p.membership
-                            .running_members
-                            .iter()
-                            .any(|m| *m != r.node && my_group.contains(m))
-                    });
-                if ours {
-                    match target.reconnect(&r.node).await {
-                        Ok(true) => {
-                            tracing::info!(member = %r.node, "reconnected a registered member");
-                            Metrics::bump(&self.inner.metrics.reconnects);
-                            self.emit(FormationEvent::Reconnected(r.node.clone()));
-                        }
-                        Ok(false) => {
-                            tracing::debug!(member = %r.node, "registered member still unreachable")
-                        }
-                        Err(e) => tracing::warn!(member = %r.node, error = %e, "reconnect failed"),
-                    }
-                    continue;
-                }
-                // Splits: registered live nodes whose clusters do not overlap ours.
-                if let Some(p) = probe
-                    && !groups.iter().any(|g| g.contains(&r.node))
-                {
-                    let mut g = p.membership.running_members.clone();
-                    if !g.contains(&r.node) {
-                        g.push(r.node.clone());
-                    }
-                    g.sort();
-                    groups.push(g);
-                }
-            }
-            if groups.len() > 1 {
-                tracing::error!(
-                    ?groups,
-                    "split detected: registered nodes form separate clusters"
-                );
-                Metrics::bump(&self.inner.metrics.splits);
-                self.emit(FormationEvent::SplitDetected(groups));
-            }
-        }
-        if !run_cleanup {
-            return;
-        }
-        let listing = listing.as_deref().map_err(|e| e.to_string());
-        let mut cfg = self.inner.config.cleanup.clone();
-        cfg.unlisted_for.get_or_insert(self.node_ttl());
-        match cleanup.round(&me, &membership, listing, &cfg, std::time::Instant::now()) {
-            Err(cleanup::CleanupSkip::BackendError(e)) => {
-                tracing::warn!(error = %e, "cleanup skipped: the backend failed, so nothing is forgotten");
-                self.emit(FormationEvent::CleanupSkipped(e));
-            }
-            Ok(actions) => {
-                for action in actions {
-                    match action {
-                        CleanupAction::WouldForget(n) => {
-                            tracing::warn!(member = %n, "cleanup (warn-only): would forget an unreachable, unregistered member");
-                            Metrics::bump(&self.inner.metrics.cleanup_warnings);
-                            self.emit(FormationEvent::WouldForget(n));
-                        }
-                        CleanupAction::Forget(n) => match target.forget(&n).await {
-                            Ok(()) => {
-                                tracing::warn!(member = %n, "cleanup: forgot an unreachable, unregistered member");
-                                cleanup.forgotten(&n);
-                                Metrics::bump(&self.inner.metrics.cleanup_forgotten);
-                                self.emit(FormationEvent::Forgot(n));
-                            }
-                            Err(e) => {
-                                tracing::error!(member = %n, error = %e, "cleanup: forgetting failed")
-                            }
-                        },
-                        CleanupAction::Deferred(n) => {
-                            tracing::info!(member = %n, "cleanup: deferred to a later round (share per round used up)");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Leaves the cluster gracefully (scale-down): deregisters first, so that no node
-    /// picks this one as a seed, then leaves.
-    pub async fn leave(&self, formed: Formed) -> Result<(), FormationError> {
-        if let Some(registration) = formed.registration {
-            registration
-                .deregister()
-                .await
-                .map_err(|source| FormationError::Backend {
-                    step: "deregistering before leaving",
-                    source,
-                })?;
-        }
-        self.inner.target.leave().await?;
-        tracing::info!("left the cluster");
-        self.emit(FormationEvent::Left);
-        Ok(())
-    }
-}
-
-/// The background watch of an [`Agent`]; stops when dropped.
-#[derive(Debug)]
-pub struct WatchHandle {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl WatchHandle {
-    /// Stops watching.
-    pub fn stop(self) {
-        self.task.abort();
-    }
-}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

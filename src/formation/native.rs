@@ -10,7 +10,9 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, node_list};
-use super::target::{ClusterTarget, DataState, Membership, Probe, worth_one_retry};
+use super::target::{
+    ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported, worth_one_retry,
+};
 
 /// The registered name of the membership service every [`NativeTarget`] runs.
 pub const MEMBERSHIP_SERVICE: &str = "autocluster_membership";
@@ -305,7 +307,7 @@ impl ClusterTarget for NativeTarget {
         }
     }
 
-    async fn data_state(&self) -> Result<DataState, FormationError> {
+    async fn inventory(&self) -> Result<DataState, FormationError> {
         let st = lock(&self.inner.state);
         Ok(match &st.seed {
             Some(seed) => DataState::OtherCluster(vec![seed.clone()]),
@@ -316,13 +318,44 @@ impl ClusterTarget for NativeTarget {
         })
     }
 
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form | Step::Start => self.form().await?,
+            Step::Join { seed, .. } => self.join(seed).await?,
+            Step::Finish { .. } => {}
+            Step::Leave => self.leave().await?,
+            step => return Err(unsupported(self.kind(), step)),
+        }
+        Ok(Stage::Complete)
+    }
+
+    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
+        let seed = lock(&self.inner.state).seed.clone();
+        if seed.as_ref() == Some(member) {
+            let me = Term::atom(self.node().as_str());
+            return Ok(self
+                .call(member, Term::Tuple(vec![Term::atom("join"), me]))
+                .await
+                .is_ok_and(|r| r.is_atom("ok")));
+        }
+        Ok(self.inner.node.connect(member).await.is_ok())
+    }
+
+    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
+        lock(&self.inner.state).members.remove(member);
+        Ok(())
+    }
+}
+
+/// The steps, carried out.
+impl NativeTarget {
     async fn form(&self) -> Result<(), FormationError> {
         lock(&self.inner.state).seed = None;
         self.close_probes(None);
         Ok(())
     }
 
-    async fn join(&self, seed: &NodeName, _reset_allowed: bool) -> Result<(), FormationError> {
+    async fn join(&self, seed: &NodeName) -> Result<(), FormationError> {
         let me = Term::atom(self.node().as_str());
         let mut target = seed.clone();
         // One redirect at most: a member names its own seed.
@@ -369,23 +402,6 @@ impl ClusterTarget for NativeTarget {
             seed,
             "redirected more than once",
         ))
-    }
-
-    async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
-        let seed = lock(&self.inner.state).seed.clone();
-        if seed.as_ref() == Some(member) {
-            let me = Term::atom(self.node().as_str());
-            return Ok(self
-                .call(member, Term::Tuple(vec![Term::atom("join"), me]))
-                .await
-                .is_ok_and(|r| r.is_atom("ok")));
-        }
-        Ok(self.inner.node.connect(member).await.is_ok())
-    }
-
-    async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        lock(&self.inner.state).members.remove(member);
-        Ok(())
     }
 
     async fn leave(&self) -> Result<(), FormationError> {

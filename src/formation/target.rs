@@ -117,9 +117,9 @@ pub struct Membership {
     pub partitions: Vec<NodeName>,
     /// Not running yet but starting: its cluster software is booting (RabbitMQ: the
     /// `rabbit` application's boot has not finished). A booting node's members are not
-    /// known yet (`members` holds the node alone). The agent cannot read a booting node's
-    /// data: a target that reports booting nodes checks their data itself in
-    /// [`ClusterTarget::join_membership`].
+    /// known yet (`members` holds the node alone), and its data cannot be read: the plan
+    /// tells a joinable first boot whom to join ([`Step::BootJoin`]), and waits for any
+    /// other boot to finish ([`Step::Start`]) before deciding.
     pub booting: bool,
 }
 
@@ -155,8 +155,115 @@ impl fmt::Display for DataState {
     }
 }
 
-/// How far [`ClusterTarget::form_membership`] or [`ClusterTarget::join_membership`] took
-/// the managed node.
+/// The metadata store a RabbitMQ node keeps its cluster membership in. It decides
+/// whether joining is idempotent: a Mnesia node asked to join a cluster it belongs to
+/// answers "already a member"; a Khepri node resets itself and is added again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetadataStore {
+    /// Mnesia (RabbitMQ 3.x, and 4.0 - 4.2 unless Khepri is enabled).
+    Mnesia,
+    /// Khepri (RabbitMQ 4.x with `khepri_db` enabled; the only store from 4.3).
+    Khepri,
+}
+
+/// What one inspection of the managed node found: the facts the
+/// [formation plan](super::plan) decides from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The node's own view of its cluster.
+    pub membership: Membership,
+    /// For a node in its first boot ([`Membership::booting`]): whether the boot can still
+    /// be told whom to join ([`Step::BootJoin`]): RabbitMQ 3.10 - 3.12 with the classic
+    /// config discovery, no configured peers and an empty database.
+    pub boot_joinable: bool,
+    /// The metadata store, for targets that have one (RabbitMQ).
+    pub store: Option<MetadataStore>,
+    /// What joining would discard: filled in from [`ClusterTarget::inventory`] when the
+    /// plan asks for it ([`Decision::Inventory`](super::plan::Decision::Inventory)).
+    pub data: Option<DataState>,
+}
+
+impl Inspection {
+    /// An inspection that found `membership` and nothing else.
+    pub fn of(membership: Membership) -> Inspection {
+        Inspection {
+            membership,
+            ..Inspection::default()
+        }
+    }
+
+    /// The same inspection, with the boot found joinable or not.
+    pub fn with_boot_joinable(mut self, joinable: bool) -> Inspection {
+        self.boot_joinable = joinable;
+        self
+    }
+
+    /// The same inspection, with the node's metadata store.
+    pub fn with_store(mut self, store: MetadataStore) -> Inspection {
+        self.store = Some(store);
+        self
+    }
+
+    /// The same inspection, with the node's data already read.
+    pub fn with_data(mut self, data: DataState) -> Inspection {
+        self.data = Some(data);
+        self
+    }
+}
+
+/// A step the [formation plan](super::plan) gives a target to carry out
+/// ([`ClusterTarget::execute`]); one step may be several calls on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Make the managed node the first member of a new cluster (e.g. make sure its
+    /// application runs).
+    Form,
+    /// Start a stopped application, or wait for a boot to finish; the agent then
+    /// inspects the node again.
+    Start,
+    /// Join `seed`'s cluster. `reset` is true only when the node holds data or belongs
+    /// to another cluster and the configuration allowed discarding it.
+    Join {
+        /// The node to join.
+        seed: NodeName,
+        /// Whether the join discards the node's data (allowed by the configuration).
+        reset: bool,
+    },
+    /// Tell a first boot whom its own peer discovery joins (`None`: it forms a new
+    /// cluster); only given when [`Inspection::boot_joinable`] is true.
+    BootJoin {
+        /// The node the boot joins.
+        seed: Option<NodeName>,
+    },
+    /// Finish what a step left at [`Stage::Recorded`] or [`Stage::Decided`], after the
+    /// startup lock is released (`seed`: the node joined; `None` when forming).
+    Finish {
+        /// The seed joined, if any.
+        seed: Option<NodeName>,
+    },
+    /// Leave the cluster cleanly (scale-down).
+    Leave,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::Form => f.write_str("form a new cluster"),
+            Step::Start => f.write_str("start the application"),
+            Step::Join { seed, reset: false } => write!(f, "join {seed}"),
+            Step::Join { seed, reset: true } => write!(f, "reset and join {seed}"),
+            Step::BootJoin { seed: Some(seed) } => write!(f, "tell the boot to join {seed}"),
+            Step::BootJoin { seed: None } => f.write_str("tell the boot to form a new cluster"),
+            Step::Finish { .. } => f.write_str("finish"),
+            Step::Leave => f.write_str("leave the cluster"),
+        }
+    }
+}
+
+/// How far [`ClusterTarget::execute`] took the managed node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Stage {
@@ -166,20 +273,26 @@ pub enum Stage {
     /// The node's membership is settled and nothing left changes it: a recorded member
     /// of the seed's cluster whose application still has to start, or a booting node
     /// whose boot forms a new cluster. The agent registers it, releases the startup lock
-    /// and then runs [`ClusterTarget::finish`].
+    /// and then runs [`Step::Finish`].
     Recorded,
     /// The node's boot has been told whom to join, and it is a member only once its boot
-    /// has joined. The agent releases the startup lock, runs [`ClusterTarget::finish`],
-    /// checks the membership, and registers the node only then: a boot that could not
-    /// join (and started standalone) is never registered, so no other node joins it.
+    /// has joined. The agent releases the startup lock, runs [`Step::Finish`], checks the
+    /// membership, and registers the node only then: a boot that could not join (and
+    /// started standalone) is never registered, so no other node joins it.
     Decided,
 }
 
 /// What a formation agent acts on: the node being clustered.
 ///
+/// A target reports facts ([`probe`](Self::probe), [`inspect`](Self::inspect),
+/// [`inventory`](Self::inventory)) and carries out the [`Step`]s it is given
+/// ([`execute`](Self::execute)); it decides nothing. What to do with the facts is the
+/// [formation plan](super::plan)'s decision alone.
+///
 /// The crate provides targets for a plain Erlang node ([`super::ErlangMesh`]), a RabbitMQ
-/// node ([`super::RabbitMq`]) and this Rust process itself ([`super::LocalTarget`]);
-/// implement it to cluster something else that speaks Erlang distribution.
+/// node ([`super::RabbitMq`]), this Rust process itself ([`super::LocalTarget`]) and a
+/// cluster of Rust processes ([`super::NativeTarget`]); implement it to cluster something
+/// else that speaks Erlang distribution.
 #[async_trait::async_trait]
 pub trait ClusterTarget: Send + Sync + fmt::Debug {
     /// The managed node's name: what is registered and what others join.
@@ -193,62 +306,29 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
     /// that make probing itself impossible (e.g. the local node stopped).
     async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError>;
 
-    /// The managed node's own view of its cluster.
+    /// The managed node's own view of its cluster (read by health checks, by the watch,
+    /// and to verify a finished step).
     async fn membership(&self) -> Result<Membership, FormationError>;
 
-    /// Whether joining another cluster would discard anything on the managed node.
-    async fn data_state(&self) -> Result<DataState, FormationError>;
+    /// What the plan decides from: the membership and, for targets that have them, the
+    /// boot and metadata-store facts. One membership read. The default reports
+    /// [`membership`](Self::membership) alone.
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        Ok(Inspection::of(self.membership().await?))
+    }
 
-    /// Makes the managed node the first member of a new cluster (e.g. make sure its
-    /// application runs). The agent also calls it before joining when
-    /// [`membership`](Self::membership) reports the node not running, to start a
-    /// stopped application.
-    async fn form(&self) -> Result<(), FormationError>;
+    /// What joining another cluster would discard on the managed node (read only when
+    /// the plan asks for it, at most once per join).
+    async fn inventory(&self) -> Result<DataState, FormationError>;
 
-    /// Joins the managed node to `seed`'s cluster. `reset_allowed` is true only when the
-    /// caller explicitly allowed discarding the node's data.
-    async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError>;
-
-    /// The part of a join that decides the managed node's membership; the agent runs it
-    /// under the startup lock. Returns [`Stage::Recorded`] or [`Stage::Decided`] when
-    /// work is left that changes no membership (RabbitMQ: starting the application, or
-    /// the rest of a first boot; seconds): the agent then releases the lock, so that the
-    /// next node's join overlaps that work, and calls [`finish`](Self::finish).
+    /// Carries out `step` on the managed node and says how far it got. A step the target
+    /// does not support is a [`FormationError::Config`] naming it.
     ///
-    /// The agent calls it without reading [`data_state`](Self::data_state) first when
-    /// [`membership`](Self::membership) reports the node [booting](Membership::booting)
-    /// (its data cannot be read yet): a target that reports booting nodes checks their
-    /// data itself, with `reset_allowed` as configured.
-    ///
-    /// The default runs the whole [`join`](Self::join) and returns [`Stage::Complete`].
-    /// A target that returns another stage must leave a node that the next agent can
-    /// finish if `finish` is never called (the agent died): a stopped application is
-    /// started by [`form`](Self::form) and found a member; a boot finishes by itself.
-    async fn join_membership(
-        &self,
-        seed: &NodeName,
-        reset_allowed: bool,
-    ) -> Result<Stage, FormationError> {
-        self.join(seed, reset_allowed).await?;
-        Ok(Stage::Complete)
-    }
-
-    /// The part of forming a new cluster that decides the managed node's membership, under
-    /// the startup lock (see [`join_membership`](Self::join_membership)). The default runs
-    /// [`form`](Self::form) and returns [`Stage::Complete`].
-    async fn form_membership(&self) -> Result<Stage, FormationError> {
-        self.form().await?;
-        Ok(Stage::Complete)
-    }
-
-    /// Finishes what [`form_membership`](Self::form_membership) (`seed` is `None`) or
-    /// [`join_membership`](Self::join_membership) left [`Stage::Recorded`] or
-    /// [`Stage::Decided`], after the startup lock is released; the agent then checks the
-    /// membership. The default does nothing.
-    async fn finish(&self, seed: Option<&NodeName>) -> Result<(), FormationError> {
-        let _ = seed;
-        Ok(())
-    }
+    /// A target that returns [`Stage::Recorded`] or [`Stage::Decided`] must leave a node
+    /// that the next agent can finish if [`Step::Finish`] never comes (the agent died):
+    /// a stopped application is started by [`Step::Start`] and found a member; a boot
+    /// finishes by itself.
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError>;
 
     /// Re-establishes the distribution connection from the managed node to `member`
     /// (after formation, when a registered member is disconnected).
@@ -256,7 +336,9 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
 
     /// Removes a dead `member` from the managed node's cluster (cleanup).
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError>;
+}
 
-    /// Leaves the cluster cleanly (scale-down).
-    async fn leave(&self) -> Result<(), FormationError>;
+/// The error of a target asked for a step it does not carry out.
+pub(crate) fn unsupported(kind: &str, step: &Step) -> FormationError {
+    FormationError::Config(format!("the {kind} target cannot {step}"))
 }

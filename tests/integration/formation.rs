@@ -15,8 +15,9 @@ use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, MemoryBackend, Registration};
 use autocluster::formation::{
     Agent, ClusterTarget, DataState, ErlangMesh, FormationConfig, FormationError, FormationEvent,
-    LocalTarget, Membership, Outcome, Probe, SeedOrder,
+    Inspection, LocalTarget, Membership, Outcome, Probe, SeedOrder, Stage, Step,
 };
+use autocluster::health::CheckOptions;
 use autocluster::{Cookie, Node, NodeName, health};
 
 #[cfg(feature = "etcd")]
@@ -209,25 +210,26 @@ impl ClusterTarget for HangingJoin {
     async fn membership(&self) -> Result<Membership, FormationError> {
         self.inner.membership().await
     }
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        self.inner.data_state().await
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        self.inner.inspect().await
     }
-    async fn form(&self) -> Result<(), FormationError> {
-        self.joining.store(true, Ordering::SeqCst);
-        std::future::pending().await
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        self.inner.inventory().await
     }
-    async fn join(&self, _seed: &NodeName, _reset: bool) -> Result<(), FormationError> {
-        self.joining.store(true, Ordering::SeqCst);
-        std::future::pending().await
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form | Step::Join { .. } => {
+                self.joining.store(true, Ordering::SeqCst);
+                std::future::pending().await
+            }
+            step => self.inner.execute(step).await,
+        }
     }
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
         self.inner.reconnect(member).await
     }
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
         self.inner.forget(member).await
-    }
-    async fn leave(&self) -> Result<(), FormationError> {
-        self.inner.leave().await
     }
 }
 
@@ -359,7 +361,8 @@ async fn health_tells_formed_standalone_and_disconnected_nodes_apart() {
         .map(Result::unwrap)
         .collect();
     for t in &targets[..3] {
-        let report = health::check(t.as_ref(), Some(backend.as_ref()), None).await;
+        let report =
+            health::check(t.as_ref(), Some(backend.as_ref()), &CheckOptions::default()).await;
         assert!(report.healthy, "{report}");
         assert!(report.to_string().starts_with("SUCCESS: "), "{report}");
         assert_eq!(report.exit_code(), 0);
@@ -370,9 +373,19 @@ async fn health_tells_formed_standalone_and_disconnected_nodes_apart() {
         );
     }
     // Without a backend: the node's own cluster, with the number of nodes expected.
-    let report = health::check(targets[1].as_ref(), None, Some(3)).await;
+    let report = health::check(
+        targets[1].as_ref(),
+        None,
+        &CheckOptions::default().expect_nodes(3),
+    )
+    .await;
     assert!(report.healthy, "{report}");
-    let report = health::check(targets[1].as_ref(), None, Some(4)).await;
+    let report = health::check(
+        targets[1].as_ref(),
+        None,
+        &CheckOptions::default().expect_nodes(4),
+    )
+    .await;
     assert!(!report.healthy, "{report}");
 
     // A fourth node registered but standalone: it fails, and so does the seed beside it.
@@ -383,12 +396,22 @@ async fn health_tells_formed_standalone_and_disconnected_nodes_apart() {
         ))
         .await
         .unwrap();
-    let report = health::check(targets[3].as_ref(), Some(backend.as_ref()), None).await;
+    let report = health::check(
+        targets[3].as_ref(),
+        Some(backend.as_ref()),
+        &CheckOptions::default(),
+    )
+    .await;
     assert!(!report.healthy, "{report}");
     assert!(report.to_string().starts_with("FAILURE: "), "{report}");
     let seed = report.seed.clone().unwrap();
     let seed_target = targets.iter().find(|t| t.node() == &seed).unwrap();
-    let report = health::check(seed_target.as_ref(), Some(backend.as_ref()), None).await;
+    let report = health::check(
+        seed_target.as_ref(),
+        Some(backend.as_ref()),
+        &CheckOptions::default(),
+    )
+    .await;
     assert!(
         !report.healthy,
         "a standalone seed beside an unjoined registered node: {report}"
@@ -414,7 +437,12 @@ async fn health_tells_formed_standalone_and_disconnected_nodes_apart() {
         .eval(&format!("erlang:disconnect_node('{seed}')"))
         .await;
     let other_target = targets.iter().find(|t| t.node() == &other).unwrap();
-    let report = health::check(other_target.as_ref(), Some(backend.as_ref()), None).await;
+    let report = health::check(
+        other_target.as_ref(),
+        Some(backend.as_ref()),
+        &CheckOptions::default(),
+    )
+    .await;
     assert!(!report.healthy, "{report}");
     assert!(report.summary.contains(seed.as_str()), "{report}");
     let json = report.to_json();
@@ -560,7 +588,12 @@ async fn this_rust_process_joins_an_erlang_cluster_and_global_keeps_working() {
             .await
             .starts_with('<')
     );
-    let report = health::check(local.as_ref(), Some(backend.as_ref()), None).await;
+    let report = health::check(
+        local.as_ref(),
+        Some(backend.as_ref()),
+        &CheckOptions::default(),
+    )
+    .await;
     assert!(report.healthy, "{report}");
 
     // A published Rust node is refused as a target, with the reason.
@@ -649,7 +682,12 @@ async fn thirty_rust_native_nodes_form_one_star() {
     }
     let seed_target = targets.iter().find(|t| t.node() == &seed).unwrap();
     assert_eq!(seed_target.local_node().connected_nodes().len(), 29);
-    let report = health::check(targets[7].as_ref(), Some(backend.as_ref()), None).await;
+    let report = health::check(
+        targets[7].as_ref(),
+        Some(backend.as_ref()),
+        &CheckOptions::default(),
+    )
+    .await;
     assert!(report.healthy, "{report}");
 }
 

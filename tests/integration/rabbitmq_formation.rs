@@ -16,7 +16,7 @@ use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, MemoryBackend};
 use autocluster::formation::{
     Agent, CleanupConfig, CleanupState, ClusterTarget, DataState, FormationConfig, FormationError,
-    FormationEvent, Formed, Outcome, RabbitMq,
+    FormationEvent, Formed, Outcome, RabbitMq, Step,
 };
 use autocluster::{Cookie, Node, NodeName};
 
@@ -304,16 +304,9 @@ async fn seed_scenario_three_rabbitmq_nodes_form_one_cluster() {
         assert_eq!(members, all, "{}", a.node());
         assert_eq!(running, all, "{}", a.node());
         assert!(m.partitions.is_empty());
-        assert_eq!(
-            a.target().data_state().await.unwrap(),
-            DataState::OtherCluster(
-                m.members
-                    .iter()
-                    .filter(|n| *n != a.node())
-                    .cloned()
-                    .collect()
-            )
-        );
+        // Members of a fresh cluster hold no operator data: nothing a reset would lose
+        // besides the membership, which the plan reads from the inspection.
+        assert_eq!(a.target().inventory().await.unwrap(), DataState::Empty);
     }
     let status = RabbitMq::new(probe.clone(), name(&nodes[2]))
         .cluster_status()
@@ -695,7 +688,7 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
     two.sort();
     assert_eq!(disk, two);
     assert_eq!(
-        agent_y.target().data_state().await.unwrap(),
+        agent_y.target().inventory().await.unwrap(),
         DataState::Empty
     );
     eprintln!("leave in {:?}", t.elapsed());
@@ -713,7 +706,7 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
          ok = rabbit_nodes:set_cluster_name(<<\"prod-cluster\">>, <<\"test\">>).",
     )
     .await;
-    let DataState::HasData(found) = agent_y.target().data_state().await.unwrap() else {
+    let DataState::HasData(found) = agent_y.target().inventory().await.unwrap() else {
         panic!("y holds data now");
     };
     assert_eq!(
@@ -935,9 +928,9 @@ async fn exercise(node: &mut ErlNode, probe: &Node, version: &str) -> Vec<String
     assert!(m.running && m.members == vec![me.clone()] && m.running_members == vec![me.clone()]);
     let p = target.probe(&me).await.unwrap();
     assert!(p.live && p.started_at_ms.is_some(), "{p:?}");
-    assert_eq!(target.data_state().await.unwrap(), DataState::Empty);
+    assert_eq!(target.inventory().await.unwrap(), DataState::Empty);
 
-    target.join(&seed, false).await.expect("join");
+    join(&target, &seed).await.expect("join");
     let m = target.membership().await.unwrap();
     assert!(m.running, "the application runs again after the join");
     assert!(m.members.contains(&seed), "{m:?}");
@@ -949,7 +942,7 @@ async fn exercise(node: &mut ErlNode, probe: &Node, version: &str) -> Vec<String
     target.forget(&gone).await.expect("forget");
     assert!(!target.membership().await.unwrap().members.contains(&gone));
 
-    target.leave().await.expect("leave");
+    target.execute(&Step::Leave).await.expect("leave");
     let m = target.membership().await.unwrap();
     assert!(m.running && m.members == vec![me.clone()], "{m:?}");
 
@@ -957,13 +950,30 @@ async fn exercise(node: &mut ErlNode, probe: &Node, version: &str) -> Vec<String
     node.eval("standin:sput(running, false)").await;
     let m = target.membership().await.unwrap();
     assert!(!m.running && m.running_members.is_empty(), "{m:?}");
-    target
-        .join(&seed, false)
+    // The plan starts a stopped application first.
+    target.execute(&Step::Start).await.expect("start");
+    join(&target, &seed)
         .await
         .expect("join from a stopped application");
     assert!(target.membership().await.unwrap().running);
 
     recorded_calls(node).await
+}
+
+/// A join as the agent runs it without a lock: the join step, then what it left.
+async fn join(target: &RabbitMq, seed: &NodeName) -> Result<(), FormationError> {
+    target
+        .execute(&Step::Join {
+            seed: seed.clone(),
+            reset: false,
+        })
+        .await?;
+    target
+        .execute(&Step::Finish {
+            seed: Some(seed.clone()),
+        })
+        .await
+        .map(|_| ())
 }
 
 fn called(calls: &[String], f: &str) -> bool {
@@ -1057,11 +1067,13 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
     let seed: NodeName = format!("seed@{host}").parse().unwrap();
     let target = RabbitMq::new(probe.clone(), me.clone());
     assert!(target.membership().await.unwrap().running);
-    target
-        .join(&seed, false)
+    join(&target, &seed)
         .await
         .expect("join through the fallback");
-    target.leave().await.expect("leave through the fallback");
+    target
+        .execute(&Step::Leave)
+        .await
+        .expect("leave through the fallback");
     let calls = recorded_calls(&mut node).await;
     for f in [
         "rabbit_mnesia:status/0",
@@ -1079,7 +1091,7 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
     let target = RabbitMq::new(probe.clone(), me.clone());
     let m = target.membership().await.unwrap();
     assert!(m.running && m.partitions.is_empty(), "{m:?}");
-    target.join(&seed, false).await.expect("join on 4.3");
+    join(&target, &seed).await.expect("join on 4.3");
     let calls = recorded_calls(&mut node).await;
     assert!(called(&calls, "rabbit_db_cluster:join/2"), "{calls:?}");
     assert!(
@@ -1100,7 +1112,6 @@ async fn rabbitmq_function_choices_per_version_against_stand_ins() {
 #[cfg(feature = "tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
-    use autocluster::health;
     use autocluster::node::{ConnectError, TlsError};
 
     use crate::common::Pki;
@@ -1159,7 +1170,7 @@ async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
         1
     );
     for a in &agents {
-        let report = health::check(a.target().as_ref(), Some(backend.as_ref()), None).await;
+        let report = a.health().await;
         assert!(report.healthy, "{report}");
     }
     // The real CLI (itself over TLS distribution) agrees.

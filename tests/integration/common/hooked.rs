@@ -4,7 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use autocluster::NodeName;
-use autocluster::formation::{ClusterTarget, DataState, FormationError, Membership, Probe};
+use autocluster::formation::{
+    ClusterTarget, DataState, FormationError, Inspection, Membership, Probe, Stage, Step,
+};
 
 type ProbeHook = Box<dyn Fn(&NodeName, Option<&Probe>) -> Option<Probe> + Send + Sync>;
 type FormHook = Box<dyn Fn() + Send + Sync>;
@@ -74,25 +76,24 @@ impl ClusterTarget for Hooked {
     async fn membership(&self) -> Result<Membership, FormationError> {
         self.inner.membership().await
     }
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        self.inner.data_state().await
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        self.inner.inspect().await
     }
-    async fn form(&self) -> Result<(), FormationError> {
-        if let Some(hook) = &self.form {
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        self.inner.inventory().await
+    }
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        if *step == Step::Form
+            && let Some(hook) = &self.form
+        {
             hook();
         }
-        self.inner.form().await
-    }
-    async fn join(&self, seed: &NodeName, reset: bool) -> Result<(), FormationError> {
-        self.inner.join(seed, reset).await
+        self.inner.execute(step).await
     }
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
         self.inner.reconnect(member).await
     }
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
         self.inner.forget(member).await
-    }
-    async fn leave(&self) -> Result<(), FormationError> {
-        self.inner.leave().await
     }
 }

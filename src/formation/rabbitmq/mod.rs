@@ -1,6 +1,6 @@
 //! A RabbitMQ node as a cluster target: [`RabbitMq`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,20 +10,21 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, node_list};
-use super::target::{ClusterTarget, DataState, Membership, Probe, Stage};
+use super::target::{
+    ClusterTarget, DataState, Inspection, Membership, MetadataStore, Probe, Stage, Step,
+};
+
+mod generation;
+mod inventory;
+mod reply;
+
+use generation::{Generation, Mfa, StoreFact};
+use reply::{
+    check_ok, node_list_or_error, proplist_get, sorted, status_members, thrown_error, undefined,
+};
 
 /// The default limit of the calls that stop, join, reset or start the application.
 const APP_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// How many names one [`DataState::HasData`] entry lists before "and N more".
-const MAX_NAMES: usize = 10;
-
-/// Global runtime parameters that RabbitMQ sets itself (not operator data).
-const DEFAULT_GLOBAL_PARAMETERS: &[&str] = &[
-    "internal_cluster_id",
-    "cluster_tags",
-    "imported_definition_hash_value",
-];
 
 /// A RabbitMQ version, as a node reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,19 +59,9 @@ impl RabbitVersion {
         })
     }
 
-    fn at_least(&self, major: u32, minor: u32) -> bool {
-        (self.major, self.minor) >= (major, minor)
-    }
-
-    /// Which generation of cluster functions the node has.
-    fn family(&self) -> Family {
-        if self.at_least(3, 13) {
-            Family::Db
-        } else if self.at_least(3, 12) {
-            Family::Mnesia312
-        } else {
-            Family::Mnesia
-        }
+    /// The generation of cluster functions the node has.
+    pub(crate) fn generation(&self) -> &'static Generation {
+        Generation::of(self)
     }
 }
 
@@ -78,17 +69,6 @@ impl std::fmt::Display for RabbitVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-/// The generations of RabbitMQ's cluster functions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    /// 3.10, 3.11: `rabbit_mnesia` for everything.
-    Mnesia,
-    /// 3.12: `rabbit_mnesia`, running nodes from `rabbit_nodes:list_running/0`.
-    Mnesia312,
-    /// 3.13 and later: `rabbit_db_cluster` / `rabbit_db` (Mnesia or Khepri behind them).
-    Db,
 }
 
 /// A RabbitMQ node (3.10 through 4.x) as a cluster target, managed by remote calls from
@@ -101,25 +81,37 @@ enum Family {
 /// when that fails) and cached until the connection to the node drops. The functions are
 /// the ones `rabbitmqctl` itself calls for the same command:
 ///
-/// | step | 3.10 / 3.11 | 3.12 | 3.13 and later |
-/// |---|---|---|---|
-/// | running? | `rabbit:is_running/0` | same | same |
-/// | booting? | `rabbit_boot_state:get/0` | same | same |
-/// | join or form during the first boot | `rabbit_peer_discovery:backend/0`, `application:get_env(rabbit, cluster_nodes)`, `rabbit_mnesia:dir/0`, `filelib:is_regular/1`, `application:set_env(rabbit, cluster_nodes, {Peers, disc})` | same | not taken: join by restart |
-/// | cluster status | `rabbit_mnesia:status/0` | same | `rabbit_db_cluster:cli_cluster_status/0` (`rabbit_mnesia:status/0` if undefined) |
-/// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running/0` | `running_nodes` of the status |
-/// | partitions | `rabbit_node_monitor:partitions/0` | same | same (`[]` where undefined: 4.3+, Khepri has none) |
-/// | join | `rabbit:stop/0`, `rabbit_mnesia:join_cluster(Seed, disc)`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db_cluster:join(Seed, disc)`, `rabbit:start/0` |
-/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)` | same | `rabbit_db_cluster:forget_member(Node, false)` |
-/// | leave | `rabbit:stop/0`, `rabbit_mnesia:reset/0`, `rabbit:start/0` | same | `rabbit:stop/0`, `rabbit_db:reset/0`, `rabbit:start/0` |
+/// Every generation checks whether the application runs with `rabbit:is_running/0` and
+/// whether it boots with `rabbit_boot_state:get/0`. Joining stops the application
+/// (`rabbit:stop/0`) before the join call and starts it again (`rabbit:start/0`) after;
+/// leaving stops it, resets and starts it again. The version maps to one generation, and
+/// each generation names its functions (this table is rendered from that data, and a test
+/// keeps the two the same):
 ///
-/// On 3.13+ each `rabbit_db*` function falls back to its `rabbit_mnesia` counterpart when
-/// it is undefined, as `rabbitmqctl` does. A failed join starts the application again
-/// before returning the error, and `{error, Reason}` thrown by RabbitMQ is reported like a
-/// returned one ([`FormationError::Unexpected`] naming the node, the step and the call).
+/// | operation | 3.10 - 3.11 | 3.12 | 3.13 - 4.2 | 4.3 and later |
+/// |---|---|---|---|---|
+/// | cluster status | `rabbit_mnesia:status()` | `rabbit_mnesia:status()` | `rabbit_db_cluster:cli_cluster_status()` (else `rabbit_mnesia:status()`) | `rabbit_db_cluster:cli_cluster_status()` |
+/// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running()` | `running_nodes` of the status | `running_nodes` of the status |
+/// | partitions | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | none (not read) |
+/// | join | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_db_cluster:join(Seed, disc)` (else `rabbit_mnesia:join_cluster(Seed, disc)`) | `rabbit_db_cluster:join(Seed, disc)` |
+/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)` | `rabbit_mnesia:forget_cluster_node(Node, false)` | `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`) | `rabbit_db_cluster:forget_member(Node, false)` |
+/// | reset | `rabbit_mnesia:reset()` | `rabbit_mnesia:reset()` | `rabbit_db:reset()` (else `rabbit_mnesia:reset()`) | `rabbit_db:reset()` |
+/// | first-boot join | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | none: joined by restart | none: joined by restart |
+/// | metadata store | Mnesia | Mnesia | Khepri if `rabbit_khepri:is_enabled()` is `true` | Khepri |
+///
+/// A first boot is told whom to join only when `rabbit_peer_discovery:backend/0` is the
+/// classic config, `application:get_env(rabbit, cluster_nodes)` names no peers and the
+/// database is empty (`rabbit_mnesia:dir/0`, `filelib:is_regular/1` of its
+/// `schema.DAT`). A failed join starts the application again before returning the error,
+/// and `{error, Reason}` thrown by RabbitMQ is reported like a returned one
+/// ([`FormationError::Unexpected`] naming the node, the step and the call).
+///
+/// The metadata store is an inspection fact ([`Inspection::store`]) and the plan, not the
+/// version, reads it: a Khepri join resets the node even when it is a member already, so
+/// a Khepri member that does not see its seed running is never joined again.
 ///
 /// Under an [`Agent`](super::Agent), a join runs in two parts
-/// ([`ClusterTarget::join_membership`]): stopping the application and the join call run
+/// ([`Stage::Recorded`]): stopping the application and the join call run
 /// under the startup lock; `rabbit:start/0`, which takes seconds and changes no
 /// membership, runs after the lock is released ([`Stage::Recorded`]), so the next node's
 /// join overlaps it. The node is registered before the release: the next agent sees it
@@ -134,7 +126,7 @@ enum Family {
 /// `cluster_nodes` to `{[Seed], disc}` (`{[], disc}` to form): the boot's own peer
 /// discovery joins the seed at its database step (with RabbitMQ's discovery retries,
 /// 10 × 500 ms by default, while the seed's database comes up), and the broker boots
-/// once. [`finish`](ClusterTarget::finish) waits for the boot. A forming node is
+/// once. [`Step::Finish`] waits for the boot. A forming node is
 /// registered at once ([`Stage::Recorded`]), so that the next nodes join it; a joining
 /// node only once its boot has joined ([`Stage::Decided`]): a boot whose discovery gave
 /// up starts standalone, unregistered, so nobody joins it, and the agent's next attempt
@@ -169,16 +161,14 @@ enum Family {
 ///
 /// An agent killed between `rabbit:stop/0` and `rabbit:start/0` leaves a VM that answers
 /// while its `rabbit` application is stopped. [`membership`](ClusterTarget::membership)
-/// reports such a node as not running, with the members its cluster files list;
-/// [`form`](ClusterTarget::form) starts the application; and the agent starts it before
-/// deciding anything (its data cannot be read while it is stopped): a node that had
-/// already joined is then a running member (the join is finished), a node that had not
-/// is checked for data and joined as usual. [`join`](ClusterTarget::join) called directly
-/// on a stopped node does the same.
+/// reports such a node as not running, with the members its cluster files list; the plan
+/// has it started ([`Step::Start`]) before deciding anything (its data cannot be read
+/// while it is stopped): a node that had already joined is then a running member (the
+/// join is finished), a node that had not is checked for data and joined as usual.
 ///
 /// # Leaving
 ///
-/// [`leave`](ClusterTarget::leave) does what RabbitMQ's clustering guide does to remove a
+/// [`Step::Leave`] does what RabbitMQ's clustering guide does to remove a
 /// node (`rabbitmqctl stop_app`, `reset`, `start_app`): the reset tells the other members
 /// to remove it and **wipes the node's own data**, and the node is started again as a
 /// standalone, empty broker (a stopped application would look like an interrupted join to
@@ -329,7 +319,7 @@ impl RabbitMq {
         let version = RabbitVersion::parse(&text).ok_or_else(|| {
             FormationError::unexpected(STEP, node, format!("cannot parse the version {text:?}"))
         })?;
-        tracing::debug!(%node, %version, family = ?version.family(), "RabbitMQ version");
+        tracing::debug!(%node, %version, generation = version.generation().versions, "RabbitMQ version");
         if let Ok(mut cache) = self.versions.lock() {
             cache.insert(node.clone(), version.clone());
         }
@@ -379,7 +369,7 @@ impl RabbitMq {
         const STEP: &str = "checking whether the boot has chosen its cluster";
         // 3.13 and later choose the node to join themselves among the discovered ones
         // (largest cluster, oldest, name): not told a seed this way.
-        if version.family() == Family::Db
+        if !version.generation().first_boot_join
             || self.is_running(&self.node).await?
             || !self.is_booting(&self.node).await?
         {
@@ -479,27 +469,51 @@ impl RabbitMq {
         version: &RabbitVersion,
     ) -> Result<Term, FormationError> {
         const STEP: &str = "reading the cluster status";
-        if version.family() == Family::Db
-            && let Some(t) = self
-                .call_if_defined(
-                    STEP,
-                    node,
-                    ("rabbit_db_cluster", "cli_cluster_status"),
-                    vec![],
-                    self.timeout,
-                )
-                .await?
-        {
-            return Ok(t);
-        }
-        self.call(
+        let generation = version.generation();
+        self.call_generation(
             STEP,
             node,
-            ("rabbit_mnesia", "status"),
+            generation,
+            generation.status,
             vec![],
             self.timeout,
         )
         .await
+        .map(|(t, _)| t)
+    }
+
+    /// Calls `own`, a function of `generation`; where the generation falls back to
+    /// `rabbit_mnesia` and the node does not define `own`, its counterpart. `{error, R}`
+    /// thrown by RabbitMQ is read as a returned error. Returns the answer and the
+    /// function that gave it.
+    async fn call_generation(
+        &self,
+        step: &'static str,
+        node: &NodeName,
+        generation: &Generation,
+        own: Mfa,
+        args: Vec<Term>,
+        timeout: Duration,
+    ) -> Result<(Term, Mfa), FormationError> {
+        if let Some(mnesia) = generation.fallback(own) {
+            if let Some(r) = self
+                .call_if_defined(step, node, own, args.clone(), timeout)
+                .await
+                .or_else(|e| thrown_error(e).map(Some))?
+            {
+                return Ok((r, own));
+            }
+            let r = self
+                .call(step, node, mnesia, args, timeout)
+                .await
+                .or_else(thrown_error)?;
+            return Ok((r, mnesia));
+        }
+        let r = self
+            .call(step, node, own, args, timeout)
+            .await
+            .or_else(thrown_error)?;
+        Ok((r, own))
     }
 
     /// The membership of `node` as the node itself reports it.
@@ -539,51 +553,26 @@ impl RabbitMq {
             });
         }
         const STEP: &str = "listing the running members";
-        let running_members = match version.family() {
-            Family::Mnesia => {
-                let t = self
-                    .call(
-                        STEP,
-                        node,
-                        ("rabbit_mnesia", "cluster_nodes"),
-                        vec![Term::atom("running")],
-                        self.timeout,
-                    )
-                    .await?;
-                nodes_or_error(STEP, node, "rabbit_mnesia:cluster_nodes(running)", &t)?
+        let generation = version.generation();
+        let running_members = match generation.running_members {
+            Some(((m, f), atoms)) => {
+                let args = atoms.iter().map(|a| Term::atom(*a)).collect();
+                let t = self.call(STEP, node, (m, f), args, self.timeout).await?;
+                node_list_or_error(STEP, node, &format!("{m}:{f}({})", atoms.join(", ")), &t)?
             }
-            Family::Mnesia312 => {
-                let t = self
-                    .call(
-                        STEP,
-                        node,
-                        ("rabbit_nodes", "list_running"),
-                        vec![],
-                        self.timeout,
-                    )
-                    .await?;
-                nodes_or_error(STEP, node, "rabbit_nodes:list_running()", &t)?
-            }
-            Family::Db => proplist_get(&status, "running_nodes")
+            None => proplist_get(&status, "running_nodes")
                 .and_then(node_list)
                 .unwrap_or_default(),
         };
-        let partitions = match self
-            .call_if_defined(
-                "reading the partitions",
-                node,
-                ("rabbit_node_monitor", "partitions"),
-                vec![],
-                self.timeout,
-            )
-            .await?
-        {
-            Some(t) => nodes_or_error(
-                "reading the partitions",
-                node,
-                "rabbit_node_monitor:partitions()",
-                &t,
-            )?,
+        const PARTITIONS: &str = "reading the partitions";
+        let partitions = match generation.partitions {
+            Some((m, f)) => match self
+                .call_if_defined(PARTITIONS, node, (m, f), vec![], self.timeout)
+                .await?
+            {
+                Some(t) => node_list_or_error(PARTITIONS, node, &format!("{m}:{f}()"), &t)?,
+                None => Vec::new(),
+            },
             None => Vec::new(),
         };
         Ok(Membership {
@@ -670,32 +659,6 @@ impl RabbitMq {
         Ok(())
     }
 
-    /// Calls `db` on 3.13+ (the Khepri-era `rabbit_db*` function) when the node defines
-    /// it, else `mnesia`, with the application timeout; `{error, R}` thrown by RabbitMQ is
-    /// read as a returned error. Returns the answer and the function that gave it.
-    async fn call_db_or_mnesia(
-        &self,
-        step: &'static str,
-        version: &RabbitVersion,
-        db: (&'static str, &'static str),
-        mnesia: (&'static str, &'static str),
-        args: Vec<Term>,
-    ) -> Result<(Term, (&'static str, &'static str)), FormationError> {
-        if version.family() == Family::Db
-            && let Some(r) = self
-                .call_if_defined(step, &self.node, db, args.clone(), self.app_timeout)
-                .await
-                .or_else(|e| thrown_error(e).map(Some))?
-        {
-            return Ok((r, db));
-        }
-        let r = self
-            .call(step, &self.node, mnesia, args, self.app_timeout)
-            .await
-            .or_else(thrown_error)?;
-        Ok((r, mnesia))
-    }
-
     /// The join call itself, with the application stopped.
     async fn join_call(
         &self,
@@ -704,13 +667,15 @@ impl RabbitMq {
     ) -> Result<(), FormationError> {
         const STEP: &str = "joining";
         let args = vec![Term::atom(seed.as_str()), Term::atom("disc")];
+        let generation = version.generation();
         let (r, (m, f)) = self
-            .call_db_or_mnesia(
+            .call_generation(
                 STEP,
-                version,
-                ("rabbit_db_cluster", "join"),
-                ("rabbit_mnesia", "join_cluster"),
+                &self.node,
+                generation,
+                generation.join,
                 args,
+                self.app_timeout,
             )
             .await?;
         let called = format!("{m}:{f}");
@@ -734,13 +699,15 @@ impl RabbitMq {
 
     async fn reset_call(&self, version: &RabbitVersion) -> Result<(), FormationError> {
         const STEP: &str = "resetting";
+        let generation = version.generation();
         let (r, (m, f)) = self
-            .call_db_or_mnesia(
+            .call_generation(
                 STEP,
-                version,
-                ("rabbit_db", "reset"),
-                ("rabbit_mnesia", "reset"),
+                &self.node,
+                generation,
+                generation.reset,
                 vec![],
+                self.app_timeout,
             )
             .await?;
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
@@ -768,180 +735,6 @@ impl RabbitMq {
         Ok(match t.as_tuple() {
             Some([ok, v]) if ok.is_atom("ok") => Some(v.clone()),
             _ => None,
-        })
-    }
-
-    /// Calls a function of the managed node that returns a list, for the data check.
-    async fn read_list(
-        &self,
-        (m, f): (&str, &str),
-        args: Vec<Term>,
-    ) -> Result<Vec<Term>, FormationError> {
-        const STEP: &str = "reading the node's data";
-        let t = self
-            .call(STEP, &self.node, (m, f), args, self.timeout)
-            .await?;
-        match t {
-            Term::List(items) => Ok(items),
-            Term::ByteList(b) if b.is_empty() => Ok(Vec::new()),
-            other => Err(bad(STEP, &self.node, &format!("{m}:{f}"), &other)),
-        }
-    }
-
-    /// Reads what a reset would destroy on the managed node (its application running).
-    async fn read_data(&self, membership: &Membership) -> Result<DataState, FormationError> {
-        const STEP: &str = "reading the node's data";
-        let node = &self.node;
-        let others: Vec<NodeName> = membership
-            .members
-            .iter()
-            .filter(|m| *m != node)
-            .cloned()
-            .collect();
-        if !others.is_empty() {
-            return Ok(DataState::OtherCluster(others));
-        }
-        if !membership.running {
-            return Err(FormationError::unexpected(
-                STEP,
-                node,
-                "the rabbit application is stopped, so its data cannot be read",
-            ));
-        }
-        let unexpected = |called: &str, t: &Term| bad(STEP, node, called, t);
-        let default_vhost = self.app_env("default_vhost").await?;
-        let default_vhost = default_vhost.as_deref().unwrap_or("/");
-        let default_user = self.app_env("default_user").await?;
-        let default_user = default_user.as_deref().unwrap_or("guest");
-        let mut found = Vec::new();
-
-        let mut vhosts = Vec::new();
-        for v in self
-            .read_list(("rabbit_vhost", "list_names"), vec![])
-            .await?
-        {
-            let name = v
-                .as_text()
-                .ok_or_else(|| unexpected("rabbit_vhost:list_names()", &v))?;
-            vhosts.push(name.into_owned());
-        }
-        let extra: Vec<String> = vhosts
-            .iter()
-            .filter(|v| *v != default_vhost)
-            .cloned()
-            .collect();
-        if !extra.is_empty() {
-            let (one, many) = (
-                format!("vhost besides {default_vhost}"),
-                format!("vhosts besides {default_vhost}"),
-            );
-            found.push(listing(&one, &many, None, extra));
-        }
-
-        let users: Vec<String> = self
-            .read_list(("rabbit_auth_backend_internal", "list_users"), vec![])
-            .await?
-            .iter()
-            .map(|u| prop_text(u, "user"))
-            .filter(|u| u != default_user)
-            .collect();
-        if !users.is_empty() {
-            let (one, many) = (
-                format!("user besides {default_user}"),
-                format!("users besides {default_user}"),
-            );
-            found.push(listing(&one, &many, None, users));
-        }
-
-        let mut queues = Vec::new();
-        for q in self
-            .read_list(("rabbit_amqqueue", "list_names"), vec![])
-            .await?
-        {
-            queues
-                .push(resource(&q).ok_or_else(|| unexpected("rabbit_amqqueue:list_names()", &q))?);
-        }
-        found.extend(per_vhost("queue", "queues", queues));
-
-        let mut exchanges = Vec::new();
-        for x in self
-            .read_list(("rabbit_exchange", "list_names"), vec![])
-            .await?
-        {
-            let (vhost, name) =
-                resource(&x).ok_or_else(|| unexpected("rabbit_exchange:list_names()", &x))?;
-            if !name.is_empty() && !name.starts_with("amq.") {
-                exchanges.push((vhost, name));
-            }
-        }
-        found.extend(per_vhost("exchange", "exchanges", exchanges));
-
-        let mut bindings = Vec::new();
-        for vhost in &vhosts {
-            let args = vec![Term::binary(vhost.as_bytes())];
-            for b in self.read_list(("rabbit_binding", "list"), args).await? {
-                // #binding{source, key, destination, args}
-                let parsed = match b.as_tuple() {
-                    Some([_, source, key, destination, ..]) => resource(source)
-                        .zip(resource(destination))
-                        .map(|((_, src), (_, dst))| (src, key, dst)),
-                    _ => None,
-                };
-                let (src, key, dst) =
-                    parsed.ok_or_else(|| unexpected("rabbit_binding:list/1", &b))?;
-                if !src.is_empty() {
-                    // (The default exchange's bindings are implicit.)
-                    let key = key.as_text().unwrap_or_default();
-                    bindings.push((vhost.clone(), format!("{src} -> {dst} ({key:?})")));
-                }
-            }
-        }
-        found.extend(per_vhost("binding", "bindings", bindings));
-
-        for (function, one, many) in [
-            ("list", "policy", "policies"),
-            ("list_op", "operator policy", "operator policies"),
-        ] {
-            let named = self
-                .read_list(("rabbit_policy", function), vec![])
-                .await?
-                .iter()
-                .map(|p| (prop_text(p, "vhost"), prop_text(p, "name")))
-                .collect();
-            found.extend(per_vhost(one, many, named));
-        }
-
-        let params = self
-            .read_list(("rabbit_runtime_parameters", "list"), vec![])
-            .await?
-            .iter()
-            .map(|p| {
-                let name = format!("{}/{}", prop_text(p, "component"), prop_text(p, "name"));
-                (prop_text(p, "vhost"), name)
-            })
-            .collect();
-        found.extend(per_vhost("runtime parameter", "runtime parameters", params));
-
-        let globals: Vec<String> = self
-            .read_list(("rabbit_runtime_parameters", "list_global"), vec![])
-            .await?
-            .iter()
-            .map(|p| prop_text(p, "name"))
-            .filter(|n| !DEFAULT_GLOBAL_PARAMETERS.contains(&n.as_str()))
-            .collect();
-        if !globals.is_empty() {
-            found.push(listing(
-                "global parameter",
-                "global parameters",
-                None,
-                globals,
-            ));
-        }
-
-        Ok(if found.is_empty() {
-            DataState::Empty
-        } else {
-            DataState::HasData(found)
         })
     }
 }
@@ -1026,91 +819,106 @@ impl ClusterTarget for RabbitMq {
         self.read_membership(&self.node).await
     }
 
-    async fn data_state(&self) -> Result<DataState, FormationError> {
-        let membership = self.read_membership(&self.node).await?;
-        self.read_data(&membership).await
-    }
-
-    async fn form(&self) -> Result<(), FormationError> {
-        match self.form_membership().await? {
-            Stage::Complete => Ok(()),
-            _ => self.finish(None).await,
-        }
-    }
-
-    async fn form_membership(&self) -> Result<Stage, FormationError> {
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
         let version = self.version(&self.node).await?;
-        if self.boot_undecided(&version).await? {
-            self.set_boot_peers(&[]).await?;
-            tracing::info!(node = %self.node, "booting for the first time: its boot forms a new cluster");
-            return Ok(Stage::Recorded);
-        }
-        self.ensure_running("forming a new cluster").await?;
-        Ok(Stage::Complete)
-    }
-
-    async fn join(&self, seed: &NodeName, reset_allowed: bool) -> Result<(), FormationError> {
-        match self.join_membership(seed, reset_allowed).await? {
-            Stage::Complete => Ok(()),
-            _ => self.finish(Some(seed)).await,
-        }
-    }
-
-    async fn join_membership(
-        &self,
-        seed: &NodeName,
-        reset_allowed: bool,
-    ) -> Result<Stage, FormationError> {
-        let version = self.version(&self.node).await?;
-        if self.boot_undecided(&version).await? {
-            // An empty node in its first boot: its boot joins the seed (RabbitMQ's own
-            // peer discovery, with its retries while the seed's database comes up), with
-            // nothing to discard and no second boot.
-            self.set_boot_peers(std::slice::from_ref(seed)).await?;
-            tracing::info!(node = %self.node, %seed, "booting for the first time: its boot joins the seed");
-            return Ok(Stage::Decided);
-        }
-        // The data can only be read, and the join only decided, with the application
-        // running: an interrupted join leaves it stopped.
-        self.ensure_running("the application is stopped (an interrupted join?)")
-            .await?;
         let membership = self.read_membership(&self.node).await?;
-        if membership.members.contains(seed) && membership.lists_running(seed) {
-            tracing::info!(node = %self.node, %seed, "already a running member of the seed's cluster");
-            return Ok(Stage::Complete);
-        }
-        let data = self.read_data(&membership).await?;
-        if data != DataState::Empty {
-            if !reset_allowed {
-                return Err(FormationError::DataAtRisk {
-                    node: self.node.clone(),
-                    seed: seed.clone(),
-                    data,
-                });
+        let boot_joinable = membership.booting && self.boot_undecided(&version).await?;
+        let store = match version.generation().store {
+            StoreFact::Fixed(store) => store,
+            StoreFact::Ask(mfa) => {
+                let khepri = self
+                    .call_if_defined(
+                        "reading the metadata store",
+                        &self.node,
+                        mfa,
+                        vec![],
+                        self.timeout,
+                    )
+                    .await?;
+                if khepri.is_some_and(|t| t.as_bool() == Some(true)) {
+                    MetadataStore::Khepri
+                } else {
+                    MetadataStore::Mnesia
+                }
             }
-            tracing::warn!(node = %self.node, %seed, %data, "joining resets the node and discards this (allowed)");
-        }
-        self.stop_app().await?;
-        if let Err(e) = self.join_call(seed, &version).await {
-            // Start again, so that a failed join does not leave the broker stopped.
-            if let Err(start) = self.start_app().await {
-                tracing::error!(node = %self.node, error = %start, "the application did not start again after a failed join");
-            }
-            return Err(e);
-        }
-        // The seed's cluster now lists the node; starting the application (seconds)
-        // changes no membership.
-        Ok(Stage::Recorded)
+        };
+        Ok(Inspection::of(membership)
+            .with_boot_joinable(boot_joinable)
+            .with_store(store))
     }
 
-    async fn finish(&self, _seed: Option<&NodeName>) -> Result<(), FormationError> {
-        if self.is_running(&self.node).await? {
-            return Ok(());
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        self.read_data().await
+    }
+
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        match step {
+            Step::Form => {
+                self.ensure_running("forming a new cluster").await?;
+                Ok(Stage::Complete)
+            }
+            Step::Start => {
+                self.ensure_running("the application is not running (an interrupted join?)")
+                    .await?;
+                Ok(Stage::Complete)
+            }
+            Step::BootJoin { seed } => {
+                let peers: Vec<NodeName> = seed.iter().cloned().collect();
+                self.set_boot_peers(&peers).await?;
+                match seed {
+                    // Its boot joins the seed (RabbitMQ's own peer discovery, with its
+                    // retries while the seed's database comes up): a member only once
+                    // the boot has joined.
+                    Some(seed) => {
+                        tracing::info!(node = %self.node, %seed, "booting for the first time: its boot joins the seed");
+                        Ok(Stage::Decided)
+                    }
+                    None => {
+                        tracing::info!(node = %self.node, "booting for the first time: its boot forms a new cluster");
+                        Ok(Stage::Recorded)
+                    }
+                }
+            }
+            Step::Join { seed, reset } => {
+                if *reset {
+                    tracing::warn!(node = %self.node, %seed, "joining resets the node and discards its data (allowed)");
+                }
+                let version = self.version(&self.node).await?;
+                self.stop_app().await?;
+                if let Err(e) = self.join_call(seed, &version).await {
+                    // Start again, so that a failed join does not leave the broker
+                    // stopped.
+                    if let Err(start) = self.start_app().await {
+                        tracing::error!(node = %self.node, error = %start, "the application did not start again after a failed join");
+                    }
+                    return Err(e);
+                }
+                // The seed's cluster now lists the node; starting the application
+                // (seconds) changes no membership.
+                Ok(Stage::Recorded)
+            }
+            Step::Finish { .. } => {
+                if self.is_running(&self.node).await? {
+                    return Ok(Stage::Complete);
+                }
+                if self.is_booting(&self.node).await? {
+                    self.wait_booted(Instant::now()).await?;
+                } else {
+                    self.start_app().await?;
+                }
+                Ok(Stage::Complete)
+            }
+            Step::Leave => {
+                let version = self.version(&self.node).await?;
+                self.stop_app().await?;
+                let reset = self.reset_call(&version).await;
+                let started = self.start_app().await;
+                reset?;
+                started?;
+                tracing::info!(node = %self.node, "left the cluster (reset; running standalone)");
+                Ok(Stage::Complete)
+            }
         }
-        if self.is_booting(&self.node).await? {
-            return self.wait_booted(Instant::now()).await;
-        }
-        self.start_app().await
     }
 
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
@@ -1130,13 +938,15 @@ impl ClusterTarget for RabbitMq {
         const STEP: &str = "forgetting a member";
         let version = self.version(&self.node).await?;
         let args = vec![Term::atom(member.as_str()), Term::atom("false")];
+        let generation = version.generation();
         let (r, (m, f)) = self
-            .call_db_or_mnesia(
+            .call_generation(
                 STEP,
-                &version,
-                ("rabbit_db_cluster", "forget_member"),
-                ("rabbit_mnesia", "forget_cluster_node"),
+                &self.node,
+                generation,
+                generation.forget,
                 args,
+                self.app_timeout,
             )
             .await?;
         let called = format!("{m}:{f}");
@@ -1144,278 +954,20 @@ impl ClusterTarget for RabbitMq {
         tracing::warn!(node = %self.node, %member, "forgot a cluster member");
         Ok(())
     }
-
-    async fn leave(&self) -> Result<(), FormationError> {
-        let version = self.version(&self.node).await?;
-        self.stop_app().await?;
-        let reset = self.reset_call(&version).await;
-        let started = self.start_app().await;
-        reset?;
-        started?;
-        tracing::info!(node = %self.node, "left the cluster (reset; running standalone)");
-        Ok(())
-    }
-}
-
-/// Whether `e` says that `m:f` itself is undefined (not some function it called: the
-/// top frame of an `undef` stack trace is the missing function).
-fn undefined(e: &RpcError, m: &str, f: &str) -> bool {
-    if !e.is_undef() {
-        return false;
-    }
-    let RpcError::Exception {
-        stacktrace: Some(stack),
-        ..
-    } = e
-    else {
-        return true; // `rex` gives no stack trace
-    };
-    match list_items(stack)
-        .and_then(|frames| frames.first())
-        .and_then(Term::as_tuple)
-    {
-        Some([module, function, ..]) => module.is_atom(m) && function.is_atom(f),
-        _ => true,
-    }
-}
-
-/// An exception carrying `{error, Reason}` (RabbitMQ throws those) becomes the value,
-/// so that it is reported like a returned error; any other failure stays an error.
-fn thrown_error(e: FormationError) -> Result<Term, FormationError> {
-    if let FormationError::Rpc { source, .. } = &e
-        && let RpcError::Exception {
-            class: crate::rpc::ExceptionClass::Throw,
-            reason,
-            ..
-        } = source.as_ref()
-        && matches!(reason.as_tuple(), Some([tag, _]) if tag.is_atom("error"))
-    {
-        return Ok(reason.clone());
-    }
-    Err(e)
-}
-
-fn check_ok(
-    step: &'static str,
-    node: &NodeName,
-    called: &str,
-    r: &Term,
-) -> Result<(), FormationError> {
-    if r.is_atom("ok") {
-        Ok(())
-    } else {
-        Err(FormationError::unexpected(
-            step,
-            node,
-            format!("{called} returned {r}"),
-        ))
-    }
-}
-
-fn bad(step: &'static str, node: &NodeName, called: &str, t: &Term) -> FormationError {
-    FormationError::unexpected(step, node, format!("{called} answered {t}"))
-}
-
-fn nodes_or_error(
-    step: &'static str,
-    node: &NodeName,
-    called: &str,
-    t: &Term,
-) -> Result<Vec<NodeName>, FormationError> {
-    node_list(t).ok_or_else(|| bad(step, node, called, t))
-}
-
-fn sorted(mut nodes: Vec<NodeName>) -> Vec<NodeName> {
-    nodes.sort();
-    nodes.dedup();
-    nodes
-}
-
-/// The elements of a proper list (`[]` included).
-fn list_items(t: &Term) -> Option<&[Term]> {
-    match t {
-        Term::List(items) => Some(items),
-        Term::ByteList(b) if b.is_empty() => Some(&[]),
-        _ => None,
-    }
-}
-
-/// `Key`'s value in a proplist `[{Key, Value}, ...]`.
-fn proplist_get<'a>(list: &'a Term, key: &str) -> Option<&'a Term> {
-    list_items(list)?.iter().find_map(|e| match e.as_tuple() {
-        Some([k, v]) if k.is_atom(key) => Some(v),
-        _ => None,
-    })
-}
-
-fn prop_text(list: &Term, key: &str) -> String {
-    match proplist_get(list, key) {
-        Some(v) => match (v.as_atom(), v.as_text()) {
-            (Some(a), _) => a.as_str().to_owned(),
-            (None, Some(s)) => s.into_owned(),
-            _ => v.to_string(),
-        },
-        None => "?".into(),
-    }
-}
-
-/// Every member named in a cluster status: `nodes` holds `{disc, [...]}` and
-/// `{ram, [...]}`. `None` when the status is not a list.
-fn status_members(status: &Term) -> Option<Vec<NodeName>> {
-    list_items(status)?;
-    let mut members = Vec::new();
-    if let Some(nodes) = proplist_get(status, "nodes") {
-        for entry in list_items(nodes)? {
-            if let Some([_, list]) = entry.as_tuple() {
-                members.extend(node_list(list)?);
-            }
-        }
-    }
-    Some(sorted(members))
-}
-
-/// `#resource{virtual_host, kind, name}` as `(vhost, name)`.
-fn resource(t: &Term) -> Option<(String, String)> {
-    match t.as_tuple() {
-        Some([tag, vhost, _kind, name]) if tag.is_atom("resource") => {
-            Some((vhost.as_text()?.into_owned(), name.as_text()?.into_owned()))
-        }
-        _ => None,
-    }
-}
-
-/// `"3 queues in /: a, b, c"`, at most [`MAX_NAMES`] names.
-fn listing(one: &str, many: &str, vhost: Option<&str>, mut names: Vec<String>) -> String {
-    names.sort();
-    let n = names.len();
-    let what = if n == 1 { one } else { many };
-    let place = vhost.map(|v| format!(" in {v}")).unwrap_or_default();
-    let shown: Vec<&str> = names.iter().take(MAX_NAMES).map(String::as_str).collect();
-    let more = if n > MAX_NAMES {
-        format!(" and {} more", n - MAX_NAMES)
-    } else {
-        String::new()
-    };
-    format!("{n} {what}{place}: {}{more}", shown.join(", "))
-}
-
-/// One [`listing`] per vhost.
-fn per_vhost(one: &str, many: &str, items: Vec<(String, String)>) -> Vec<String> {
-    let mut by_vhost: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (vhost, name) in items {
-        by_vhost.entry(vhost).or_default().push(name);
-    }
-    by_vhost
-        .into_iter()
-        .map(|(vhost, names)| listing(one, many, Some(&vhost), names))
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::term::parse_term;
-
-    fn t(s: &str) -> Term {
-        parse_term(s).unwrap()
-    }
 
     #[test]
-    fn versions_parse_and_pick_their_generation() {
+    fn versions_parse() {
         let v = |s: &str| RabbitVersion::parse(s).unwrap();
-        assert_eq!(v("3.10.8").family(), Family::Mnesia);
-        assert_eq!(v("3.11.28").family(), Family::Mnesia);
-        assert_eq!(v("3.12.14").family(), Family::Mnesia312);
-        assert_eq!(v("3.13.7").family(), Family::Db);
-        assert_eq!(v("4.1.0").family(), Family::Db);
-        assert_eq!(v("4.3.0-alpha.1+abc").family(), Family::Db);
         let rc = v("4.0.0-rc.1");
         assert_eq!((rc.major, rc.minor, rc.patch), (4, 0, 0));
         assert_eq!(rc.text, "4.0.0-rc.1");
         assert_eq!(v("3.13").patch, 0);
         assert!(RabbitVersion::parse("four").is_none());
         assert!(RabbitVersion::parse("4").is_none());
-    }
-
-    #[test]
-    fn status_members_unions_disc_and_ram() {
-        let s = t(
-            "[{nodes,[{disc,[b@h,a@h]},{ram,[c@h]}]},{running_nodes,[a@h]},{cluster_name,<<\"x\">>},{partitions,[]}]",
-        );
-        let names: Vec<String> = status_members(&s)
-            .unwrap()
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
-        assert_eq!(names, ["a@h", "b@h", "c@h"]);
-        assert_eq!(status_members(&t("[]")).unwrap(), Vec::<NodeName>::new());
-        assert!(status_members(&t("{error,x}")).is_none());
-    }
-
-    #[test]
-    fn resources_and_listings() {
-        let r: Option<Vec<_>> = [
-            "{resource,<<\"/\">>,queue,<<\"a\">>}",
-            "{resource,<<\"v\">>,queue,<<\"b\">>}",
-        ]
-        .iter()
-        .map(|q| resource(&t(q)))
-        .collect();
-        let r = r.unwrap();
-        assert!(resource(&t("{resource,<<\"/\">>,queue}")).is_none());
-        assert_eq!(r, vec![("/".into(), "a".into()), ("v".into(), "b".into())]);
-        assert_eq!(
-            per_vhost(
-                "queue",
-                "queues",
-                vec![
-                    ("/".into(), "b".into()),
-                    ("/".into(), "a".into()),
-                    ("v".into(), "c".into())
-                ]
-            ),
-            vec![
-                "2 queues in /: a, b".to_owned(),
-                "1 queue in v: c".to_owned()
-            ]
-        );
-        let many: Vec<String> = (0..12).map(|i| format!("q{i:02}")).collect();
-        assert!(listing("queue", "queues", Some("/"), many).ends_with("q09 and 2 more"));
-    }
-
-    #[test]
-    fn only_the_called_function_being_undefined_counts() {
-        let node: NodeName = "a@h".parse().unwrap();
-        let undef = |stack: &str| RpcError::Exception {
-            node: node.clone(),
-            module: "rabbit_db_cluster".into(),
-            function: "join".into(),
-            class: crate::rpc::ExceptionClass::Error,
-            reason: Term::atom("undef"),
-            stacktrace: Some(t(stack)),
-        };
-        let missing = undef("[{rabbit_db_cluster,join,[a@h,disc],[]}]");
-        assert!(undefined(&missing, "rabbit_db_cluster", "join"));
-        let inside = undef("[{rabbit_khepri,add_member,[a,b],[]},{rabbit_db_cluster,join,2,[]}]");
-        assert!(!undefined(&inside, "rabbit_db_cluster", "join"));
-    }
-
-    #[test]
-    fn thrown_errors_become_values() {
-        let node: NodeName = "a@h".parse().unwrap();
-        let thrown = FormationError::rpc(
-            "joining",
-            &node,
-            RpcError::Exception {
-                node: node.clone(),
-                module: "rabbit_mnesia".into(),
-                function: "join_cluster".into(),
-                class: crate::rpc::ExceptionClass::Throw,
-                reason: t("{error,{inconsistent_cluster,\"x\"}}"),
-                stacktrace: None,
-            },
-        );
-        let v = thrown_error(thrown).unwrap();
-        assert_eq!(v.to_string(), "{error,{inconsistent_cluster,\"x\"}}");
     }
 }

@@ -1,0 +1,257 @@
+//! The formation plan: the one place that decides what happens to the managed node.
+//!
+//! [`plan`] is a pure function. It takes what the agent found (the seed selector's
+//! [`SeedChoice`] from the probes, the target's [`Inspection`], the registered nodes) and
+//! the configuration, and returns a [`Decision`]: a [`Step`] for the target to carry
+//! out, a request for more facts, or a typed refusal. Targets never decide: whether data
+//! may be discarded, whether a booting node is told whom to join, whether a recorded
+//! member may be joined again, all of it is here, and tested here without I/O.
+//!
+//! The agent calls it in a loop of at most a few rounds per attempt:
+//!
+//! 1. [`Decision::Inventory`]: read [`ClusterTarget::inventory`](super::ClusterTarget::inventory)
+//!    once, put it in [`Inspection::data`], plan again;
+//! 2. [`Decision::Prepare`]: carry out the step ([`Step::Start`]), inspect again, plan
+//!    again with [`Facts::resumed`] set;
+//! 3. [`Decision::Execute`]: carry out the step; the plan is done;
+//! 4. [`Decision::Done`]: nothing to do;
+//! 5. [`Decision::WaitForSeed`]: without a lock, wait for the deterministic seed.
+//!
+//! ```
+//! use autocluster::formation::plan::{Decision, Facts, plan};
+//! use autocluster::formation::seed::SeedChoice;
+//! use autocluster::formation::{Inspection, Membership, Step};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let me = "rabbit@b".parse()?;
+//! let seed = "rabbit@a".parse()?;
+//! let choice = SeedChoice { seed: Some(seed), ..SeedChoice::default() };
+//! let running = Membership { running: true, ..Membership::default() };
+//! let inspection = Inspection::of(running);
+//! let facts = Facts::new(&me, &choice, &inspection);
+//! // Before joining, the plan wants to know what a join would discard.
+//! assert_eq!(plan(&facts)?, Decision::Inventory);
+//! # Ok(()) }
+//! ```
+
+use crate::NodeName;
+
+use super::seed::SeedChoice;
+use super::target::{DataState, Inspection, MetadataStore, Step};
+use super::{FormationError, Outcome};
+
+/// What the plan decides from.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Facts<'a> {
+    /// The managed node.
+    pub node: &'a NodeName,
+    /// What the seed selector concluded from the probes.
+    pub choice: &'a SeedChoice,
+    /// What the target reported about the managed node.
+    pub inspection: &'a Inspection,
+    /// The registered nodes (used without a lock, where a node already in a cluster with
+    /// one of them stays there).
+    pub registered: &'a [NodeName],
+    /// The backend's deterministic seed (`None` with a startup lock).
+    pub deterministic: Option<&'a NodeName>,
+    /// Whether resetting a node that holds data or belongs to another cluster is allowed
+    /// ([`FormationConfig::allow_reset`](super::FormationConfig::allow_reset)).
+    pub allow_reset: bool,
+    /// Whether this attempt already started the managed node's application
+    /// ([`Decision::Prepare`]).
+    pub resumed: bool,
+}
+
+impl<'a> Facts<'a> {
+    /// Facts with a startup lock, no registered node, reset not allowed, not resumed.
+    pub fn new(
+        node: &'a NodeName,
+        choice: &'a SeedChoice,
+        inspection: &'a Inspection,
+    ) -> Facts<'a> {
+        Facts {
+            node,
+            choice,
+            inspection,
+            registered: &[],
+            deterministic: None,
+            allow_reset: false,
+            resumed: false,
+        }
+    }
+
+    /// The same facts with the registered nodes.
+    pub fn registered(mut self, registered: &'a [NodeName]) -> Facts<'a> {
+        self.registered = registered;
+        self
+    }
+
+    /// The same facts for a backend without a lock, whose deterministic seed is `seed`.
+    pub fn deterministic(mut self, seed: Option<&'a NodeName>) -> Facts<'a> {
+        self.deterministic = seed;
+        self
+    }
+
+    /// The same facts with resetting allowed or not.
+    pub fn allow_reset(mut self, allow: bool) -> Facts<'a> {
+        self.allow_reset = allow;
+        self
+    }
+
+    /// The same facts, after the application was started this attempt.
+    pub fn resumed(mut self, resumed: bool) -> Facts<'a> {
+        self.resumed = resumed;
+        self
+    }
+}
+
+/// What the plan decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Carry out this step; it decides the managed node's membership.
+    Execute(Step),
+    /// Carry out this step first, then inspect the node again and plan again.
+    Prepare(Step),
+    /// Read what joining would discard, then plan again.
+    Inventory,
+    /// Nothing to carry out: the node is where it belongs.
+    Done(Outcome),
+    /// Without a lock: the deterministic seed is not live and no other cluster was found;
+    /// wait for it and try again.
+    WaitForSeed(NodeName),
+}
+
+/// Decides what happens to the managed node. See the [module documentation](self).
+pub fn plan(facts: &Facts<'_>) -> Result<Decision, FormationError> {
+    let me = facts.node;
+    let m = &facts.inspection.membership;
+    if let Some(det) = facts.deterministic
+        && m.members.len() > 1
+        && let Some(seed) = m
+            .members
+            .iter()
+            .filter(|n| *n != me && m.lists_running(n))
+            .find(|n| *n == det || facts.registered.contains(n))
+    {
+        // Without a lock, a node in a cluster with the seed or a registered node stays.
+        return Ok(Decision::Done(Outcome::AlreadyMember {
+            seed: seed.clone(),
+        }));
+    }
+    let seed = match &facts.choice.seed {
+        Some(seed) => Some(seed.clone()),
+        // No registered node is live yet, but some are booting: nodes whose boot forms a
+        // new cluster (a node whose boot joins one registers only once it has joined) or
+        // members restarting. A managed node that is booting too joins the first of them,
+        // and the boots form one cluster (a running node waits for a live seed instead:
+        // it can only join a cluster whose database is up).
+        None if facts.deterministic.is_none() && m.booting && !m.running => {
+            facts.choice.booting.first().cloned()
+        }
+        None => None,
+    };
+    match seed {
+        Some(seed) => join(facts, seed),
+        None => {
+            if let Some(det) = &facts.choice.waiting_for {
+                return Ok(Decision::WaitForSeed(det.clone()));
+            }
+            if facts.deterministic.is_none() && !facts.choice.unknown.is_empty() {
+                // Forming now could start a second cluster beside a live one that a
+                // timeout or a connection cut hid: retry instead. A dead node stops being
+                // registered within its TTL.
+                return Err(FormationError::MaybeAlive {
+                    nodes: facts.choice.unknown.clone(),
+                });
+            }
+            Ok(form(facts))
+        }
+    }
+}
+
+/// No registered node is live: form a new cluster, unless the node already runs in one.
+fn form(facts: &Facts<'_>) -> Decision {
+    let m = &facts.inspection.membership;
+    // A node already clustered with running peers (an existing cluster whose
+    // registrations expired, or nodes given to a fresh registry) keeps its cluster.
+    if m.running
+        && m.running_members.iter().any(|n| n != facts.node)
+        && let Some(seed) = m.running_members.iter().min()
+    {
+        return Decision::Done(Outcome::AlreadyMember { seed: seed.clone() });
+    }
+    if m.booting && !m.running && facts.inspection.boot_joinable {
+        return Decision::Execute(Step::BootJoin { seed: None });
+    }
+    Decision::Execute(Step::Form)
+}
+
+/// `seed` is live: join its cluster, unless the node is a member already or joining
+/// would discard what is not allowed to go.
+fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
+    let me = facts.node;
+    let inspection = facts.inspection;
+    let m = &inspection.membership;
+    if !m.running {
+        if m.booting && inspection.boot_joinable {
+            // An empty node in its first boot: its boot joins the seed (RabbitMQ's own
+            // peer discovery, with its retries), with nothing to discard and no second
+            // boot.
+            return Ok(Decision::Execute(Step::BootJoin { seed: Some(seed) }));
+        }
+        if facts.resumed {
+            return Err(FormationError::unexpected(
+                "joining",
+                me,
+                "the application is still not running after it was started",
+            ));
+        }
+        // A stopped application (an agent killed between stopping and starting it) or a
+        // boot past the point where it can be told whom to join: its data cannot be read
+        // until it runs. A node that had already joined is then a running member.
+        return Ok(Decision::Prepare(Step::Start));
+    }
+    if m.members.contains(&seed) {
+        if m.lists_running(&seed) {
+            return Ok(Decision::Done(if facts.resumed {
+                Outcome::Joined { seed }
+            } else {
+                Outcome::AlreadyMember { seed }
+            }));
+        }
+        // A recorded member of the seed's cluster that does not see the seed running.
+        // Joining again is harmless where joining is idempotent (Mnesia answers "already
+        // a member"); Khepri resets the node and adds it again, so it is never asked.
+        return match inspection.store {
+            Some(MetadataStore::Khepri) => Err(FormationError::Unsettled {
+                node: me.clone(),
+                seed,
+                reason: "a member of its cluster (Khepri) that does not list it as running: \
+                         not joined again, since a Khepri join resets the node"
+                    .into(),
+            }),
+            _ => Ok(Decision::Execute(Step::Join { seed, reset: false })),
+        };
+    }
+    // A member of another cluster: what a join discards is known without an inventory.
+    let others: Vec<NodeName> = m.members.iter().filter(|n| *n != me).cloned().collect();
+    let data = if others.is_empty() {
+        inspection.data.clone()
+    } else {
+        Some(DataState::OtherCluster(others))
+    };
+    match &data {
+        None => Ok(Decision::Inventory),
+        Some(DataState::Empty) => Ok(Decision::Execute(Step::Join { seed, reset: false })),
+        Some(_) if facts.allow_reset => Ok(Decision::Execute(Step::Join { seed, reset: true })),
+        Some(data) => Err(FormationError::DataAtRisk {
+            node: me.clone(),
+            seed,
+            data: data.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;
