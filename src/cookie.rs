@@ -10,6 +10,8 @@
 //!   line feeds, carriage returns and spaces may follow, and they are dropped;
 //! * an empty cookie is refused.
 //!
+//! [`Cookie::new`] and [`Cookie::from_env`] apply the same character rules.
+//!
 //! The cookie never leaves this type by accident: `Debug` and `Display` print
 //! `<redacted>`, errors never contain it, and its memory is wiped on drop. A
 //! [`fingerprint`](Cookie::fingerprint) (what `rabbitmqctl` prints,

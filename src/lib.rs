@@ -52,11 +52,42 @@ pub use node::{Mailbox, Node, NodeEvent};
 pub use node_name::{NameKind, NodeName, NodeNameError};
 pub use term::{Atom, Pid, Port, Reference, Term};
 
-/// The README's Rust examples, compiled as doc tests so that they stay true.
+/// The Rust examples of the README and of every chapter under `docs/`, compiled as doc
+/// tests so that they stay true (`docs_tests` checks that every code block names its
+/// language, so none escapes by accident).
 #[cfg(all(doctest, feature = "etcd", feature = "tls"))]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
+mod doc_files {
+    /// README.md
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    /// docs/backends.md
+    #[doc = include_str!("../docs/backends.md")]
+    pub struct Backends;
+    /// docs/configuration.md
+    #[doc = include_str!("../docs/configuration.md")]
+    pub struct Configuration;
+    /// docs/design.md
+    #[doc = include_str!("../docs/design.md")]
+    pub struct Design;
+    /// docs/examples.md
+    #[doc = include_str!("../docs/examples.md")]
+    pub struct Examples;
+    /// docs/formation.md
+    #[doc = include_str!("../docs/formation.md")]
+    pub struct Formation;
+    /// docs/rabbitmq.md
+    #[doc = include_str!("../docs/rabbitmq.md")]
+    pub struct RabbitMq;
+    /// docs/security.md
+    #[doc = include_str!("../docs/security.md")]
+    pub struct Security;
+    /// docs/testing.md
+    #[doc = include_str!("../docs/testing.md")]
+    pub struct Testing;
+}
 
+#[cfg(test)]
+mod docs_tests;
 #[cfg(test)]
 mod layout_tests;
 

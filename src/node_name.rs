@@ -4,12 +4,13 @@
 //! starts: the alive part is `[0-9A-Za-z_-]+`, the host part is printable ASCII without
 //! spaces, and the whole name is an atom of at most 255 characters. Names compare byte
 //! for byte, case included (`rabbit@Host` and `rabbit@host` are different nodes, as they
-//! are in Erlang).
+//! are in Erlang), and order byte-wise, which is how Erlang orders atoms: the
+//! "alphabetically first" node is the smallest `NodeName`.
 //!
 //! Erlang nodes run in one of two modes: short names (`-sname`, host without dots) or
 //! long names (`-name`, a fully qualified host or an IP address). A node of one mode
 //! cannot connect to a node of the other; [`NodeName::check_compatible`] explains such a
-//! mix-up before any socket is opened.
+//! mix-up before any socket is opened, naming the flag (`-sname`/`-name`) to use.
 //!
 //! ```
 //! use autocluster::{NodeName, NameKind};

@@ -9,8 +9,8 @@
 //! brings that reason back, so:
 //!
 //! * results and the three exception classes are told apart exactly
-//!   ([`RpcError::Exception`] with its [`ExceptionClass`] and stack trace), where
-//!   `rex` folds everything into `{badrpc, Reason}`;
+//!   ([`RpcError::Exception`] with its [`ExceptionClass`] and stack trace, and
+//!   [`RpcError::is_undef`]), where `rex` folds everything into `{badrpc, Reason}`;
 //! * each call runs in its own process on the peer, so many calls are in flight on one
 //!   connection with no shared server in the way;
 //! * a timed-out call is cleaned up: its process is killed, and its late answer is
@@ -18,11 +18,13 @@
 //!
 //! Peers without spawn support (older than OTP 23) are called through the **`rex`**
 //! server instead (`{'$gen_call', {From, Ref}, {call, M, F, A, GroupLeader}}`), and
-//! [`RpcMethod::Rex`](crate::node::RpcMethod) forces it.
+//! [`RpcMethod::Rex`](crate::node::RpcMethod) forces it; its errors are
+//! [`RpcError::BadRpc`].
 //!
 //! The called function's group leader is a process of this node that answers the
 //! Erlang I/O protocol, so a function that prints (`io:format/2`) never hangs the call;
-//! its output is logged under the tracing target `autocluster::rpc::output`.
+//! its output is logged under the tracing target `autocluster::rpc::output`, and reads
+//! get `eof`.
 
 use std::time::Duration;
 
