@@ -233,16 +233,22 @@ mod tests {
 
     #[test]
     fn the_documentation_holds_the_rendered_table() {
-        let doc: String = include_str!("mod.rs")
+        let rustdoc: String = include_str!("mod.rs")
             .lines()
             .filter_map(|l| l.trim_start().strip_prefix("/// "))
             .filter(|l| l.starts_with('|'))
             .collect::<Vec<_>>()
             .join("\n");
+        let guide = include_str!("../../../docs/rabbitmq.md");
         let table = doc_table();
-        assert!(
-            doc.contains(&table),
-            "the table in the RabbitMq documentation is out of date; it should read:\n{table}"
-        );
+        for (name, doc) in [
+            ("the RabbitMq rustdoc", rustdoc.as_str()),
+            ("docs/rabbitmq.md", guide),
+        ] {
+            assert!(
+                doc.contains(&table),
+                "the table in {name} is out of date; it should read:\n{table}"
+            );
+        }
     }
 }
