@@ -4,28 +4,23 @@
 //!
 //! ```text
 //! cargo run --example discover --features etcd -- --backend etcd \
-//!     --etcd-endpoint http://127.0.0.1:2379 [--etcd-endpoint ...] \
-//!     [--prefix rabbitmq] [--cluster-name default] [--timeout 5]
-//! cargo run --example discover -- --backend static --node rabbit@a --node rabbit@b [--seed rabbit@b]
-//! cargo run --example discover -- --backend memory --node rabbit@a   # registers, then lists
+//!     --etcd-endpoints http://127.0.0.1:2379 [--etcd-endpoints ...] \
+//!     [--etcd-prefix rabbitmq] [--cluster-name default] [--etcd-timeout 5]
+//! cargo run --example discover -- --backend static --static-nodes rabbit@a \
+//!     --static-nodes rabbit@b [--static-seed rabbit@b]
 //! cargo run --example discover --features etcd -- --from-env         # AUTOCLUSTER_TYPE, ETCD_HOST, ...
-//! cargo run --example discover --features consul -- --backend consul \
-//!     [--consul-addr http://127.0.0.1:8500] [--consul-service rabbitmq] [--consul-token T] \
-//!     [--cluster-name default] [--consul-warnings]
-//! cargo run --example discover --features kubernetes -- --backend kubernetes \
-//!     [--k8s-service rabbitmq] [--k8s-namespace N] [--k8s-address-type ip|hostname] \
-//!     [--k8s-hostname-suffix .rmq-headless.ns.svc.cluster.local] [--k8s-api URL] \
-//!     [--k8s-kubeconfig FILE [--k8s-context C]]
-//! cargo run --example discover --features dns -- --backend dns --dns-name NAME \
-//!     [--dns-server ADDR:PORT] [--dns-srv] [--long-names] [--node-prefix rabbit]
+//! cargo run --example discover --features dns -- --backend dns --autocluster-host NAME \
+//!     --set cluster_formation.dns.hostname=NAME   # any key, RabbitMQ's included
+//! cargo run --example discover -- --help     # every backend and its flags
 //! ```
 //!
-//! Kubernetes: without `--k8s-kubeconfig` the in-cluster service account is used
-//! (`/var/run/secrets/kubernetes.io/serviceaccount/`); `--k8s-api URL` points it at
-//! another API server (e.g. `http://127.0.0.1:8001` from `kubectl proxy`, which needs no
-//! token). `--node NAME` with `--verbose` also prints the StatefulSet seed of that node.
+//! Every setting a backend reads is a flag: its map key (see the README's configuration
+//! tables) with dashes, repeatable for a list; `--set KEY=VALUE` takes any key, RabbitMQ's
+//! `cluster_formation.*` keys included. A flag of a backend other than the chosen one is
+//! an error that says so.
 //!
-//! `--verbose` adds each node's order, address and metadata, and the backend's seed.
+//! `--verbose` adds each node's order, address and metadata, and the backend's seed (for
+//! `--node NAME`, or else the first node listed).
 //! Errors exit with status 1 and the typed error's message; usage errors with status 2.
 //!
 //! The backend options are shared with the `health` example (`examples/support/`).
@@ -36,25 +31,28 @@ use autocluster::backend::BackendError;
 
 #[path = "support/backend_args.rs"]
 mod backend_args;
-use backend_args::{BACKEND_USAGE, BackendArgs};
+use autocluster::NodeName;
+use backend_args::{BackendArgs, backend_usage};
 
 struct Args {
     backend: BackendArgs,
+    node: Option<NodeName>,
     verbose: bool,
 }
 
 fn parse_args<I: Iterator<Item = String>>(mut argv: I) -> Result<Args, String> {
     let mut args = Args {
         backend: BackendArgs::default(),
+        node: None,
         verbose: false,
     };
     while let Some(flag) = argv.next() {
         let mut value = |name: &str| argv.next().ok_or_else(|| format!("{name} needs a value"));
         match flag.as_str() {
             "--verbose" | "-v" => args.verbose = true,
-            // `--node` is discover's name for a static list's node.
             "--node" => {
-                args.backend.take("--static-node", &mut value)?;
+                let name = value("--node")?;
+                args.node = Some(name.parse().map_err(|e| format!("--node {name:?}: {e}"))?);
             }
             "--help" | "-h" => return Err(String::new()),
             other => {
@@ -70,9 +68,9 @@ fn parse_args<I: Iterator<Item = String>>(mut argv: I) -> Result<Args, String> {
     Ok(args)
 }
 
-const USAGE: &str = "usage: discover BACKEND-OPTIONS [--node NAME]... [--verbose]
-  --node NAME: a node of a static list (or registered in the memory backend), repeatable
-  --verbose: each node's order, address and metadata, and the backend's seed";
+const USAGE: &str = "usage: discover BACKEND-OPTIONS [--verbose [--node NAME]]
+  --verbose: each node's order, address and metadata, and the backend's seed
+  --node NAME: the node whose seed --verbose prints (default: the first listed)";
 
 async fn run(args: Args) -> Result<(), BackendError> {
     let backend = args.backend.build().await?;
@@ -104,10 +102,8 @@ async fn run(args: Args) -> Result<(), BackendError> {
             backend.supports_lock()
         );
         let local = args
-            .backend
-            .nodes
-            .first()
-            .cloned()
+            .node
+            .clone()
             .or_else(|| nodes.first().map(|n| n.node.clone()));
         if let Some(local) = local
             && let Some(seed) = backend.deterministic_seed(&local).await?
@@ -126,7 +122,7 @@ async fn main() -> ExitCode {
             if !message.is_empty() {
                 eprintln!("discover: {message}");
             }
-            eprintln!("{USAGE}\n{BACKEND_USAGE}");
+            eprintln!("{USAGE}\n{}", backend_usage());
             return ExitCode::from(2);
         }
     };

@@ -5,7 +5,7 @@
 //!        [--rabbitmq] [--json] [--epmd-port P] [--call-timeout SECS]
 //! ```
 //!
-//! With backend options (the same as `discover`'s, e.g. `--backend etcd --etcd-endpoint
+//! With backend options (the same as `discover`'s, e.g. `--backend etcd --etcd-endpoints
 //! URL`, or `--from-env`) the seed is the alphabetically first live registered node;
 //! without them it is the alphabetically first running member of the node's own cluster,
 //! and `--expect-nodes N` (required then) demands N running, non-partitioned members.
@@ -25,7 +25,7 @@ use autocluster::{Cookie, Node, NodeName, health};
 
 #[path = "support/backend_args.rs"]
 mod backend_args;
-use backend_args::{BACKEND_USAGE, BackendArgs};
+use backend_args::{BackendArgs, backend_usage};
 
 const USAGE: &str = "usage: health --node NAME (--cookie C | --cookie-file F) [BACKEND-OPTIONS] [--expect-nodes N] [--rabbitmq] [--json] [--epmd-port P] [--call-timeout SECS]";
 
@@ -129,7 +129,7 @@ async fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("health: {e}");
             }
-            eprintln!("{USAGE}\n{BACKEND_USAGE}");
+            eprintln!("{USAGE}\n{}", backend_usage());
             return ExitCode::from(2);
         }
     };

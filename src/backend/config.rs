@@ -14,7 +14,7 @@
 //!   part of the crate knows. Other variables (`ETCDCTL_*`, `KUBERNETES_*`, etcd's own
 //!   `ETCD_*` server flags) are not ours to judge and are left alone.
 //!
-//! A new backend adds its table to [`all_backends`] so that its keys are known everywhere.
+//! A backend's table is known everywhere through its entry in the [registry](super::registry).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,19 +24,21 @@ use super::BackendError;
 /// The crate's own environment prefix: an unknown variable under it is an error.
 pub const ENV_PREFIX: &str = "AUTOCLUSTER_";
 
-/// One setting a backend reads.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Setting {
+/// One setting a backend reads: its map key, its environment variables and its RabbitMQ
+/// `cluster_formation.*` keys, as a backend's [`settings`](super::registry::BackendKind::settings)
+/// list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
     /// The crate's map key (rabbitmq-autocluster's setting name where it has one).
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// Environment variables, rabbitmq-autocluster's name first where it has one.
-    pub env: &'static [&'static str],
+    pub(crate) env: &'static [&'static str],
     /// RabbitMQ `cluster_formation.*` keys; one ending in `.$index` takes numbered entries
     /// (`cluster_formation.etcd.endpoints.1`, `.2`, ...).
-    pub rabbitmq: &'static [&'static str],
+    pub(crate) rabbitmq: &'static [&'static str],
     /// Whether the setting is a list (comma-separated in a single value, or numbered
     /// entries).
-    pub list: bool,
+    pub(crate) list: bool,
 }
 
 impl Setting {
@@ -56,6 +58,29 @@ impl Setting {
     pub(crate) const fn list(mut self) -> Self {
         self.list = true;
         self
+    }
+
+    /// The crate's map key (rabbitmq-autocluster's setting name where it has one, e.g.
+    /// `etcd_node_ttl`).
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The environment variables that set it, rabbitmq-autocluster's name first where it
+    /// has one (`ETCD_NODE_TTL`, `AUTOCLUSTER_ETCD_NODE_TTL`).
+    pub fn env(&self) -> &'static [&'static str] {
+        self.env
+    }
+
+    /// RabbitMQ's `cluster_formation.*` keys for it; one ending in `.$index` takes
+    /// numbered entries (`cluster_formation.etcd.endpoints.1`, `.2`, ...).
+    pub fn rabbitmq_keys(&self) -> &'static [&'static str] {
+        self.rabbitmq
+    }
+
+    /// Whether it takes several values: comma-separated in one value, or numbered entries.
+    pub fn is_list(&self) -> bool {
+        self.list
     }
 
     /// Whether map key `k` sets this setting; `Some(index)` for a numbered entry.
@@ -139,16 +164,10 @@ pub(crate) const RESERVED: &[Setting] = &[
 ];
 
 /// Every backend's settings, by backend name: how a key of another backend is recognised.
-/// Backends that are not implemented yet reserve their environment prefix here.
-pub(crate) fn all_backends() -> &'static [(&'static str, &'static [Setting])] {
-    &[
-        ("memory", super::memory::SETTINGS),
-        ("static", super::static_list::SETTINGS),
-        ("etcd", super::etcd::SETTINGS),
-        ("consul", super::consul::SETTINGS),
-        ("kubernetes", super::kubernetes::SETTINGS),
-        ("dns", super::dns::SETTINGS),
-    ]
+fn all_backends() -> impl Iterator<Item = (&'static str, &'static [Setting])> {
+    super::registry::kinds()
+        .iter()
+        .map(|kind| (kind.name(), kind.settings()))
 }
 
 /// Environment prefixes claimed by backends not written yet (their variables are not
@@ -385,19 +404,15 @@ fn find<'a>(settings: &'a [Setting], key: &str) -> Option<(&'a Setting, Option<u
 
 fn owner_of(key: &str, backend: &str) -> Option<&'static str> {
     all_backends()
-        .iter()
         .filter(|(name, _)| *name != backend)
         .find(|(_, settings)| find(settings, key).is_some())
-        .map(|(name, _)| *name)
+        .map(|(name, _)| name)
 }
 
 /// Checks the `backend` selector, if given, against `backend`.
 fn check_selector(values: &Values, backend: &str) -> Result<(), BackendError> {
     if let Some(found) = values.get("backend") {
-        let kind: super::BackendKind = found
-            .value
-            .parse()
-            .map_err(|detail: String| BackendError::config(&found.source, detail))?;
+        let kind = super::registry::select(&found.source, &found.value)?;
         if kind.name() != backend {
             return Err(BackendError::config(
                 &found.source,
@@ -496,9 +511,7 @@ fn known_env(name: &str) -> bool {
     let in_table = |settings: &[Setting]| settings.iter().any(|s| s.env.contains(&name));
     in_table(GENERAL)
         || in_table(RESERVED)
-        || all_backends()
-            .iter()
-            .any(|(_, settings)| in_table(settings))
+        || all_backends().any(|(_, settings)| in_table(settings))
         || FUTURE_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
@@ -706,7 +719,6 @@ mod docs_tests {
     fn every_setting_is_documented() {
         let docs = include_str!("../../README.md");
         let tables = all_backends()
-            .iter()
             .flat_map(|(_, s)| s.iter())
             .chain(GENERAL)
             .chain(RESERVED);

@@ -134,6 +134,22 @@ pub use client::ConsulBackend;
 
 const NAME: &str = "consul";
 
+/// The registry's entry: the constructor is built with the `consul` feature only.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &[],
+    feature: Some("consul"),
+    settings: SETTINGS,
+    #[cfg(feature = "consul")]
+    build: Some(|values| {
+        Ok(Box::new(ConsulBackend::new(ConsulConfig::from_values(
+            values,
+        )?)?))
+    }),
+    #[cfg(not(feature = "consul"))]
+    build: None,
+};
+
 /// The largest response body accepted from Consul.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 

@@ -106,6 +106,18 @@ pub use client::DnsBackend;
 
 const NAME: &str = "dns";
 
+/// The registry's entry: the constructor is built with the `dns` feature only.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &[],
+    feature: Some("dns"),
+    settings: SETTINGS,
+    #[cfg(feature = "dns")]
+    build: Some(|values| Ok(Box::new(DnsBackend::new(DnsConfig::from_values(values)?)?))),
+    #[cfg(not(feature = "dns"))]
+    build: None,
+};
+
 pub(crate) const SETTINGS: &[Setting] = &[
     Setting::new(
         "autocluster_host",

@@ -112,6 +112,22 @@ pub use client::EtcdBackend;
 
 const NAME: &str = "etcd";
 
+/// The registry's entry: the constructor is built with the `etcd` feature only.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &[],
+    feature: Some("etcd"),
+    settings: SETTINGS,
+    #[cfg(feature = "etcd")]
+    build: Some(|values| {
+        Ok(Box::new(EtcdBackend::new(EtcdConfig::from_values(
+            values,
+        )?)?))
+    }),
+    #[cfg(not(feature = "etcd"))]
+    build: None,
+};
+
 /// The largest value accepted under the node prefix.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 

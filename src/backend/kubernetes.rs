@@ -155,6 +155,22 @@ pub use client::KubernetesBackend;
 
 const NAME: &str = "kubernetes";
 
+/// The registry's entry: the constructor is built with the `kubernetes` feature only.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &["k8s"],
+    feature: Some("kubernetes"),
+    settings: SETTINGS,
+    #[cfg(feature = "kubernetes")]
+    build: Some(|values| {
+        Ok(Box::new(KubernetesBackend::new(
+            KubernetesConfig::from_values(values)?,
+        )?))
+    }),
+    #[cfg(not(feature = "kubernetes"))]
+    build: None,
+};
+
 /// The largest response body accepted from the API server.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 

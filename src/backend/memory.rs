@@ -61,6 +61,15 @@ use crate::NodeName;
 
 const NAME: &str = "memory";
 
+/// The registry's entry: always built.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &["in_memory", "in-memory"],
+    feature: None,
+    settings: SETTINGS,
+    build: Some(|values| Ok(Box::new(MemoryBackend::from_values(values)?))),
+};
+
 pub(crate) const SETTINGS: &[Setting] = &[
     Setting::new(
         "lock_wait_time",

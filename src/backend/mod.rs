@@ -3,7 +3,9 @@
 //! Operators already run a registry: etcd, Consul, Kubernetes, DNS, or just a list in a
 //! config file. Each is a [`Backend`], and the formation engine codes against the trait
 //! only, so every backend must give the same answers in the same situations. The
-//! conformance suite in `tests/integration/conformance.rs` checks that they do.
+//! conformance suite ([`conformance`], crate feature `testing`) checks that they do;
+//! every backend of the crate runs it in `tests/integration/conformance.rs`.
+//! The [`registry`] lists every backend, with its names, settings and feature.
 //!
 //! | backend | type | registration | lock | deterministic seed | feature |
 //! |---|---|---|---|---|---|
@@ -94,26 +96,46 @@
 //! Implement [`Backend`]; for registration implement a [`RegistrationSession`] (refresh,
 //! re-register, deregister) and hand it to [`RegistrationHandle::spawn`]; for a lock
 //! implement a [`LockSession`] and hand it to [`LockGuard::spawn`]. The keep-alive,
-//! retry, logging and event logic is shared. Declare the settings table in the backend's
-//! module and add it to `config::all_backends`, then run the conformance suite against it
-//! (see `tests/integration/common/conformance.rs`).
+//! retry, logging and event logic is shared. Then run the [`conformance`] suite against
+//! it: a backend outside this crate enables the `testing` feature in its
+//! dev-dependencies for that.
+//!
+//! A backend inside this crate is, besides its module (its settings table and its
+//! registry entry `KIND`), one line of the registry's table below the module
+//! declarations in this file and one row of the table above, its feature in
+//! `Cargo.toml`, one call of [`conformance::run`] in `tests/integration/conformance.rs`,
+//! and its settings in the README: the settings parser, [`from_map`], [`from_env`] and
+//! the examples' flags and help texts find it through the [`registry`].
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::NodeName;
 
 mod config;
+#[cfg(feature = "testing")]
+pub mod conformance;
+mod error;
+pub mod keepalive;
+pub mod registry;
+
+// The backends, one module each, and the registry's table of them: one line per backend.
 pub mod consul;
 pub mod dns;
-mod error;
 pub mod etcd;
-pub mod keepalive;
 pub mod kubernetes;
 pub mod memory;
 pub mod static_list;
+
+const KINDS: &[registry::BackendKind] = &[
+    memory::KIND,
+    static_list::KIND,
+    etcd::KIND,
+    consul::KIND,
+    kubernetes::KIND,
+    dns::KIND,
+];
 
 pub use config::ENV_PREFIX;
 pub use error::{BackendError, with_timeout};
@@ -122,6 +144,7 @@ pub use keepalive::{
     RegistrationSession,
 };
 pub use memory::MemoryBackend;
+pub use registry::BackendKind;
 pub use static_list::{StaticBackend, StaticConfig};
 
 /// The most nodes a backend returns from one listing; a larger answer is
@@ -288,92 +311,6 @@ pub fn sort_nodes(nodes: &mut [RegisteredNode]) {
     nodes.sort_by(|a, b| a.order.cmp(&b.order).then_with(|| a.node.cmp(&b.node)));
 }
 
-/// The kinds of backend, as named in configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum BackendKind {
-    /// [`MemoryBackend`].
-    Memory,
-    /// [`StaticBackend`].
-    Static,
-    /// [`etcd::EtcdBackend`].
-    Etcd,
-    /// [`consul::ConsulBackend`].
-    Consul,
-    /// [`kubernetes::KubernetesBackend`].
-    Kubernetes,
-    /// [`dns::DnsBackend`].
-    Dns,
-}
-
-impl BackendKind {
-    /// The canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Memory => "memory",
-            BackendKind::Static => "static",
-            BackendKind::Etcd => "etcd",
-            BackendKind::Consul => "consul",
-            BackendKind::Kubernetes => "kubernetes",
-            BackendKind::Dns => "dns",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = String;
-
-    /// Accepts the crate's names, rabbitmq-autocluster's `AUTOCLUSTER_TYPE` values and
-    /// RabbitMQ's `cluster_formation.peer_discovery_backend` values (short or module
-    /// form), case-insensitively.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        let name = lower
-            .strip_prefix("rabbit_peer_discovery_")
-            .unwrap_or(&lower);
-        Ok(match name {
-            "memory" | "in_memory" | "in-memory" => BackendKind::Memory,
-            "static" | "classic_config" | "classic" => BackendKind::Static,
-            "etcd" => BackendKind::Etcd,
-            "consul" => BackendKind::Consul,
-            "kubernetes" | "k8s" => BackendKind::Kubernetes,
-            "dns" => BackendKind::Dns,
-            "aws" => {
-                return Err(format!(
-                    "{s:?}: the AWS backend is not supported by autocluster"
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "{s:?} is not a backend (memory, static, etcd, consul, kubernetes or k8s, dns)"
-                ));
-            }
-        })
-    }
-}
-
-fn not_built(kind: BackendKind, source: &str) -> BackendError {
-    BackendError::config(
-        source,
-        format!(
-            "the {kind} backend is not available in this build{}",
-            match kind {
-                BackendKind::Etcd => " (enable the crate feature \"etcd\")",
-                BackendKind::Consul => " (enable the crate feature \"consul\")",
-                BackendKind::Kubernetes => " (enable the crate feature \"kubernetes\")",
-                BackendKind::Dns => " (enable the crate feature \"dns\")",
-                _ => "",
-            }
-        ),
-    )
-}
-
 /// Builds the backend that `AUTOCLUSTER_TYPE` selects, configured from the process
 /// environment. An unknown `AUTOCLUSTER_*` variable is an error naming it.
 pub fn from_env() -> Result<Box<dyn Backend>, BackendError> {
@@ -390,36 +327,10 @@ where
     let Some((source, value)) = vars.iter().find(|(k, _)| k == "AUTOCLUSTER_TYPE") else {
         return Err(BackendError::config(
             "AUTOCLUSTER_TYPE",
-            "not set: choose memory, static, etcd, consul, kubernetes or dns",
+            format!("not set: choose {}", registry::names_for_humans()),
         ));
     };
-    let kind: BackendKind = value
-        .parse()
-        .map_err(|detail: String| BackendError::config(source, detail))?;
-    match kind {
-        BackendKind::Memory => Ok(Box::new(MemoryBackend::from_vars(vars)?)),
-        BackendKind::Static => Ok(Box::new(StaticBackend::new(StaticConfig::from_vars(
-            vars,
-        )?)?)),
-        #[cfg(feature = "etcd")]
-        BackendKind::Etcd => Ok(Box::new(etcd::EtcdBackend::new(
-            etcd::EtcdConfig::from_vars(vars)?,
-        )?)),
-        #[cfg(feature = "consul")]
-        BackendKind::Consul => Ok(Box::new(consul::ConsulBackend::new(
-            consul::ConsulConfig::from_vars(vars)?,
-        )?)),
-        #[cfg(feature = "kubernetes")]
-        BackendKind::Kubernetes => Ok(Box::new(kubernetes::KubernetesBackend::new(
-            kubernetes::KubernetesConfig::from_vars(vars)?,
-        )?)),
-        #[cfg(feature = "dns")]
-        BackendKind::Dns => Ok(Box::new(dns::DnsBackend::new(dns::DnsConfig::from_vars(
-            vars,
-        )?)?)),
-        #[allow(unreachable_patterns)]
-        _ => Err(not_built(kind, source)),
-    }
+    registry::select(source, value)?.from_vars(vars)
 }
 
 /// Builds the backend that the `backend` key (rabbitmq-autocluster) or
@@ -433,60 +344,12 @@ pub fn from_map(map: &BTreeMap<String, String>) -> Result<Box<dyn Backend>, Back
             "not set: set `backend` or `cluster_formation.peer_discovery_backend`",
         ));
     };
-    let kind: BackendKind = value
-        .parse()
-        .map_err(|detail: String| BackendError::config(source, detail))?;
-    match kind {
-        BackendKind::Memory => Ok(Box::new(MemoryBackend::from_map(map)?)),
-        BackendKind::Static => Ok(Box::new(StaticBackend::new(StaticConfig::from_map(map)?)?)),
-        #[cfg(feature = "etcd")]
-        BackendKind::Etcd => Ok(Box::new(etcd::EtcdBackend::new(
-            etcd::EtcdConfig::from_map(map)?,
-        )?)),
-        #[cfg(feature = "consul")]
-        BackendKind::Consul => Ok(Box::new(consul::ConsulBackend::new(
-            consul::ConsulConfig::from_map(map)?,
-        )?)),
-        #[cfg(feature = "kubernetes")]
-        BackendKind::Kubernetes => Ok(Box::new(kubernetes::KubernetesBackend::new(
-            kubernetes::KubernetesConfig::from_map(map)?,
-        )?)),
-        #[cfg(feature = "dns")]
-        BackendKind::Dns => Ok(Box::new(dns::DnsBackend::new(dns::DnsConfig::from_map(
-            map,
-        )?)?)),
-        #[allow(unreachable_patterns)]
-        _ => Err(not_built(kind, source)),
-    }
+    registry::select(source, value)?.from_map(map)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kinds_in_every_spelling() {
-        for (s, kind) in [
-            ("etcd", BackendKind::Etcd),
-            ("rabbit_peer_discovery_etcd", BackendKind::Etcd),
-            ("classic_config", BackendKind::Static),
-            ("rabbit_peer_discovery_classic_config", BackendKind::Static),
-            ("K8S", BackendKind::Kubernetes),
-            ("rabbit_peer_discovery_k8s", BackendKind::Kubernetes),
-            ("memory", BackendKind::Memory),
-            ("dns", BackendKind::Dns),
-            ("consul", BackendKind::Consul),
-        ] {
-            assert_eq!(s.parse::<BackendKind>().unwrap(), kind, "{s}");
-        }
-        assert!(
-            "aws"
-                .parse::<BackendKind>()
-                .unwrap_err()
-                .contains("not supported")
-        );
-        assert!("etdc".parse::<BackendKind>().is_err());
-    }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

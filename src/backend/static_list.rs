@@ -40,6 +40,19 @@ use crate::NodeName;
 
 const NAME: &str = "static";
 
+/// The registry's entry: always built.
+pub(crate) const KIND: super::registry::BackendKind = super::registry::BackendKind {
+    name: NAME,
+    aliases: &["classic_config", "classic"],
+    feature: None,
+    settings: SETTINGS,
+    build: Some(|values| {
+        Ok(Box::new(StaticBackend::new(StaticConfig::from_values(
+            values,
+        )?)?))
+    }),
+};
+
 pub(crate) const SETTINGS: &[Setting] = &[
     Setting::new(
         "static_nodes",

@@ -1,12 +1,11 @@
-//! The backend conformance suite, run by every backend: the checks live in
-//! `common/conformance.rs` (see there how to plug a backend in); this file holds one
-//! small adapter per backend.
+//! The backend conformance suite (`autocluster::backend::conformance`), run by every
+//! backend of the crate: one small adapter per backend, and one call of the suite each.
 
 use std::time::Duration;
 
 use autocluster::backend::{Backend, MemoryBackend, StaticBackend, StaticConfig};
 
-use crate::common::conformance::ConformanceTarget;
+use autocluster::backend::conformance::ConformanceTarget;
 
 /// The reference: the in-process registry. Expiry is exact (bound = TTL).
 pub struct MemoryTarget {
@@ -78,15 +77,21 @@ impl ConformanceTarget for StaticTarget {
 }
 
 mod memory {
-    crate::conformance_suite!(super::MemoryTarget::new());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(|| async { super::MemoryTarget::new() }).await;
+    }
 }
 
 mod static_list {
-    crate::conformance_suite!(super::StaticTarget);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(|| async { super::StaticTarget }).await;
+    }
 
     #[tokio::test]
     async fn lists_in_configured_order_and_seeds_the_first() {
-        use crate::common::conformance::ConformanceTarget;
+        use autocluster::backend::conformance::ConformanceTarget;
         let backend = super::StaticTarget.backend().await;
         let names: Vec<String> = backend
             .list_nodes()
@@ -112,8 +117,8 @@ pub mod etcd {
     use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
     use tokio::sync::Mutex;
 
-    use crate::common::conformance::ConformanceTarget;
     use crate::common::{EtcdServer, Fake, FakeServer, unique_name};
+    use autocluster::backend::conformance::ConformanceTarget;
 
     /// A real etcd per test. Bound: the lease TTL plus etcd's 500 ms expiry check, stated
     /// as TTL + 1 s in the backend's docs.
@@ -205,7 +210,10 @@ pub mod etcd {
         }
     }
 
-    crate::conformance_suite!(EtcdTarget::start().await);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(EtcdTarget::start).await;
+    }
 }
 
 #[cfg(feature = "consul")]
@@ -216,8 +224,8 @@ pub mod consul {
     use autocluster::backend::consul::{ConsulBackend, ConsulConfig};
     use tokio::sync::Mutex;
 
-    use crate::common::conformance::ConformanceTarget;
     use crate::common::{ConsulOptions, ConsulServer, Misbehave, unique_name};
+    use autocluster::backend::conformance::ConformanceTarget;
 
     /// The in-test Consul agent (sessions may be as short as 1 s there; lock-delay 0).
     /// Bounds, as the backend states them: a dead registrant is gone at its check TTL
@@ -318,7 +326,10 @@ pub mod consul {
         }
     }
 
-    crate::conformance_suite!(ConsulTarget::start().await);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(ConsulTarget::start).await;
+    }
 }
 
 #[cfg(feature = "kubernetes")]
@@ -332,8 +343,8 @@ pub mod kubernetes {
     };
     use tokio::sync::Mutex;
 
-    use crate::common::conformance::ConformanceTarget;
     use crate::common::{KubeServer, Misbehave, TestEndpoint, unique_name};
+    use autocluster::backend::conformance::ConformanceTarget;
 
     pub const NAMESPACE: &str = "autocluster-test";
     pub const TOKEN: &str = "token-one";
@@ -461,7 +472,10 @@ pub mod kubernetes {
         }
     }
 
-    crate::conformance_suite!(KubeTarget::start().await);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(KubeTarget::start).await;
+    }
 }
 
 #[cfg(feature = "dns")]
@@ -473,7 +487,7 @@ pub mod dns {
     use tokio::sync::Mutex;
 
     use crate::common::Dnsmasq;
-    use crate::common::conformance::ConformanceTarget;
+    use autocluster::backend::conformance::ConformanceTarget;
 
     /// A real dnsmasq. No registration and no lock (capabilities say so); the outage is
     /// dnsmasq killed; listing is bounded by the 1 s timeout.
@@ -522,5 +536,8 @@ pub mod dns {
         }
     }
 
-    crate::conformance_suite!(DnsTarget::start().await);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn suite() {
+        autocluster::backend::conformance::run(DnsTarget::start).await;
+    }
 }

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use autocluster::backend::consul::{ConsulBackend, ConsulConfig};
 use autocluster::backend::{Backend, BackendError, LockRequest, Registration, RegistrationEvent};
 
-use crate::common::conformance::unique_node;
 use crate::common::{ConsulOptions, UnknownCheck};
 use crate::conformance::consul::ConsulTarget;
+use autocluster::backend::conformance::unique_node;
 
 async fn reregisters_after(answer: UnknownCheck) {
     let target = ConsulTarget::start().await;

@@ -8,7 +8,7 @@ use autocluster::backend::etcd::{EtcdBackend, EtcdConfig, EtcdTls};
 use autocluster::backend::{Backend, BackendError, Registration, RegistrationEvent};
 
 use crate::common::EtcdServer;
-use crate::common::conformance::unique_node;
+use autocluster::backend::conformance::unique_node;
 
 /// Prefix and cluster name are honoured: keys land where configured, and two clusters
 /// (or two prefixes) do not see each other's nodes.

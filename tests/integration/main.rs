@@ -15,6 +15,7 @@ mod hostile;
 mod interop;
 mod kubernetes_backend;
 mod node;
+mod out_of_tree_backend;
 mod peers;
 mod rabbitmq_etcd;
 mod rabbitmq_example;

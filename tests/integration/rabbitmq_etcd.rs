@@ -9,8 +9,8 @@ use autocluster::NodeName;
 use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, BackendError, LockRequest, Registration};
 
-use crate::common::conformance::unique_node;
 use crate::common::{EtcdServer, RabbitNode, RabbitOptions, unique_name};
+use autocluster::backend::conformance::unique_node;
 
 /// A RabbitMQ node registers itself in etcd; the crate lists it; a node registered by the
 /// crate is listed by RabbitMQ's own backend; and both exclude each other through the
@@ -61,7 +61,7 @@ async fn rabbitmq_and_the_crate_see_each_other_in_etcd() {
     assert!(listed.metadata.contains_key("lease_id"), "{listed:?}");
     // The `discover` example lists it too, as an operator would run it.
     let discovered = tokio::process::Command::new(crate::common::example("discover"))
-        .args(["--backend", "etcd", "--etcd-endpoint", &endpoint])
+        .args(["--backend", "etcd", "--etcd-endpoints", &endpoint])
         .args(["--cluster-name", &cluster])
         .output()
         .await

@@ -22,7 +22,6 @@
 //! * [`conformance`]: the backend conformance suite and how to plug a backend into it.
 #![allow(dead_code, unused_imports)]
 
-pub mod conformance;
 mod consul;
 mod dnsmasq;
 mod env;

@@ -1,38 +1,91 @@
 //! The backend conformance suite: one set of checks, written once, that every discovery
-//! backend runs.
+//! backend passes, so that the formation engine gets the same answers from all of them
+//! (the semantics of the [module documentation](super)).
 //!
-//! # Plugging a backend in
+//! Available with the crate feature `testing`. A backend written outside this crate runs
+//! the suite from its own tests by enabling the feature in its dev-dependencies:
 //!
-//! 1. Implement [`ConformanceTarget`] for a small adapter that owns the server (a real
-//!    process, or an in-test HTTP server) and makes independent clients of it:
-//!    [`backend`](ConformanceTarget::backend) must return a NEW client each call (the lock
-//!    test makes 20 of them, one per contender), all talking to the same registry.
-//!    State the backend's own bounds ([`expiry_bound`](ConformanceTarget::expiry_bound),
+//! ```toml
+//! [dev-dependencies]
+//! autocluster = { version = "0.1", features = ["testing"] }
+//! ```
+//!
+//! This module follows semver; the other items that the `testing` feature opens (codec
+//! internals) do not, and are hidden from the documentation.
+//!
+//! # Running it
+//!
+//! 1. Implement [`ConformanceTarget`] for a small adapter that owns the registry under
+//!    test (a server process, an in-test HTTP server, a shared in-memory map) and makes
+//!    independent clients of it: [`backend`](ConformanceTarget::backend) returns a NEW
+//!    client each call (the lock check makes 20 of them, one per contender), all talking
+//!    to the same registry. State the backend's bounds
+//!    ([`expiry_bound`](ConformanceTarget::expiry_bound),
 //!    [`lock_free_bound`](ConformanceTarget::lock_free_bound),
-//!    [`call_bound`](ConformanceTarget::call_bound)) as its documentation states them:
-//!    the checks assert them.
-//! 2. Implement the optional capabilities the test server offers (outage, lock theft,
-//!    garbage values, hung or garbage-speaking endpoints); the default `false` / `None`
-//!    makes the corresponding check pass trivially with a note on stderr.
-//! 3. In `tests/integration/conformance.rs`, add
-//!    `mod mybackend { crate::conformance_suite!(MyTarget::start().await); }`.
-//!    The expression is evaluated once per test, so every test gets its own server (or
-//!    its own prefix), and the tests stay parallel-safe.
-//!
-//! Then `cargo test --test integration conformance::mybackend` runs every check.
+//!    [`call_bound`](ConformanceTarget::call_bound)) as its documentation states them: the
+//!    checks assert them.
+//! 2. Implement the optional capabilities the target offers (outage, lock theft, garbage
+//!    entries, hung or garbage-speaking endpoints). The default `false` / `None` skips the
+//!    corresponding check with a note on stderr.
+//! 3. Call [`run`] from a test with a function that makes a fresh target. Every check
+//!    gets its own target, so a check never sees another's registrations or lock.
 //!
 //! A backend without registration or lock passes the checks that need them by returning
-//! [`BackendError::Unsupported`] (asserted) and saying so through its capabilities.
+//! [`BackendError::Unsupported`] (asserted) and saying so through its capabilities
+//! ([`Backend::supports_registration`], [`Backend::supports_lock`]); without a lock it
+//! must compute the same [`Backend::deterministic_seed`] on every client.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use autocluster::backend::conformance::{self, ConformanceTarget};
+//! use autocluster::backend::{Backend, MemoryBackend};
+//!
+//! /// Clients of one in-process registry.
+//! struct Target(MemoryBackend);
+//!
+//! #[async_trait::async_trait]
+//! impl ConformanceTarget for Target {
+//!     async fn backend(&self) -> Box<dyn Backend> {
+//!         Box::new(self.0.clone())
+//!     }
+//!     fn ttl(&self) -> Duration {
+//!         Duration::from_secs(1)
+//!     }
+//!     fn expiry_bound(&self, ttl: Duration) -> Duration {
+//!         ttl
+//!     }
+//!     fn lock_free_bound(&self, ttl: Duration) -> Duration {
+//!         ttl
+//!     }
+//!     fn call_bound(&self) -> Duration {
+//!         Duration::from_millis(500)
+//!     }
+//! }
+//!
+//! #[tokio::test]
+//! async fn conformance() {
+//!     conformance::run(|| async { Target(MemoryBackend::new()) }).await;
+//! }
+//! ```
+//!
+//! The checks are also public one by one ([`outage`], [`lock_mutual_exclusion`], ...),
+//! to run a single one while working on it.
+//!
+//! # Failures
+//!
+//! The checks are test code: a failed check panics with what was expected and what the
+//! backend did. [`run`] runs every check, each in its own task, prints one line per
+//! check on stderr, and then panics with the list of the checks that failed and why.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use autocluster::NodeName;
-use autocluster::backend::{Backend, BackendError, LockRequest, Registration, RegistrationEvent};
-
-use super::unique_name;
+use super::{Backend, BackendError, LockRequest, Registration, RegistrationEvent};
+use crate::NodeName;
 
 /// Adapts a backend and its server to the suite.
 #[async_trait::async_trait]
@@ -98,9 +151,17 @@ fn skip(what: &str) {
     eprintln!("conformance: {what}: not offered by this target, skipped");
 }
 
-/// A node name unique to this test process.
+/// A node name that no other call returns, in this process or another running the suite
+/// against the same registry (the process id, a counter and a random part).
 pub fn unique_node() -> NodeName {
-    NodeName::new(&format!("{}@localhost", unique_name("n"))).expect("valid node name")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "c{}_{}_{:08x}@localhost",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    );
+    NodeName::new(&name).expect("a generated node name is valid")
 }
 
 async fn listed(backend: &dyn Backend, node: &NodeName) -> bool {
@@ -684,34 +745,93 @@ pub async fn garbage_server(target: &dyn ConformanceTarget) {
     }
 }
 
-/// Generates one `#[tokio::test]` per check for a target; `$make` is evaluated (and may
-/// `.await`) inside each test, so each test gets its own target.
-#[macro_export]
-macro_rules! conformance_suite {
-    ($make:expr) => {
-        $crate::conformance_suite!(@tests $make;
-            capabilities,
-            register_list_deregister,
-            registration_outlives_ttls,
-            abandoned_registration_expires,
-            lock_mutual_exclusion,
-            dead_holder_frees_lock,
-            stolen_lock_is_reported,
-            expired_lock_is_reported,
-            lock_wait_timeout,
-            outage,
-            garbage_entry_is_an_error,
-            hung_server,
-            garbage_server,
-        );
-    };
-    (@tests $make:expr; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let target = $make;
-                $crate::common::conformance::$check(&target).await;
+/// One check of the suite, as [`run`] calls it.
+type CheckFn =
+    for<'a> fn(&'a dyn ConformanceTarget) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Every check, by name, in the order [`run`] runs them.
+const CHECKS: &[(&str, CheckFn)] = &[
+    ("capabilities", |t| Box::pin(capabilities(t))),
+    ("register_list_deregister", |t| {
+        Box::pin(register_list_deregister(t))
+    }),
+    ("registration_outlives_ttls", |t| {
+        Box::pin(registration_outlives_ttls(t))
+    }),
+    ("abandoned_registration_expires", |t| {
+        Box::pin(abandoned_registration_expires(t))
+    }),
+    ("lock_mutual_exclusion", |t| {
+        Box::pin(lock_mutual_exclusion(t))
+    }),
+    ("dead_holder_frees_lock", |t| {
+        Box::pin(dead_holder_frees_lock(t))
+    }),
+    ("stolen_lock_is_reported", |t| {
+        Box::pin(stolen_lock_is_reported(t))
+    }),
+    ("expired_lock_is_reported", |t| {
+        Box::pin(expired_lock_is_reported(t))
+    }),
+    ("lock_wait_timeout", |t| Box::pin(lock_wait_timeout(t))),
+    ("outage", |t| Box::pin(outage(t))),
+    ("garbage_entry_is_an_error", |t| {
+        Box::pin(garbage_entry_is_an_error(t))
+    }),
+    ("hung_server", |t| Box::pin(hung_server(t))),
+    ("garbage_server", |t| Box::pin(garbage_server(t))),
+];
+
+/// The names of the checks, in the order [`run`] runs them (each is also a public
+/// function of this module).
+pub fn check_names() -> impl Iterator<Item = &'static str> {
+    CHECKS.iter().map(|(name, _)| *name)
+}
+
+/// Runs every check, one after the other, each against a fresh target from `make` and in
+/// its own task (so a failed check does not stop the others). Prints one line per check
+/// on stderr, then panics, if any check failed, with each failed check's name and
+/// message. Must be called inside a tokio runtime; the checks spawn tasks and sleep.
+pub async fn run<T, F, Fut>(mut make: F)
+where
+    T: ConformanceTarget + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let mut failures = Vec::new();
+    for (name, check) in CHECKS {
+        let target = make().await;
+        let start = Instant::now();
+        let outcome = tokio::spawn(async move { check(&target).await }).await;
+        let took = start.elapsed();
+        match outcome {
+            Ok(()) => eprintln!("conformance: {name}: ok ({took:.1?})"),
+            Err(error) => {
+                let message = if error.is_panic() {
+                    panic_message(error.into_panic())
+                } else {
+                    error.to_string()
+                };
+                eprintln!("conformance: {name}: FAILED ({took:.1?}): {message}");
+                failures.push(format!("{name}: {message}"));
             }
-        )*
-    };
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} conformance checks failed:\n  {}",
+        failures.len(),
+        CHECKS.len(),
+        failures.join("\n  ")
+    );
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "panicked with a non-string payload".to_owned(),
+        },
+    }
 }
