@@ -14,9 +14,9 @@
 //! cargo run --example discover -- --help     # every backend and its flags
 //! ```
 //!
-//! Every setting a backend reads is a flag: its map key (see the README's configuration
-//! tables) with dashes, repeatable for a list; `--set KEY=VALUE` takes any key, RabbitMQ's
-//! `cluster_formation.*` keys included. A flag of a backend other than the chosen one is
+//! Every setting a backend reads is a flag: its map key (see each backend's settings
+//! table, linked from docs/configuration.md) with dashes, repeatable for a list;
+//! `--set KEY=VALUE` takes any key, RabbitMQ's `cluster_formation.*` keys included. A flag of a backend other than the chosen one is
 //! an error that says so.
 //!
 //! `--verbose` adds each node's order, address and metadata, and the backend's seed (for

@@ -104,7 +104,8 @@
 //! registry entry `KIND`), one line of the registry's table below the module
 //! declarations in this file and one row of the table above, its feature in
 //! `Cargo.toml`, one call of [`conformance::run`] in `tests/integration/conformance.rs`,
-//! and its settings in the README: the settings parser, [`from_map`], [`from_env`] and
+//! and one row in `docs/configuration.md` linking to its settings table (in its module's
+//! documentation, where a test checks every setting is): the settings parser, [`from_map`], [`from_env`] and
 //! the examples' flags and help texts find it through the [`registry`].
 
 use std::collections::BTreeMap;

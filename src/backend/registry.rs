@@ -32,9 +32,9 @@
 //!
 //! A backend's module declares its settings table and its `KIND` (a [`BackendKind`]
 //! whose constructor is compiled only with the backend's feature), and one line of the
-//! table in `src/backend/mod.rs` lists it. Its feature goes in `Cargo.toml`, its settings
-//! in the README's configuration tables, and one call of the conformance suite in
-//! `tests/integration/conformance.rs` runs every check against it.
+//! table in `src/backend/mod.rs` lists it. Its feature goes in `Cargo.toml`, one row in
+//! `docs/configuration.md` links to its settings table, and one call of the conformance
+//! suite in `tests/integration/conformance.rs` runs every check against it.
 
 use std::collections::BTreeMap;
 use std::fmt;
