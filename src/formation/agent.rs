@@ -23,7 +23,7 @@ use super::{
     MetricsSnapshot, Outcome,
 };
 
-/// A form or join whose last part ([`ClusterTarget::finish`]) is still to run.
+/// A form or join whose last part ([`Step::Finish`]) is still to run.
 #[derive(Debug)]
 struct Pending {
     /// `None` when forming.
@@ -55,7 +55,7 @@ pub(crate) async fn seed_policy(
     Ok(SeedPolicy::new(order, deterministic))
 }
 
-/// The formation agent of one managed node. See the [module documentation](self).
+/// The formation agent of one managed node. See the [module documentation](super).
 #[derive(Clone)]
 pub struct Agent {
     inner: Arc<AgentInner>,

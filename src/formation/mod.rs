@@ -1,7 +1,7 @@
 //! Cluster formation: nodes that boot at the same time end up in exactly one cluster.
 //!
 //! An [`Agent`] per managed node runs the formation protocol against any
-//! [`Backend`] and any [`ClusterTarget`]:
+//! [`Backend`](crate::backend::Backend) and any [`ClusterTarget`]:
 //!
 //! 1. **Startup lock.** With a backend that has a lock (memory, etcd, Consul,
 //!    Kubernetes), the agent takes it (its own lease, independent of the node TTL) and
@@ -406,7 +406,7 @@ pub enum FormationEvent {
     /// The seed was chosen (`None`: no live node, form a new cluster).
     SeedChosen(Option<NodeName>),
     /// The managed node's membership is decided (joining this seed; `None`: forming a
-    /// new cluster) and what is left ([`ClusterTarget::finish`]) runs after the startup
+    /// new cluster) and what is left ([`Step::Finish`]) runs after the startup
     /// lock is released (at once, without a lock).
     Decided(Option<NodeName>),
     /// Formation finished.
