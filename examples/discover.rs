@@ -34,9 +34,8 @@ use std::process::ExitCode;
 
 use autocluster::backend::BackendError;
 
-#[path = "support/backend_args.rs"]
-mod backend_args;
-use backend_args::{BACKEND_USAGE, BackendArgs};
+mod support;
+use support::backend_args::{BACKEND_USAGE, BackendArgs};
 
 struct Args {
     backend: BackendArgs,

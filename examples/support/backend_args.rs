@@ -2,7 +2,6 @@
 //!
 //! Adding a backend's flags: add its fields to `BackendArgs`, its flags to
 //! `BackendArgs::take`, and build it in `build_backend`.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
