@@ -29,10 +29,9 @@ use std::process::ExitCode;
 
 use autocluster::backend::BackendError;
 
-#[path = "support/backend_args.rs"]
-mod backend_args;
+mod support;
 use autocluster::NodeName;
-use backend_args::{BackendArgs, backend_usage};
+use support::backend_args::{BackendArgs, backend_usage};
 
 struct Args {
     backend: BackendArgs,

@@ -19,8 +19,8 @@
 //! receive hello -> ok end.
 //! ```
 
-#[path = "support/tls_args.rs"]
-mod tls_args;
+mod support;
+use support::tls_args;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

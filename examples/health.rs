@@ -23,9 +23,8 @@ use autocluster::formation::{ClusterTarget, ErlangMesh, RabbitMq};
 use autocluster::node::{ClientStartError, NameInUse};
 use autocluster::{Cookie, Node, NodeName, health};
 
-#[path = "support/backend_args.rs"]
-mod backend_args;
-use backend_args::{BackendArgs, backend_usage};
+mod support;
+use support::backend_args::{BackendArgs, backend_usage};
 
 const USAGE: &str = "usage: health --node NAME (--cookie C | --cookie-file F) [BACKEND-OPTIONS] [--expect-nodes N] [--rabbitmq] [--json] [--epmd-port P] [--call-timeout SECS]";
 

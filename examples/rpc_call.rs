@@ -16,8 +16,8 @@
 //! (default `[]`). The result is printed as `io_lib:format("~0p", [Result])` would print
 //! it. On failure the error is printed and the exit status is 1.
 
-#[path = "support/tls_args.rs"]
-mod tls_args;
+mod support;
+use support::tls_args;
 
 use std::net::{IpAddr, ToSocketAddrs};
 use std::process::ExitCode;

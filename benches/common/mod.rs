@@ -1,5 +1,5 @@
-//! What every benchmark shares: the real peers (the integration tests' harness, included
-//! from `tests/integration/common/` rather than copied), run settings, CPU time, core
+//! What every benchmark shares: the real peers (the integration tests' harness, the
+//! `autocluster-test-support` package in `test-support/`), run settings, CPU time, core
 //! pinning, a throughput driver, statistics and the JSON result files that
 //! `benches/report.rs` turns into `BENCHMARKS.md` and the SVG plots.
 //!
@@ -8,28 +8,13 @@
 //! of a few iterations, so CI stays quick.
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../tests/integration/common/env.rs"]
-mod env;
-#[path = "../../tests/integration/common/epmd.rs"]
-mod epmd;
-#[path = "../../tests/integration/common/erl.rs"]
-mod erl;
-#[path = "../../tests/integration/common/etcd.rs"]
-mod etcd;
-#[path = "../../tests/integration/common/process.rs"]
-mod process;
-#[path = "../../tests/integration/common/rabbit.rs"]
-mod rabbit;
 pub mod timeline;
 pub mod workers;
 
-pub use epmd::Epmd;
-pub use erl::{ErlNode, ErlOptions};
-pub use etcd::EtcdServer;
-pub use process::{
-    free_port, kill_process_group, kill_process_tree, require_binary, rss_kib, unique_name,
+pub use autocluster_test_support::{
+    Epmd, ErlNode, ErlOptions, EtcdServer, RabbitNode, RabbitOptions, free_port,
+    kill_process_group, kill_process_tree, require_binary, rss_kib, unique_name,
 };
-pub use rabbit::{RabbitNode, RabbitOptions};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,6 @@
 //! crate's backend registry (`autocluster::backend::registry`): every setting a backend
 //! reads is a flag, its map key with dashes (`etcd_endpoints` → `--etcd-endpoints`,
 //! repeatable for a list), so a new backend needs nothing here.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 

@@ -2,11 +2,10 @@
 //! latencies of well-behaved clients, task counts, memory, time to stop. They are a test
 //! binary of their own, which `cargo test` runs after the `integration` binary, so that
 //! no other test's load is taken for their result; among themselves they take turns
-//! (`common::flood_alone`). Their peers are real, as in `integration`, whose harness they
-//! share.
+//! (`common::flood_alone`). Their peers are real, as in `integration`, whose harness
+//! (`autocluster-test-support`, in `test-support/`) they share.
 
-#[path = "../integration/common/mod.rs"]
-mod common;
+use autocluster_test_support as common;
 
 mod abusive;
 mod overload;

@@ -113,8 +113,8 @@ pub struct RabbitNode {
     node: String,
     cookie: String,
     erl_args: Vec<String>,
-    /// The node's own EPMD, unless it shares one.
-    own_epmd: Option<Epmd>,
+    /// The node's own EPMD, unless it shares one: held only to be killed with the node.
+    _own_epmd: Option<Epmd>,
     epmd_port: u16,
     amqp_port: u16,
     dist_port: u16,
@@ -173,7 +173,7 @@ impl RabbitNode {
             node,
             cookie: options.cookie.clone(),
             erl_args: options.erl_args.clone(),
-            own_epmd,
+            _own_epmd: own_epmd,
             epmd_port,
             amqp_port,
             dist_port,

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use autocluster::epmd::EpmdClient;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::env::peers;
 use super::process::{free_port, kill_process_group};

@@ -6,7 +6,7 @@
 //! deadline.
 //!
 //! ```text
-//! cargo run --release --example trials --features etcd,testing -- \
+//! cargo run --release -p autocluster-trials -- \
 //!     --nodes N --trials M --scenario S --backend memory|etcd [--erl | --native]
 //!     [--jitter-ms J] [--seed RNG_SEED] [--deadline-s D] [--etcd-endpoint URL]
 //!     [--trials-per-scenario K] [--record FILE [--resume]] [--chaos P] [-v]
@@ -46,23 +46,14 @@
 //! With `--record FILE` each trial is appended to FILE as a JSON line; `--resume` skips
 //! the trials FILE already holds and includes them in the summary.
 
-#[path = "trials/chaos.rs"]
 mod chaos;
-#[path = "trials/erl.rs"]
 mod erl;
-#[path = "trials/lab.rs"]
 mod lab;
-#[path = "trials/netns.rs"]
 mod netns;
-#[path = "trials/procs.rs"]
 mod procs;
-#[path = "trials/report.rs"]
 mod report;
-#[path = "trials/scenarios.rs"]
 mod scenarios;
-#[path = "trials/trial.rs"]
 mod trial;
-#[path = "trials/victim.rs"]
 mod victim;
 
 use std::path::PathBuf;
