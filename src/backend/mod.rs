@@ -45,6 +45,22 @@
 //!   [`Backend::deterministic_seed`] instead: every node computes the same seed and the
 //!   others join it, so nodes starting together cannot form separate clusters.
 //!
+//! # Stated bounds
+//!
+//! What each backend promises, and the conformance suite asserts:
+//!
+//! | backend | dead registrant gone after | dead lock holder's lock free after | one call when the server is down or hung |
+//! |---|---|---|---|
+//! | memory | TTL | lock TTL | immediate |
+//! | static | — | — | immediate |
+//! | etcd | TTL + 1 s (TTL rounded up to whole seconds and to etcd's minimum lease TTL) | lock TTL + 1 s | `timeout` (default 5 s) per endpoint tried |
+//! | Consul | check TTL + 1 s (then `critical`, no longer listed) | 2 × session TTL + lock-delay (Consul invalidates a session up to 2 × TTL after its last renewal; session TTL at least 10 s, lock-delay 15 s by default) | `timeout` (default 5 s); a blocking query `wait` + `timeout` |
+//! | Kubernetes | — (the endpoints follow the pods) | lease duration (whole seconds) + poll interval (1 s) | `timeout` (default 5 s) |
+//! | DNS | — (the records follow the orchestrator) | — | `timeout` (default 5 s) for the whole listing, reverse lookups included |
+//!
+//! The DNS backend treats NXDOMAIN and a name without records as a (transient) error, not
+//! as an empty list: a headless Service answers that while none of its pods is ready.
+//!
 //! # Configuration
 //!
 //! Each backend has a typed config (e.g. [`StaticConfig`], [`etcd::EtcdConfig`]) with
