@@ -313,8 +313,7 @@ impl Agent {
         })
     }
 
-    /// Probes the registered nodes the seed selector names and returns its choice, which
-    /// is published ([`FormationEvent::SeedChosen`]).
+    /// Probes the registered nodes the seed selector names and returns its choice.
     async fn choose_seed(
         &self,
         policy: &SeedPolicy,
@@ -324,13 +323,7 @@ impl Agent {
         while let Some(node) = selector.next_probe() {
             selector.record(self.probe(&node).await?);
         }
-        let choice = selector.choice();
-        if choice.waiting_for.is_none() {
-            Metrics::bump(&self.inner.metrics.seed_choices);
-            tracing::info!(seed = ?choice.seed.as_ref().map(NodeName::as_str), registered = listed.len(), "seed chosen");
-            self.emit(FormationEvent::SeedChosen(choice.seed.clone()));
-        }
-        Ok(choice)
+        Ok(selector.choice())
     }
 
     /// Steps 2-6 under the startup lock; returns the part of a join left for after the
@@ -374,6 +367,7 @@ impl Agent {
         let target = &self.inner.target;
         let registered: Vec<NodeName> = listed.iter().map(|r| r.node.clone()).collect();
         let mut inspection = target.inspect().await?;
+        let was_booting = inspection.membership.booting;
         let mut resumed = false;
         // Inventory, start, re-inspection, inventory again, step: five rounds at most.
         for _ in 0..5 {
@@ -381,11 +375,18 @@ impl Agent {
                 .registered(&registered)
                 .deterministic(deterministic)
                 .allow_reset(self.inner.config.allow_reset)
-                .resumed(resumed);
-            match plan::plan(&facts)? {
+                .resumed(resumed)
+                .was_booting(was_booting);
+            let decision = plan::plan(&facts);
+            self.publish_seed(&decision, listed.len());
+            match decision? {
                 Decision::Inventory => inspection.data = Some(target.inventory().await?),
                 Decision::Prepare(step) => {
-                    tracing::warn!(%step, members = ?inspection.membership.members, "the managed node's application is not running (an interrupted join?): starting it before deciding");
+                    if inspection.membership.booting {
+                        tracing::info!(%step, "the managed node is booting: waiting for its boot before deciding");
+                    } else {
+                        tracing::warn!(%step, members = ?inspection.membership.members, "the managed node's application is not running (an interrupted join?): starting it before deciding");
+                    }
                     target
                         .execute(&step)
                         .instrument(tracing::info_span!("resume"))
@@ -432,6 +433,26 @@ impl Agent {
             self.node(),
             "the node did not settle after being started and inspected again",
         ))
+    }
+
+    /// Publishes the seed a decision acts on ([`FormationEvent::SeedChosen`]): the node
+    /// joined, found a member with, or refused to join (data at risk, unsettled), or
+    /// `None` when forming. Decisions that settle nothing yet, and a refusal to form
+    /// beside nodes that may be alive, publish nothing.
+    fn publish_seed(&self, decision: &Result<Decision, FormationError>, registered: usize) {
+        let seed = match decision {
+            Ok(Decision::Execute(Step::Join { seed, .. })) => Some(seed.clone()),
+            Ok(Decision::Execute(Step::BootJoin { seed })) => seed.clone(),
+            Ok(Decision::Execute(_)) => None,
+            Ok(Decision::Done(Outcome::AlreadyMember { seed } | Outcome::Joined { seed }))
+            | Err(
+                FormationError::DataAtRisk { seed, .. } | FormationError::Unsettled { seed, .. },
+            ) => Some(seed.clone()),
+            _ => return,
+        };
+        Metrics::bump(&self.inner.metrics.seed_choices);
+        tracing::info!(seed = ?seed.as_ref().map(NodeName::as_str), registered, "seed chosen");
+        self.emit(FormationEvent::SeedChosen(seed));
     }
 
     /// What is left after a [`Stage`]: nothing, or the finish after the lock.

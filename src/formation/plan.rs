@@ -61,6 +61,9 @@ pub struct Facts<'a> {
     /// Whether this attempt already started the managed node's application
     /// ([`Decision::Prepare`]).
     pub resumed: bool,
+    /// Whether the managed node was booting when this attempt first inspected it (its
+    /// boot may have finished since, while the agent waited for it).
+    pub was_booting: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -78,6 +81,7 @@ impl<'a> Facts<'a> {
             deterministic: None,
             allow_reset: false,
             resumed: false,
+            was_booting: false,
         }
     }
 
@@ -102,6 +106,12 @@ impl<'a> Facts<'a> {
     /// The same facts, after the application was started this attempt.
     pub fn resumed(mut self, resumed: bool) -> Facts<'a> {
         self.resumed = resumed;
+        self
+    }
+
+    /// The same facts, for a node that was booting when first inspected.
+    pub fn was_booting(mut self, was_booting: bool) -> Facts<'a> {
+        self.was_booting = was_booting;
         self
     }
 }
@@ -145,8 +155,11 @@ pub fn plan(facts: &Facts<'_>) -> Result<Decision, FormationError> {
         // new cluster (a node whose boot joins one registers only once it has joined) or
         // members restarting. A managed node that is booting too joins the first of them,
         // and the boots form one cluster (a running node waits for a live seed instead:
-        // it can only join a cluster whose database is up).
-        None if facts.deterministic.is_none() && m.booting && !m.running => {
+        // it can only join a cluster whose database is up). A boot waited for this attempt
+        // keeps that seed.
+        None if facts.deterministic.is_none()
+            && ((m.booting && !m.running) || facts.was_booting) =>
+        {
             facts.choice.booting.first().cloned()
         }
         None => None,
@@ -224,24 +237,22 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
         // Joining again is harmless where joining is idempotent (Mnesia answers "already
         // a member"); Khepri resets the node and adds it again, so it is never asked.
         return match inspection.store {
+            // Allowed to reset: joined again, as any member of another cluster would be.
+            Some(MetadataStore::Khepri) if facts.allow_reset => {
+                Ok(Decision::Execute(Step::Join { seed, reset: true }))
+            }
             Some(MetadataStore::Khepri) => Err(FormationError::Unsettled {
                 node: me.clone(),
                 seed,
                 reason: "a member of its cluster (Khepri) that does not list it as running: \
-                         not joined again, since a Khepri join resets the node"
+                         not joined again, since a Khepri join resets the node (allowed only \
+                         with allow_reset)"
                     .into(),
             }),
             _ => Ok(Decision::Execute(Step::Join { seed, reset: false })),
         };
     }
-    // A member of another cluster: what a join discards is known without an inventory.
-    let others: Vec<NodeName> = m.members.iter().filter(|n| *n != me).cloned().collect();
-    let data = if others.is_empty() {
-        inspection.data.clone()
-    } else {
-        Some(DataState::OtherCluster(others))
-    };
-    match &data {
+    match &inspection.data {
         None => Ok(Decision::Inventory),
         Some(DataState::Empty) => Ok(Decision::Execute(Step::Join { seed, reset: false })),
         Some(_) if facts.allow_reset => Ok(Decision::Execute(Step::Join { seed, reset: true })),

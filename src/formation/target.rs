@@ -225,7 +225,10 @@ pub enum Step {
     /// inspects the node again.
     Start,
     /// Join `seed`'s cluster. `reset` is true only when the node holds data or belongs
-    /// to another cluster and the configuration allowed discarding it.
+    /// to another cluster and the configuration allowed discarding it. The flag records
+    /// the plan's decision, taken on the inventory: a target does not check the data
+    /// again, and carrying out a join may discard it whatever the flag says (RabbitMQ's
+    /// join resets the node), so a direct caller reads [`ClusterTarget::inventory`] first.
     Join {
         /// The node to join.
         seed: NodeName,

@@ -183,16 +183,6 @@ fn every_row() -> Vec<Row> {
     rows
 }
 
-/// What a join would discard: a member of another cluster discards that membership,
-/// whatever the inventory says.
-fn effective_data(row: &Row) -> Option<DataState> {
-    if row.node == Node::OtherCluster {
-        Some(DataState::OtherCluster(vec![n("rabbit@x")]))
-    } else {
-        row.data.clone()
-    }
-}
-
 fn describe(row: &Row) -> String {
     format!(
         "node {:?}, choice {:?}, data {:?}, store {:?}, allow_reset {}, resumed {}, lockless {}",
@@ -253,8 +243,18 @@ fn the_table() {
         (
             Node::OtherCluster,
             Choice::Seed,
+            Some(DataState::OtherCluster(vec![n("rabbit@x")])),
             None,
+            true,
+            false,
+            join(true),
+        ),
+        // A recorded member on Khepri: joined again only when resets are allowed.
+        (
+            Node::MemberNotSeeingSeed,
+            Choice::Seed,
             None,
+            Some(MetadataStore::Khepri),
             true,
             false,
             join(true),
@@ -496,16 +496,15 @@ fn every_combination_keeps_the_rules() {
                 assert!(m.running, "a join from a node not running: {what}");
                 // Never a reset that was not allowed.
                 assert!(!reset || row.allow_reset, "reset not allowed: {what}");
-                // Never joined again on Khepri.
+                // Never joined again on Khepri unless resets are allowed.
                 if m.members.contains(seed) {
-                    assert_ne!(
-                        row.store,
-                        Some(MetadataStore::Khepri),
+                    assert!(
+                        row.store != Some(MetadataStore::Khepri) || (*reset && row.allow_reset),
                         "a Khepri member joined again: {what}"
                     );
                 } else {
                     // Never without knowing the data, never over data unless allowed.
-                    match &effective_data(row) {
+                    match &row.data {
                         None => panic!("join without reading the data: {what}"),
                         Some(DataState::Empty) => assert!(!reset, "{what}"),
                         Some(_) => assert!(*reset && row.allow_reset, "{what}"),
@@ -543,7 +542,7 @@ fn every_combination_keeps_the_rules() {
                 assert!(!row.allow_reset, "{what}");
                 assert!(
                     matches!(
-                        effective_data(row),
+                        row.data.clone(),
                         Some(DataState::HasData(_) | DataState::OtherCluster(_))
                     ),
                     "{what}"
@@ -551,7 +550,8 @@ fn every_combination_keeps_the_rules() {
             }
             Err(FormationError::MaybeAlive { .. }) => assert!(!row.lockless, "{what}"),
             Err(FormationError::Unsettled { .. }) => {
-                assert_eq!(row.store, Some(MetadataStore::Khepri), "{what}")
+                assert_eq!(row.store, Some(MetadataStore::Khepri), "{what}");
+                assert!(!row.allow_reset, "{what}");
             }
             Err(FormationError::Unexpected { .. }) => assert!(row.resumed, "{what}"),
             Err(e) => panic!("unexpected error {e}: {what}"),
@@ -561,4 +561,26 @@ fn every_combination_keeps_the_rules() {
             assert_ne!(decision.as_ref().ok(), Some(&Decision::Inventory), "{what}");
         }
     }
+}
+
+/// A node whose own boot was waited for keeps the booting seed it had when the attempt
+/// began, rather than finding no live node once it runs.
+#[test]
+fn a_boot_waited_for_keeps_its_booting_seed() {
+    let me = n(ME);
+    let choice = choice(Choice::NoneButBooting);
+    let booted = Inspection::of(membership(Node::Standalone)).with_data(DataState::Empty);
+    let facts = Facts::new(&me, &choice, &booted).resumed(true);
+    // Without the boot: registered nodes that may be alive hold it back.
+    assert!(matches!(
+        plan(&facts),
+        Err(FormationError::MaybeAlive { .. })
+    ));
+    assert_eq!(
+        plan(&facts.was_booting(true)).unwrap(),
+        Decision::Execute(Step::Join {
+            seed: n(BOOTING),
+            reset: false
+        })
+    );
 }

@@ -483,9 +483,8 @@ impl RabbitMq {
     }
 
     /// Calls `own`, a function of `generation`; where the generation falls back to
-    /// `rabbit_mnesia` and the node does not define `own`, its counterpart. `{error, R}`
-    /// thrown by RabbitMQ is read as a returned error. Returns the answer and the
-    /// function that gave it.
+    /// `rabbit_mnesia` and the node does not define `own`, its counterpart. Returns the
+    /// answer and the function that gave it.
     async fn call_generation(
         &self,
         step: &'static str,
@@ -498,22 +497,32 @@ impl RabbitMq {
         if let Some(mnesia) = generation.fallback(own) {
             if let Some(r) = self
                 .call_if_defined(step, node, own, args.clone(), timeout)
-                .await
-                .or_else(|e| thrown_error(e).map(Some))?
+                .await?
             {
                 return Ok((r, own));
             }
-            let r = self
-                .call(step, node, mnesia, args, timeout)
-                .await
-                .or_else(thrown_error)?;
-            return Ok((r, mnesia));
+            return Ok((self.call(step, node, mnesia, args, timeout).await?, mnesia));
         }
-        let r = self
-            .call(step, node, own, args, timeout)
+        Ok((self.call(step, node, own, args, timeout).await?, own))
+    }
+
+    /// [`call_generation`](Self::call_generation) on the managed node for a call that
+    /// changes it (join, forget, reset), with the application timeout; `{error, R}`
+    /// thrown by RabbitMQ is read as a returned error.
+    async fn change(
+        &self,
+        step: &'static str,
+        generation: &Generation,
+        own: Mfa,
+        args: Vec<Term>,
+    ) -> Result<(Term, Mfa), FormationError> {
+        match self
+            .call_generation(step, &self.node, generation, own, args, self.app_timeout)
             .await
-            .or_else(thrown_error)?;
-        Ok((r, own))
+        {
+            Err(e) => thrown_error(e).map(|t| (t, own)),
+            ok => ok,
+        }
     }
 
     /// The membership of `node` as the node itself reports it.
@@ -668,16 +677,7 @@ impl RabbitMq {
         const STEP: &str = "joining";
         let args = vec![Term::atom(seed.as_str()), Term::atom("disc")];
         let generation = version.generation();
-        let (r, (m, f)) = self
-            .call_generation(
-                STEP,
-                &self.node,
-                generation,
-                generation.join,
-                args,
-                self.app_timeout,
-            )
-            .await?;
+        let (r, (m, f)) = self.change(STEP, generation, generation.join, args).await?;
         let called = format!("{m}:{f}");
         if r.is_atom("ok") {
             tracing::info!(node = %self.node, %seed, "{called}({seed}, disc) returned ok");
@@ -701,14 +701,7 @@ impl RabbitMq {
         const STEP: &str = "resetting";
         let generation = version.generation();
         let (r, (m, f)) = self
-            .call_generation(
-                STEP,
-                &self.node,
-                generation,
-                generation.reset,
-                vec![],
-                self.app_timeout,
-            )
+            .change(STEP, generation, generation.reset, vec![])
             .await?;
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
@@ -823,6 +816,17 @@ impl ClusterTarget for RabbitMq {
         let version = self.version(&self.node).await?;
         let membership = self.read_membership(&self.node).await?;
         let boot_joinable = membership.booting && self.boot_undecided(&version).await?;
+        let others: Vec<NodeName> = membership
+            .members
+            .iter()
+            .filter(|m| **m != self.node)
+            .cloned()
+            .collect();
+        if others.is_empty() || !membership.running {
+            // The store matters only to a running member (whether it may be joined
+            // again); it is not read from a node that is booting or stopped.
+            return Ok(Inspection::of(membership).with_boot_joinable(boot_joinable));
+        }
         let store = match version.generation().store {
             StoreFact::Fixed(store) => store,
             StoreFact::Ask(mfa) => {
@@ -842,9 +846,12 @@ impl ClusterTarget for RabbitMq {
                 }
             }
         };
+        // A member of a cluster: what a join would discard is that membership, known
+        // without an inventory.
         Ok(Inspection::of(membership)
             .with_boot_joinable(boot_joinable)
-            .with_store(store))
+            .with_store(store)
+            .with_data(DataState::OtherCluster(others)))
     }
 
     async fn inventory(&self) -> Result<DataState, FormationError> {
@@ -940,14 +947,7 @@ impl ClusterTarget for RabbitMq {
         let args = vec![Term::atom(member.as_str()), Term::atom("false")];
         let generation = version.generation();
         let (r, (m, f)) = self
-            .call_generation(
-                STEP,
-                &self.node,
-                generation,
-                generation.forget,
-                args,
-                self.app_timeout,
-            )
+            .change(STEP, generation, generation.forget, args)
             .await?;
         let called = format!("{m}:{f}");
         check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
