@@ -268,15 +268,7 @@ pub async fn check(
         SeedOrder::LargestCluster => target.probe(&me).await.ok().filter(|p| p.live),
         SeedOrder::Alphabetical => None,
     };
-    let own = own.unwrap_or_else(|| Probe {
-        node: me.clone(),
-        live: true,
-        membership: b.membership.clone(),
-        started_at_ms: None,
-        reason: None,
-        gone: false,
-        booting: false,
-    });
+    let own = own.unwrap_or_else(|| Probe::live(me.clone(), b.membership.clone()));
     let mut selector = Selector::new(policy, &me, &listing, Some(own));
     while let Some(node) = selector.next_probe() {
         let probe = match target.probe(&node).await {

@@ -10,7 +10,8 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::target::{
-    ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported, worth_one_retry,
+    ClusterTarget, DataState, Membership, MeshSteps, Probe, Stage, Step, execute_mesh,
+    worth_one_retry,
 };
 
 /// The default limit of each call an agent makes.
@@ -145,19 +146,8 @@ pub(crate) async fn probe_erlang(
             now.checked_sub(u64::try_from(uptime).ok()?)
         });
     Probe {
-        node: node.clone(),
-        live: true,
-        membership: Membership {
-            running: true,
-            members: members.clone(),
-            running_members: members,
-            partitions: Vec::new(),
-            booting: false,
-        },
         started_at_ms,
-        reason: None,
-        gone: false,
-        booting: false,
+        ..Probe::live(node.clone(), Membership::running(members))
     }
 }
 
@@ -220,14 +210,7 @@ impl ClusterTarget for ErlangMesh {
     }
 
     async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
-        match step {
-            Step::Form | Step::Start => self.form().await?,
-            Step::Join { seed, .. } => self.join(seed).await?,
-            Step::Finish { .. } => {}
-            Step::Leave => self.leave().await?,
-            step => return Err(unsupported(self.kind(), step)),
-        }
-        Ok(Stage::Complete)
+        execute_mesh(self, step).await
     }
 
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
@@ -257,8 +240,8 @@ impl ClusterTarget for ErlangMesh {
     }
 }
 
-/// The steps, carried out.
-impl ErlangMesh {
+#[async_trait::async_trait]
+impl MeshSteps for ErlangMesh {
     async fn form(&self) -> Result<(), FormationError> {
         self.call("checking the node", &self.node, "erlang", "node", vec![])
             .await?;

@@ -9,7 +9,9 @@ use crate::{Node, NodeName};
 
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, Connections, node_list, probe_erlang};
-use super::target::{ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported};
+use super::target::{
+    ClusterTarget, DataState, Membership, MeshSteps, Probe, Stage, Step, execute_mesh,
+};
 
 /// This Rust process joining an Erlang cluster: it dials every member of the seed's
 /// cluster.
@@ -102,14 +104,7 @@ impl ClusterTarget for LocalTarget {
     }
 
     async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
-        match step {
-            Step::Form | Step::Start => self.form().await?,
-            Step::Join { seed, .. } => self.join(seed).await?,
-            Step::Finish { .. } => {}
-            Step::Leave => self.leave().await?,
-            step => return Err(unsupported(self.kind(), step)),
-        }
-        Ok(Stage::Complete)
+        execute_mesh(self, step).await
     }
 
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
@@ -123,8 +118,8 @@ impl ClusterTarget for LocalTarget {
     }
 }
 
-/// The steps, carried out.
-impl LocalTarget {
+#[async_trait::async_trait]
+impl MeshSteps for LocalTarget {
     async fn form(&self) -> Result<(), FormationError> {
         Ok(())
     }

@@ -11,7 +11,8 @@ use crate::{Node, NodeName};
 use super::FormationError;
 use super::erlang::{CALL_TIMEOUT, node_list};
 use super::target::{
-    ClusterTarget, DataState, Membership, Probe, Stage, Step, unsupported, worth_one_retry,
+    ClusterTarget, DataState, Membership, MeshSteps, Probe, Stage, Step, execute_mesh,
+    worth_one_retry,
 };
 
 /// The registered name of the membership service every [`NativeTarget`] runs.
@@ -233,21 +234,7 @@ impl ClusterTarget for NativeTarget {
                 format!("unexpected membership answer {reply}"),
             ));
         };
-        Ok(Probe {
-            node: node.clone(),
-            live: true,
-            membership: Membership {
-                running: true,
-                members: members.clone(),
-                running_members: members,
-                partitions: Vec::new(),
-                booting: false,
-            },
-            started_at_ms: None,
-            reason: None,
-            gone: false,
-            booting: false,
-        })
+        Ok(Probe::live(node.clone(), Membership::running(members)))
     }
 
     async fn membership(&self) -> Result<Membership, FormationError> {
@@ -319,16 +306,7 @@ impl ClusterTarget for NativeTarget {
     }
 
     async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
-        match step {
-            Step::Form => self.form().await?,
-            // It runs whenever it answers: nothing to start.
-            Step::Start => {}
-            Step::Join { seed, .. } => self.join(seed).await?,
-            Step::Finish { .. } => {}
-            Step::Leave => self.leave().await?,
-            step => return Err(unsupported(self.kind(), step)),
-        }
-        Ok(Stage::Complete)
+        execute_mesh(self, step).await
     }
 
     async fn reconnect(&self, member: &NodeName) -> Result<bool, FormationError> {
@@ -349,8 +327,8 @@ impl ClusterTarget for NativeTarget {
     }
 }
 
-/// The steps, carried out.
-impl NativeTarget {
+#[async_trait::async_trait]
+impl MeshSteps for NativeTarget {
     async fn form(&self) -> Result<(), FormationError> {
         lock(&self.inner.state).seed = None;
         self.close_probes(None);

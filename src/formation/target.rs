@@ -71,6 +71,19 @@ impl Probe {
         }
     }
 
+    /// A live node with `membership`, its start time unknown.
+    pub fn live(node: NodeName, membership: Membership) -> Probe {
+        Probe {
+            node,
+            live: true,
+            membership,
+            started_at_ms: None,
+            reason: None,
+            gone: false,
+            booting: false,
+        }
+    }
+
     /// A node that is booting (see [`booting`](Self::booting)).
     pub fn booting(node: NodeName) -> Probe {
         Probe {
@@ -124,6 +137,17 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// A running node whose `members` all run, with no partitions.
+    pub fn running(members: Vec<NodeName>) -> Membership {
+        Membership {
+            running: true,
+            running_members: members.clone(),
+            members,
+            partitions: Vec::new(),
+            booting: false,
+        }
+    }
+
     /// Whether `node` is a running member that is not partitioned.
     pub fn lists_running(&self, node: &NodeName) -> bool {
         self.running_members.contains(node) && !self.partitions.contains(node)
@@ -344,4 +368,32 @@ pub trait ClusterTarget: Send + Sync + fmt::Debug {
 /// The error of a target asked for a step it does not carry out.
 pub(crate) fn unsupported(kind: &str, step: &Step) -> FormationError {
     FormationError::Config(format!("the {kind} target cannot {step}"))
+}
+
+/// The steps of a target whose node runs whenever it answers and which has no boot to
+/// tell (the crate's Erlang mesh, local and native targets).
+#[async_trait::async_trait]
+pub(crate) trait MeshSteps: ClusterTarget {
+    /// Becomes the first member of a new cluster.
+    async fn form(&self) -> Result<(), FormationError>;
+    /// Joins `seed`'s cluster.
+    async fn join(&self, seed: &NodeName) -> Result<(), FormationError>;
+    /// Leaves the cluster.
+    async fn leave(&self) -> Result<(), FormationError>;
+}
+
+/// [`ClusterTarget::execute`] for a [`MeshSteps`] target: `Start` and `Finish` have
+/// nothing to do, `BootJoin` is not supported; every step completes at once.
+pub(crate) async fn execute_mesh<T: MeshSteps>(
+    target: &T,
+    step: &Step,
+) -> Result<Stage, FormationError> {
+    match step {
+        Step::Form => target.form().await?,
+        Step::Join { seed, .. } => target.join(seed).await?,
+        Step::Leave => target.leave().await?,
+        Step::Start | Step::Finish { .. } => {}
+        step => return Err(unsupported(target.kind(), step)),
+    }
+    Ok(Stage::Complete)
 }

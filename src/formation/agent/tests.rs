@@ -46,13 +46,7 @@ impl Counting {
         } else {
             vec![self.node.clone()]
         };
-        Membership {
-            running: true,
-            members: members.clone(),
-            running_members: members,
-            partitions: vec![],
-            booting: false,
-        }
+        Membership::running(members)
     }
 }
 
@@ -67,21 +61,10 @@ impl ClusterTarget for Counting {
     }
 
     async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
-        Ok(Probe {
-            node: node.clone(),
-            live: true,
-            membership: Membership {
-                running: true,
-                members: vec![node.clone()],
-                running_members: vec![node.clone()],
-                partitions: vec![],
-                booting: false,
-            },
-            started_at_ms: None,
-            reason: None,
-            gone: false,
-            booting: false,
-        })
+        Ok(Probe::live(
+            node.clone(),
+            Membership::running(vec![node.clone()]),
+        ))
     }
 
     async fn membership(&self) -> Result<Membership, FormationError> {

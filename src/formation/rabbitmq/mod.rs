@@ -798,13 +798,8 @@ impl ClusterTarget for RabbitMq {
                     .checked_sub(u64::try_from(uptime).ok()?)
             });
         Ok(Probe {
-            node: node.clone(),
-            live: true,
-            membership,
             started_at_ms,
-            reason: None,
-            gone: false,
-            booting: false,
+            ..Probe::live(node.clone(), membership)
         })
     }
 
