@@ -9,11 +9,15 @@
 //! `rabbitmqctl await_startup`, and killed with its whole process tree on drop (`su`
 //! starts a new session, so the process group alone would miss the Erlang VM).
 //!
-//! ```ignore
+//! ```no_run
+//! use autocluster_test_support::{RabbitNode, RabbitOptions};
+//! # async fn demo() {
 //! let node = RabbitNode::start(RabbitOptions::new()
 //!     .config("cluster_formation.peer_discovery_backend = etcd")
 //!     .plugin("rabbitmq_peer_discovery_etcd")).await;
 //! let out = node.eval("rabbit_peer_discovery_etcd:list_nodes().").await;
+//! # let _ = out;
+//! # }
 //! ```
 
 use std::path::{Path, PathBuf};
