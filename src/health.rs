@@ -14,7 +14,8 @@
 //! 3. when the node is the seed: check that every other live registered node and the
 //!    node list each other — a standalone seed beside unjoined registered nodes is a
 //!    failure;
-//! 4. any partition reported by the node is a failure.
+//! 4. any partition reported by the node is a failure, and so is a Khepri cluster whose
+//!    majority is not running (`majority lost: 1 of 3 members running`).
 //!
 //! The [`HealthReport`] prints as the familiar `SUCCESS: ...` / `FAILURE: ...` line,
 //! serialises to JSON for machines, and gives an exit code for a Kubernetes probe.
@@ -184,17 +185,23 @@ pub async fn check(
         membership: Membership::default(),
         registered: None,
     };
-    match target.membership().await {
-        Ok(m) => b.membership = m,
+    let inspection = match target.inspect().await {
+        Ok(inspection) => inspection,
         Err(e) => {
             b.problems.push(format!("{me} cannot be checked: {e}"));
             return b.finish(String::new());
         }
-    }
+    };
+    b.membership = inspection.membership.clone();
     if !b.membership.running {
         b.problems
             .push(format!("{me} is not running its cluster application"));
         return b.finish(String::new());
+    }
+    if let Some((running, members)) = inspection.majority_lost() {
+        b.problems.push(format!(
+            "majority lost: {running} of {members} members running"
+        ));
     }
     if !b.membership.partitions.is_empty() {
         let p: Vec<&str> = b

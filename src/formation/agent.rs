@@ -445,9 +445,7 @@ impl Agent {
             Ok(Decision::Execute(Step::BootJoin { seed })) => seed.clone(),
             Ok(Decision::Execute(_)) => None,
             Ok(Decision::Done(Outcome::AlreadyMember { seed } | Outcome::Joined { seed }))
-            | Err(
-                FormationError::DataAtRisk { seed, .. } | FormationError::Unsettled { seed, .. },
-            ) => Some(seed.clone()),
+            | Err(FormationError::DataAtRisk { seed, .. }) => Some(seed.clone()),
             _ => return,
         };
         Metrics::bump(&self.inner.metrics.seed_choices);

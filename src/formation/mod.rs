@@ -255,16 +255,19 @@ pub enum FormationError {
         /// The nodes, each with why its probe failed.
         nodes: Vec<(NodeName, String)>,
     },
-    /// The managed node is in a state the plan does not act on yet (e.g. a Khepri member
-    /// of the seed's cluster that does not list the seed as running). Retried.
-    #[error("{node} is not joined to {seed} yet: {reason}")]
-    Unsettled {
+    /// The managed node is a member of a Khepri cluster whose majority is not running:
+    /// it can neither form a new cluster nor be a seed, and is never reset. Retried; it
+    /// clears once enough members are back.
+    #[error(
+        "{node}: majority lost: {running} of {members} members running; not forming a new cluster from it (the others must come back)"
+    )]
+    MajorityLost {
         /// The managed node.
         node: NodeName,
-        /// The seed.
-        seed: NodeName,
-        /// Why the plan waits.
-        reason: String,
+        /// Its running, non-partitioned members, itself included.
+        running: usize,
+        /// Its cluster's members.
+        members: usize,
     },
 }
 
@@ -288,7 +291,7 @@ impl FormationError {
             FormationError::Unexpected { .. }
             | FormationError::JoinNotVerified { .. }
             | FormationError::MaybeAlive { .. }
-            | FormationError::Unsettled { .. } => true,
+            | FormationError::MajorityLost { .. } => true,
             FormationError::DataAtRisk { .. }
             | FormationError::NoSeed { .. }
             | FormationError::SeedUnavailable { .. }

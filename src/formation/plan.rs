@@ -37,7 +37,7 @@
 use crate::NodeName;
 
 use super::seed::SeedChoice;
-use super::target::{DataState, Inspection, MetadataStore, Step};
+use super::target::{DataState, Inspection, Step};
 use super::{FormationError, Outcome};
 
 /// What the plan decides from.
@@ -178,26 +178,36 @@ pub fn plan(facts: &Facts<'_>) -> Result<Decision, FormationError> {
                     nodes: facts.choice.unknown.clone(),
                 });
             }
-            Ok(form(facts))
+            form(facts)
         }
     }
 }
 
 /// No registered node is live: form a new cluster, unless the node already runs in one.
-fn form(facts: &Facts<'_>) -> Decision {
+fn form(facts: &Facts<'_>) -> Result<Decision, FormationError> {
     let m = &facts.inspection.membership;
+    if let Some((running, members)) = facts.inspection.majority_lost() {
+        // A Khepri survivor is not a cluster of one: never formed from, never reset.
+        return Err(FormationError::MajorityLost {
+            node: facts.node.clone(),
+            running,
+            members,
+        });
+    }
     // A node already clustered with running peers (an existing cluster whose
     // registrations expired, or nodes given to a fresh registry) keeps its cluster.
     if m.running
         && m.running_members.iter().any(|n| n != facts.node)
         && let Some(seed) = m.running_members.iter().min()
     {
-        return Decision::Done(Outcome::AlreadyMember { seed: seed.clone() });
+        return Ok(Decision::Done(Outcome::AlreadyMember {
+            seed: seed.clone(),
+        }));
     }
     if m.booting && !m.running && facts.inspection.boot_joinable {
-        return Decision::Execute(Step::BootJoin { seed: None });
+        return Ok(Decision::Execute(Step::BootJoin { seed: None }));
     }
-    Decision::Execute(Step::Form)
+    Ok(Decision::Execute(Step::Form))
 }
 
 /// `seed` is live: join its cluster, unless the node is a member already or joining
@@ -226,31 +236,23 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
         return Ok(Decision::Prepare(Step::Start));
     }
     if m.members.contains(&seed) {
-        if m.lists_running(&seed) {
-            return Ok(Decision::Done(if facts.resumed {
-                Outcome::Joined { seed }
-            } else {
-                Outcome::AlreadyMember { seed }
-            }));
-        }
-        // A recorded member of the seed's cluster that does not see the seed running.
-        // Joining again is harmless where joining is idempotent (Mnesia answers "already
-        // a member"); Khepri resets the node and adds it again, so it is never asked.
-        return match inspection.store {
-            // Allowed to reset: joined again, as any member of another cluster would be.
-            Some(MetadataStore::Khepri) if facts.allow_reset => {
-                Ok(Decision::Execute(Step::Join { seed, reset: true }))
-            }
-            Some(MetadataStore::Khepri) => Err(FormationError::Unsettled {
-                node: me.clone(),
-                seed,
-                reason: "a member of its cluster (Khepri) that does not list it as running: \
-                         not joined again, since a Khepri join resets the node (allowed only \
-                         with allow_reset)"
-                    .into(),
-            }),
-            _ => Ok(Decision::Execute(Step::Join { seed, reset: false })),
-        };
+        // A member of the seed's cluster stays one, whatever it lists as running (the
+        // seed restarting, a partition): joining again would, on Khepri, reset it and add
+        // it again, and is never needed. The watch reconnects it; health reports it.
+        return Ok(Decision::Done(if facts.resumed {
+            Outcome::Joined { seed }
+        } else {
+            Outcome::AlreadyMember { seed }
+        }));
+    }
+    if let Some((running, members)) = inspection.majority_lost() {
+        // Joining another cluster would reset a Khepri survivor: never, reset allowed
+        // or not.
+        return Err(FormationError::MajorityLost {
+            node: me.clone(),
+            running,
+            members,
+        });
     }
     match &inspection.data {
         None => Ok(Decision::Inventory),

@@ -210,6 +210,18 @@ pub struct Inspection {
 }
 
 impl Inspection {
+    /// For a member of a Khepri cluster whose majority is not running: its running,
+    /// non-partitioned members (itself included) and its members. Khepri needs a majority
+    /// of its members to change anything: such a node is not a cluster of one.
+    pub fn majority_lost(&self) -> Option<(usize, usize)> {
+        let m = &self.membership;
+        if self.store != Some(MetadataStore::Khepri) || m.members.len() < 2 {
+            return None;
+        }
+        let running = m.members.iter().filter(|n| m.lists_running(n)).count();
+        (running * 2 <= m.members.len()).then_some((running, m.members.len()))
+    }
+
     /// An inspection that found `membership` and nothing else.
     pub fn of(membership: Membership) -> Inspection {
         Inspection {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::formation::Membership;
+use crate::formation::{Membership, MetadataStore};
 
 fn n(s: &str) -> NodeName {
     s.parse().unwrap()
@@ -16,6 +16,8 @@ enum Node {
     MemberNotSeeingSeed,
     /// Running in a cluster with `rabbit@x` (not the seed).
     OtherCluster,
+    /// Running, the only one of its three members (`rabbit@x` and `rabbit@y` down).
+    Survivor,
     /// Its application stopped.
     Stopped,
     /// In its first boot, joinable.
@@ -24,11 +26,12 @@ enum Node {
     BootingLate,
 }
 
-const NODES: [Node; 7] = [
+const NODES: [Node; 8] = [
     Node::Standalone,
     Node::MemberRunning,
     Node::MemberNotSeeingSeed,
     Node::OtherCluster,
+    Node::Survivor,
     Node::Stopped,
     Node::BootingJoinable,
     Node::BootingLate,
@@ -74,6 +77,7 @@ fn membership(node: Node) -> Membership {
         ),
         Node::MemberNotSeeingSeed => running(vec![seed, me.clone()], vec![me]),
         Node::OtherCluster => running(vec![me.clone(), n("rabbit@x")], vec![me, n("rabbit@x")]),
+        Node::Survivor => running(vec![me.clone(), n("rabbit@x"), n("rabbit@y")], vec![me]),
         Node::Stopped => Membership {
             running: false,
             members: vec![me],
@@ -183,6 +187,12 @@ fn every_row() -> Vec<Row> {
     rows
 }
 
+/// Khepri, and at most half of the node's members running: one of two, one of three.
+fn majority_lost(row: &Row) -> bool {
+    row.store == Some(MetadataStore::Khepri)
+        && matches!(row.node, Node::Survivor | Node::MemberNotSeeingSeed)
+}
+
 fn describe(row: &Row) -> String {
     format!(
         "node {:?}, choice {:?}, data {:?}, store {:?}, allow_reset {}, resumed {}, lockless {}",
@@ -249,7 +259,8 @@ fn the_table() {
             false,
             join(true),
         ),
-        // A recorded member on Khepri: joined again only when resets are allowed.
+        // A member that does not see the seed running is never joined again, on any
+        // store, reset allowed or not.
         (
             Node::MemberNotSeeingSeed,
             Choice::Seed,
@@ -257,7 +268,7 @@ fn the_table() {
             Some(MetadataStore::Khepri),
             true,
             false,
-            join(true),
+            Done(Outcome::AlreadyMember { seed: seed() }),
         ),
         // Already a member.
         (
@@ -278,25 +289,24 @@ fn the_table() {
             true,
             Done(Outcome::Joined { seed: seed() }),
         ),
-        // A recorded member that does not see the seed: joined again where joins are
-        // idempotent (Mnesia, Erlang meshes); never on Khepri (below).
         (
             Node::MemberNotSeeingSeed,
             Choice::Seed,
             None,
             Some(MetadataStore::Mnesia),
+            true,
             false,
-            false,
-            join(false),
+            Done(Outcome::AlreadyMember { seed: seed() }),
         ),
+        // A Mnesia survivor runs on; a Khepri one is refused (below).
         (
-            Node::MemberNotSeeingSeed,
-            Choice::Seed,
+            Node::Survivor,
+            Choice::NoneLive,
             None,
-            None,
+            Some(MetadataStore::Mnesia),
             false,
             false,
-            join(false),
+            Execute(Step::Form),
         ),
         // A stopped application is started first; a booting node is told or waited for.
         (
@@ -420,16 +430,22 @@ fn the_table() {
         ),
         FormationError::DataAtRisk { .. }
     ));
-    assert!(matches!(
-        refused(
-            Node::MemberNotSeeingSeed,
-            Choice::Seed,
-            None,
-            Some(MetadataStore::Khepri),
-            false
-        ),
-        FormationError::Unsettled { .. }
-    ));
+    for choice in [Choice::NoneLive, Choice::Seed] {
+        assert!(matches!(
+            refused(
+                Node::Survivor,
+                choice,
+                None,
+                Some(MetadataStore::Khepri),
+                false
+            ),
+            FormationError::MajorityLost {
+                running: 1,
+                members: 3,
+                ..
+            }
+        ));
+    }
     assert!(matches!(
         refused(Node::Standalone, Choice::NoneButUnknown, None, None, false),
         FormationError::MaybeAlive { .. }
@@ -481,7 +497,7 @@ fn without_a_lock() {
 #[test]
 fn every_combination_keeps_the_rules() {
     let rows = every_row();
-    assert_eq!(rows.len(), 7 * 5 * 4 * 3 * 2 * 2 * 2);
+    assert_eq!(rows.len(), 8 * 5 * 4 * 3 * 2 * 2 * 2);
     for row in &rows {
         let what = describe(row);
         let decision = decide(row);
@@ -496,22 +512,20 @@ fn every_combination_keeps_the_rules() {
                 assert!(m.running, "a join from a node not running: {what}");
                 // Never a reset that was not allowed.
                 assert!(!reset || row.allow_reset, "reset not allowed: {what}");
-                // Never joined again on Khepri unless resets are allowed.
-                if m.members.contains(seed) {
-                    assert!(
-                        row.store != Some(MetadataStore::Khepri) || (*reset && row.allow_reset),
-                        "a Khepri member joined again: {what}"
-                    );
-                } else {
-                    // Never without knowing the data, never over data unless allowed.
-                    match &row.data {
-                        None => panic!("join without reading the data: {what}"),
-                        Some(DataState::Empty) => assert!(!reset, "{what}"),
-                        Some(_) => assert!(*reset && row.allow_reset, "{what}"),
-                    }
+                // A member of the seed's cluster is never joined again.
+                assert!(!m.members.contains(seed), "a member joined again: {what}");
+                // Never a Khepri node whose majority is lost.
+                assert!(!majority_lost(row), "{what}");
+                // Never without knowing the data, never over data unless allowed.
+                match &row.data {
+                    None => panic!("join without reading the data: {what}"),
+                    Some(DataState::Empty) => assert!(!reset, "{what}"),
+                    Some(_) => assert!(*reset && row.allow_reset, "{what}"),
                 }
             }
             Ok(Decision::Execute(Step::Form)) => {
+                // Never from a Khepri node whose majority is lost.
+                assert!(!majority_lost(row), "formed from a lost majority: {what}");
                 // Never beside a node that may be alive, with a lock.
                 assert!(
                     row.lockless || row.choice != Choice::NoneButUnknown,
@@ -549,10 +563,7 @@ fn every_combination_keeps_the_rules() {
                 );
             }
             Err(FormationError::MaybeAlive { .. }) => assert!(!row.lockless, "{what}"),
-            Err(FormationError::Unsettled { .. }) => {
-                assert_eq!(row.store, Some(MetadataStore::Khepri), "{what}");
-                assert!(!row.allow_reset, "{what}");
-            }
+            Err(FormationError::MajorityLost { .. }) => assert!(majority_lost(row), "{what}"),
             Err(FormationError::Unexpected { .. }) => assert!(row.resumed, "{what}"),
             Err(e) => panic!("unexpected error {e}: {what}"),
         }

@@ -34,6 +34,11 @@ pub(crate) struct Generation {
     pub(crate) join: Mfa,
     /// Forgetting a member: `Forget(Node, false)`.
     pub(crate) forget: Mfa,
+    /// Called with the forgotten node before [`forget`](Self::forget), each where
+    /// defined (`rabbitmqctl forget_cluster_node` removes its replicas first).
+    pub(crate) forget_before: &'static [Mfa],
+    /// Called with the forgotten node after [`forget`](Self::forget), where defined.
+    pub(crate) forget_after: &'static [Mfa],
     /// Resetting the node: `Reset()`, with the application stopped.
     pub(crate) reset: Mfa,
     /// Whether a first boot can be told whom its peer discovery joins (the `rabbit`
@@ -51,6 +56,14 @@ const MNESIA_JOIN: Mfa = ("rabbit_mnesia", "join_cluster");
 const MNESIA_FORGET: Mfa = ("rabbit_mnesia", "forget_cluster_node");
 const MNESIA_RESET: Mfa = ("rabbit_mnesia", "reset");
 const PARTITIONS: Mfa = ("rabbit_node_monitor", "partitions");
+const SHRINK_QUORUM_QUEUES: Mfa = ("rabbit_quorum_queue", "shrink_all");
+/// What 3.13 and later's `forget_cluster_node` removes before the member: its quorum
+/// queue and stream replicas, and its place in the stream coordinator.
+const REMOVE_REPLICAS: &[Mfa] = &[
+    SHRINK_QUORUM_QUEUES,
+    ("rabbit_stream_queue", "delete_all_replicas"),
+    ("rabbit_stream_coordinator", "forget_node"),
+];
 
 /// Every generation, oldest first.
 pub(crate) const GENERATIONS: [Generation; 4] = [
@@ -62,6 +75,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: MNESIA_JOIN,
         forget: MNESIA_FORGET,
+        forget_before: &[],
+        forget_after: &[SHRINK_QUORUM_QUEUES],
         reset: MNESIA_RESET,
         first_boot_join: true,
         mnesia_fallback: false,
@@ -75,6 +90,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: MNESIA_JOIN,
         forget: MNESIA_FORGET,
+        forget_before: &[],
+        forget_after: &[SHRINK_QUORUM_QUEUES],
         reset: MNESIA_RESET,
         first_boot_join: true,
         mnesia_fallback: false,
@@ -88,6 +105,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: ("rabbit_db_cluster", "join"),
         forget: ("rabbit_db_cluster", "forget_member"),
+        forget_before: REMOVE_REPLICAS,
+        forget_after: &[],
         reset: ("rabbit_db", "reset"),
         first_boot_join: false,
         mnesia_fallback: true,
@@ -101,6 +120,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: None,
         join: ("rabbit_db_cluster", "join"),
         forget: ("rabbit_db_cluster", "forget_member"),
+        forget_before: REMOVE_REPLICAS,
+        forget_after: &[],
         reset: ("rabbit_db", "reset"),
         first_boot_join: false,
         mnesia_fallback: false,
@@ -160,7 +181,24 @@ pub(crate) fn doc_table() -> String {
             None => "none (not read)".into(),
         }),
         ("join", |g| with_fallback(g, g.join, "Seed, disc")),
-        ("forget", |g| with_fallback(g, g.forget, "Node, false")),
+        ("forget", |g| {
+            let each = |calls: &[Mfa]| {
+                calls
+                    .iter()
+                    .map(|c| call(*c, "Node"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let mut steps = Vec::new();
+            if !g.forget_before.is_empty() {
+                steps.push(each(g.forget_before));
+            }
+            steps.push(with_fallback(g, g.forget, "Node, false"));
+            if !g.forget_after.is_empty() {
+                steps.push(each(g.forget_after));
+            }
+            steps.join(", then ")
+        }),
         ("reset", |g| with_fallback(g, g.reset, "")),
         ("first-boot join", |g| {
             if g.first_boot_join {

@@ -94,7 +94,7 @@ impl std::fmt::Display for RabbitVersion {
 /// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running()` | `running_nodes` of the status | `running_nodes` of the status |
 /// | partitions | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | none (not read) |
 /// | join | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_db_cluster:join(Seed, disc)` (else `rabbit_mnesia:join_cluster(Seed, disc)`) | `rabbit_db_cluster:join(Seed, disc)` |
-/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)` | `rabbit_mnesia:forget_cluster_node(Node, false)` | `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`) | `rabbit_db_cluster:forget_member(Node, false)` |
+/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)`, then `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`) | `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)`, then `rabbit_db_cluster:forget_member(Node, false)` |
 /// | reset | `rabbit_mnesia:reset()` | `rabbit_mnesia:reset()` | `rabbit_db:reset()` (else `rabbit_mnesia:reset()`) | `rabbit_db:reset()` |
 /// | first-boot join | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | none: joined by restart | none: joined by restart |
 /// | metadata store | Mnesia | Mnesia | Khepri if `rabbit_khepri:is_enabled()` is `true` | Khepri |
@@ -106,9 +106,13 @@ impl std::fmt::Display for RabbitVersion {
 /// and `{error, Reason}` thrown by RabbitMQ is reported like a returned one
 /// ([`FormationError::Unexpected`] naming the node, the step and the call).
 ///
-/// The metadata store is an inspection fact ([`Inspection::store`]) and the plan, not the
-/// version, reads it: a Khepri join resets the node even when it is a member already, so
-/// a Khepri member that does not see its seed running is never joined again.
+/// A member of the seed's cluster is never joined again, whatever it lists as running: a
+/// Khepri join resets the node even when it is a member already. The metadata store is
+/// an inspection fact ([`Inspection::store`]) that the plan, not the version, reads: a
+/// Khepri member whose cluster has lost its majority (one of three running) is not a
+/// cluster of one, and is neither formed from nor reset
+/// ([`FormationError::MajorityLost`]; health reports `majority lost: 1 of 3 members
+/// running`).
 ///
 /// Under an [`Agent`](super::Agent), a join runs in two parts
 /// ([`Stage::Recorded`]): stopping the application and the join call run
@@ -706,6 +710,38 @@ impl RabbitMq {
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
 
+    /// Calls each of `calls` with `member`, as `rabbitmqctl forget_cluster_node` does
+    /// around the forget itself (quorum queue and stream replicas); a function the node
+    /// does not define is skipped, `{error, Reason}` is an error.
+    async fn forget_replicas(
+        &self,
+        member: &NodeName,
+        calls: &[Mfa],
+    ) -> Result<(), FormationError> {
+        const STEP: &str = "removing a forgotten member's replicas";
+        for &(m, f) in calls {
+            let args = vec![Term::atom(member.as_str())];
+            let answer = self
+                .call_if_defined(STEP, &self.node, (m, f), args, self.app_timeout)
+                .await
+                .or_else(|e| thrown_error(e).map(Some))?;
+            match answer {
+                Some(t) if matches!(t.as_tuple(), Some([tag, _]) if tag.is_atom("error")) => {
+                    return Err(FormationError::unexpected(
+                        STEP,
+                        &self.node,
+                        format!("{m}:{f}({member}) returned {t}"),
+                    ));
+                }
+                Some(t) => {
+                    tracing::info!(node = %self.node, %member, "{m}:{f}({member}) returned {t}")
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The `rabbit` application's `key` on the managed node, as text.
     async fn app_env(&self, key: &str) -> Result<Option<String>, FormationError> {
         Ok(self
@@ -941,11 +977,15 @@ impl ClusterTarget for RabbitMq {
         let version = self.version(&self.node).await?;
         let args = vec![Term::atom(member.as_str()), Term::atom("false")];
         let generation = version.generation();
+        self.forget_replicas(member, generation.forget_before)
+            .await?;
         let (r, (m, f)) = self
             .change(STEP, generation, generation.forget, args)
             .await?;
         let called = format!("{m}:{f}");
         check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
+        self.forget_replicas(member, generation.forget_after)
+            .await?;
         tracing::warn!(node = %self.node, %member, "forgot a cluster member");
         Ok(())
     }
