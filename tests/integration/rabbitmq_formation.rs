@@ -16,7 +16,7 @@ use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::backend::{Backend, MemoryBackend};
 use autocluster::formation::{
     Agent, CleanupConfig, CleanupState, ClusterTarget, DataState, FormationConfig, FormationError,
-    FormationEvent, Formed, Outcome, RabbitMq, Step,
+    FormationEvent, Formed, Outcome, Probe, RabbitMq, Step,
 };
 use autocluster::{Cookie, Node, NodeName};
 
@@ -578,13 +578,22 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
     let declared = x
         .eval(
             "{new, _} = rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"orders\">>), \
-             true, false, [], none, <<\"test\">>), \
-             rabbit_basic:publish(rabbit_misc:r(<<\"/\">>, exchange, <<>>), <<\"orders\">>, \
-             [{delivery_mode, 2}], <<\"order 1\">>).",
+             true, false, [], none, <<\"test\">>), ok.",
         )
         .await;
     assert_eq!(declared.trim(), "ok");
-    assert_eq!(queues(x).await, "orders\t1");
+    // A persistent message where the broker still has rabbit_basic:publish/4 (3.x; 4.x
+    // removed it): the queue alone is what a reset would destroy.
+    let published = x
+        .eval(
+            "case erlang:function_exported(rabbit_basic, publish, 4) of \
+               true -> rabbit_basic:publish(rabbit_misc:r(<<\"/\">>, exchange, <<>>), \
+                 <<\"orders\">>, [{delivery_mode, 2}], <<\"order 1\">>), 1; \
+               false -> 0 end.",
+        )
+        .await;
+    let orders = format!("orders\t{}", published.trim());
+    assert_eq!(queues(x).await, orders);
     let no_reset = FormationConfig {
         max_attempts: 1,
         ..quick()
@@ -609,7 +618,7 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
     assert!(err.to_string().contains("orders"), "{err}");
     // Nothing was touched: x still runs standalone with its queue and message.
     assert!(is_running(&probe, &name(x)).await);
-    assert_eq!(queues(x).await, "orders\t1");
+    assert_eq!(queues(x).await, orders);
     let (disk, _, _) = cli_status(x).await;
     assert_eq!(disk, vec![x.node().to_owned()]);
 
@@ -655,7 +664,15 @@ async fn data_safety_crash_recovery_and_leave_on_rabbitmq() {
     let target_x = RabbitMq::new(probe.clone(), name(x));
     let m = target_x.membership().await.unwrap();
     assert!(!m.running, "{m:?}");
-    assert!(m.members.contains(&name(s)), "{m:?}");
+    let version = target_x.version(&name(x)).await.unwrap();
+    if (version.major, version.minor) >= (4, 3) {
+        // A stopped Khepri node answers an empty status: it knows only itself until its
+        // application runs again (the plan starts it before deciding).
+        assert_eq!(m.members, vec![name(x)], "{m:?}");
+    } else {
+        // Mnesia's cluster files list the members of a stopped node.
+        assert!(m.members.contains(&name(s)), "{m:?}");
+    }
     assert!(m.running_members.is_empty(), "{m:?}");
     let formed_x = agent(x, quick()).run().await.expect("x finishes its join");
     let first = name(s).min(name(y));
@@ -1203,4 +1220,188 @@ async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
         "pang"
     );
     drop(formed);
+}
+
+/// A member of the seed's cluster is never joined again, whatever it lists as running:
+/// on the formed cluster, while the seed's application is stopped (the seed restarting,
+/// probed live all the same), and after the member's own application restarted with its
+/// data; with `allow_reset` false and true. Its queue survives and its application is not
+/// restarted by the agent. On a Khepri-only broker (4.3+), a survivor whose two peers are
+/// stopped is neither formed from nor reset, and health reports the lost majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_never_joined_again_and_a_lost_majority_is_reported() {
+    use autocluster::health::{self, CheckOptions};
+
+    use crate::common::Hooked;
+
+    let _turn = RABBIT_TURN.lock().await;
+    let epmd = Epmd::start().await;
+    let nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let (s, x, y) = (&nodes[0], &nodes[1], &nodes[2]);
+    let probe = agent_node(epmd.port(), "localhost").await;
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let mut registrations = Vec::new();
+    for n in [s, x, y] {
+        let agent = Agent::new(
+            backend.clone(),
+            Arc::new(RabbitMq::new(probe.clone(), name(n))),
+            quick(),
+        );
+        registrations.push(agent.run().await.expect("formation"));
+    }
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    assert_eq!(cli_status(y).await.0, all);
+    // A durable queue on y: a reset of y would take it.
+    let declared = y
+        .eval(
+            "{new, _} = rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"kept\">>), \
+             true, false, [], none, <<\"test\">>), ok.",
+        )
+        .await;
+    assert_eq!(declared.trim(), "ok");
+    let starts = |n: &RabbitNode| n.log().matches("Starting RabbitMQ").count();
+    let y_starts = starts(y);
+
+    // An agent for y whose probes find the seed live whatever its application does, and
+    // whose backend lists the seed only.
+    let seed = name(s);
+    let only_seed: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let _seed_registered = only_seed
+        .register(autocluster::backend::Registration::new(
+            seed.clone(),
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+    let run_y = |allow_reset: bool| {
+        let seed = seed.clone();
+        let target = Hooked::new(RabbitMq::new(probe.clone(), name(y)), "rabbitmq").on_probe(
+            move |node, probed| {
+                let p = probed?;
+                (*node == seed && !p.live).then(|| {
+                    Probe::live(
+                        node.clone(),
+                        autocluster::formation::Membership::running(vec![node.clone()]),
+                    )
+                })
+            },
+        );
+        let agent = Agent::new(
+            only_seed.clone(),
+            Arc::new(target),
+            FormationConfig {
+                allow_reset,
+                max_attempts: 1,
+                register: false,
+                ..quick()
+            },
+        );
+        async move { agent.run().await }
+    };
+    let member = Outcome::AlreadyMember { seed: seed.clone() };
+
+    // 1. On the formed cluster.
+    for allow_reset in [false, true] {
+        assert_eq!(run_y(allow_reset).await.expect("y").outcome, member);
+    }
+    // 2. While the seed's application is stopped: y does not list it as running.
+    stop_app(&probe, &seed).await;
+    let m = RabbitMq::new(probe.clone(), name(y))
+        .membership()
+        .await
+        .unwrap();
+    assert!(
+        m.members.contains(&seed) && !m.running_members.contains(&seed),
+        "{m:?}"
+    );
+    for allow_reset in [false, true] {
+        assert_eq!(run_y(allow_reset).await.expect("y").outcome, member);
+    }
+    let started = probe
+        .call(&seed, "rabbit", "start", vec![], Duration::from_secs(120))
+        .await
+        .expect("rabbit:start() on the seed");
+    assert!(started.is_atom("ok"), "{started}");
+    // 3. After y's own application restarted with its data.
+    stop_app(&probe, &name(y)).await;
+    let started = probe
+        .call(
+            &name(y),
+            "rabbit",
+            "start",
+            vec![],
+            Duration::from_secs(120),
+        )
+        .await
+        .expect("rabbit:start() on y");
+    assert!(started.is_atom("ok"), "{started}");
+    let y_starts = y_starts + 1;
+    for allow_reset in [false, true] {
+        let outcome = run_y(allow_reset).await.expect("y").outcome;
+        assert!(
+            matches!(&outcome, Outcome::AlreadyMember { .. }),
+            "{outcome}"
+        );
+    }
+    // Nothing was reset or restarted by the agents.
+    assert_eq!(queues(y).await, "kept\t0");
+    assert_eq!(starts(y), y_starts, "{}", y.log_tail());
+    assert_eq!(cli_status(s).await.0, all);
+
+    // 4. Majority lost, on a broker where Khepri is the only store.
+    let target_s = RabbitMq::new(probe.clone(), seed.clone());
+    let version = target_s.version(&seed).await.unwrap();
+    if (version.major, version.minor) < (4, 3) {
+        return;
+    }
+    stop_app(&probe, &name(x)).await;
+    stop_app(&probe, &name(y)).await;
+    let report = health::check(&target_s, Some(backend.as_ref()), &CheckOptions::default()).await;
+    assert!(!report.healthy, "{report}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p == "majority lost: 1 of 3 members running"),
+        "{report}"
+    );
+    let lone: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let err = Agent::new(
+        lone,
+        Arc::new(RabbitMq::new(probe.clone(), seed.clone())),
+        FormationConfig {
+            max_attempts: 1,
+            ..quick()
+        },
+    )
+    .run()
+    .await
+    .expect_err("a survivor is not formed from");
+    assert!(
+        matches!(
+            err,
+            FormationError::MajorityLost {
+                running: 1,
+                members: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    for n in [x, y] {
+        let started = probe
+            .call(
+                &name(n),
+                "rabbit",
+                "start",
+                vec![],
+                Duration::from_secs(120),
+            )
+            .await
+            .expect("rabbit:start()");
+        assert!(started.is_atom("ok"), "{started}");
+    }
+    assert_eq!(cli_status(s).await.0, all);
+    drop(registrations);
 }
