@@ -1405,3 +1405,79 @@ async fn members_are_never_joined_again_and_a_lost_majority_is_reported() {
     assert_eq!(cli_status(s).await.0, all);
     drop(registrations);
 }
+
+/// Forgetting a dead broker removes it from the cluster and from the replicas of a quorum
+/// queue (and, on 3.13 and later, of a stream) that it held, as `rabbitmqctl
+/// forget_cluster_node` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_removes_a_dead_member_and_its_replicas() {
+    let _turn = RABBIT_TURN.lock().await;
+    let epmd = Epmd::start().await;
+    let mut nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let probe = agent_node(epmd.port(), "localhost").await;
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let mut formed = Vec::new();
+    for n in &nodes {
+        let agent = Agent::new(
+            backend.clone(),
+            Arc::new(RabbitMq::new(probe.clone(), name(n))),
+            quick(),
+        );
+        formed.push(agent.run().await.expect("formation"));
+    }
+    let (s, gone) = (name(&nodes[0]), name(&nodes[2]));
+    let target = RabbitMq::new(probe.clone(), s.clone());
+    let version = target.version(&s).await.unwrap();
+    let streams = (version.major, version.minor) >= (3, 13);
+    let mut declare = vec![("qq", "quorum")];
+    if streams {
+        declare.push(("st", "stream"));
+    }
+    for (queue, kind) in &declare {
+        let declared = nodes[0]
+            .eval(&format!(
+                "{{new, _}} = rabbit_amqqueue:declare(rabbit_misc:r(<<\"/\">>, queue, <<\"{queue}\">>), \
+                 true, false, [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}], none, <<\"test\">>), ok."
+            ))
+            .await;
+        assert_eq!(declared.trim(), "ok", "{queue}");
+    }
+    let (ok, before) = nodes[0]
+        .rabbitmqctl(
+            &[
+                "list_queues",
+                "name",
+                "members",
+                "--quiet",
+                "--no-table-headers",
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(ok, "{before}");
+    assert!(before.contains(gone.as_str()), "{before}");
+
+    nodes[2].kill().await;
+    target.forget(&gone).await.expect("forget");
+
+    let (disk, _, _) = cli_status(&nodes[0]).await;
+    assert!(!disk.contains(&gone.to_string()), "{disk:?}");
+    let (ok, after) = nodes[0]
+        .rabbitmqctl(
+            &[
+                "list_queues",
+                "name",
+                "members",
+                "--quiet",
+                "--no-table-headers",
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(ok, "{after}");
+    for line in after.lines() {
+        assert!(!line.contains(gone.as_str()), "{line} (of {after})");
+    }
+    assert_eq!(after.lines().count(), declare.len(), "{after}");
+    drop(formed);
+}
