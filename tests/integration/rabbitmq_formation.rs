@@ -1226,10 +1226,26 @@ async fn rabbitmq_over_tls_distribution_forms_and_is_healthy() {
 /// on the formed cluster, while the seed's application is stopped (the seed restarting,
 /// probed live all the same), and after the member's own application restarted with its
 /// data; with `allow_reset` false and true. Its queue survives and its application is not
-/// restarted by the agent. On a Khepri-only broker (4.3+), a survivor whose two peers are
-/// stopped is neither formed from nor reset, and health reports the lost majority.
+/// restarted by the agent. On Khepri (4.3+, or 4.0 - 4.2 with `khepri_db` enabled), a
+/// survivor whose two peers are stopped is neither formed from nor reset, and health
+/// reports the lost majority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_are_never_joined_again_and_a_lost_majority_is_reported() {
+    never_joined_again(false).await;
+}
+
+/// The same on RabbitMQ 3.13 - 4.2 with Khepri enabled on every broker before formation
+/// (`rabbitmqctl enable_feature_flag --experimental khepri_db`). The host's 3.10 has no
+/// Khepri; `scripts/peers-matrix` runs it on 4.0 (and on 4.3, where Khepri is the only
+/// store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ 3.13 or later: scripts/peers-matrix runs it on 4.0 and 4.3"]
+async fn members_are_never_joined_again_on_khepri() {
+    never_joined_again(true).await;
+}
+
+async fn never_joined_again(khepri: bool) {
+    use autocluster::formation::MetadataStore;
     use autocluster::health::{self, CheckOptions};
 
     use crate::common::Hooked;
@@ -1239,6 +1255,17 @@ async fn members_are_never_joined_again_and_a_lost_majority_is_reported() {
     let nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
     let (s, x, y) = (&nodes[0], &nodes[1], &nodes[2]);
     let probe = agent_node(epmd.port(), "localhost").await;
+    if khepri {
+        for n in [s, x, y] {
+            let (ok, out) = n
+                .rabbitmqctl(
+                    &["enable_feature_flag", "--experimental", "khepri_db"],
+                    Duration::from_secs(120),
+                )
+                .await;
+            assert!(ok, "enabling khepri_db on {}: {out}", n.node());
+        }
+    }
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
     let mut registrations = Vec::new();
     for n in [s, x, y] {
@@ -1349,10 +1376,13 @@ async fn members_are_never_joined_again_and_a_lost_majority_is_reported() {
     assert_eq!(starts(y), y_starts, "{}", y.log_tail());
     assert_eq!(cli_status(s).await.0, all);
 
-    // 4. Majority lost, on a broker where Khepri is the only store.
+    // 4. Majority lost, where the store is Khepri.
     let target_s = RabbitMq::new(probe.clone(), seed.clone());
-    let version = target_s.version(&seed).await.unwrap();
-    if (version.major, version.minor) < (4, 3) {
+    let store = target_s.inspect().await.unwrap().store;
+    if khepri {
+        assert_eq!(store, Some(MetadataStore::Khepri));
+    }
+    if store != Some(MetadataStore::Khepri) {
         return;
     }
     stop_app(&probe, &name(x)).await;
