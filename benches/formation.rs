@@ -402,7 +402,12 @@ async fn run(settings: Settings) {
             settings.rounds.max(3)
         };
         for round in 0..runs {
-            for kind in ["rabbitmq_own", "rabbitmq_ours_boot", "rabbitmq_ours"] {
+            for kind in [
+                "rabbitmq_own",
+                "rabbitmq_ours_boot",
+                "rabbitmq_ours",
+                "rabbitmq_standalone",
+            ] {
                 progress(format!(
                     "rabbitmq: 3 nodes, {kind}, run {} of {runs}",
                     round + 1
@@ -422,7 +427,9 @@ const RABBIT_COOKIE: &str = "autocluster_rabbit_cookie";
 /// running members. `rabbitmq_own`: the nodes run `rabbitmq_peer_discovery_etcd`;
 /// `rabbitmq_ours_boot`: plain nodes, with one of our agents (etcd backend) per node
 /// started as soon as the node's VM answers, mid-boot (as an init system starts an agent
-/// beside its broker); `rabbitmq_ours`: the same agents started once the broker runs.
+/// beside its broker); `rabbitmq_ours`: the same agents started once the broker runs;
+/// `rabbitmq_standalone`: no clustering at all, timed until the slowest of the three has
+/// booted (the floor any formation adds to).
 #[cfg(feature = "etcd")]
 async fn rabbit_once(
     method: &str,
@@ -494,14 +501,20 @@ async fn rabbit_once(
             }));
         }
     }
-    // The same poll for both methods: every node lists all three as running members.
+    // The same poll for every method: every node lists all three as running members
+    // (standalone: every node runs).
+    let wanted = if method == "rabbitmq_standalone" {
+        1
+    } else {
+        3
+    };
     let secs = loop {
         let mut done = true;
         for t in &targets {
             let ok = t
                 .membership()
                 .await
-                .is_ok_and(|m| m.running && m.running_members.len() == 3);
+                .is_ok_and(|m| m.running && m.running_members.len() == wanted);
             done &= ok;
             if !ok {
                 break;

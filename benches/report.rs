@@ -773,6 +773,7 @@ fn formation(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -> St
             "rabbitmq_ours" => {
                 "RabbitMQ, our agents started once the brokers run (join by restart)"
             }
+            "rabbitmq_standalone" => "RabbitMQ, no clustering: the slowest standalone boot",
             other => other,
         };
         let all = secs
@@ -806,6 +807,7 @@ fn formation(out: &mut String, doc: &Value, dir: &Path, rel: &dyn Fn(&str) -> St
                 "rabbitmq_own" => "rabbit own".to_owned(),
                 "rabbitmq_ours" => "rabbit ours".to_owned(),
                 "rabbitmq_ours_boot" => "rabbit ours at boot".to_owned(),
+                "rabbitmq_standalone" => "rabbit standalone".to_owned(),
                 other => other.to_owned(),
             };
             plot.push((short, secs));

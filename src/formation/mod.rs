@@ -256,8 +256,8 @@ pub enum FormationError {
         nodes: Vec<(NodeName, String)>,
     },
     /// The managed node is a member of a Khepri cluster whose majority is not running:
-    /// it can neither form a new cluster nor be a seed, and is never reset. Retried; it
-    /// clears once enough members are back.
+    /// it can neither form a new cluster nor be a seed, and is never reset. Retried within
+    /// [`FormationConfig::max_attempts`]; it clears once enough members are back.
     #[error(
         "{node}: majority lost: {running} of {members} members running; not forming a new cluster from it (the others must come back)"
     )]

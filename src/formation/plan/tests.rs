@@ -595,3 +595,41 @@ fn a_boot_waited_for_keeps_its_booting_seed() {
         })
     );
 }
+
+/// The majority rule at its boundaries: two of three running is a majority, two of four
+/// is not, a partitioned member counts as down, and only Khepri has the rule.
+#[test]
+fn a_majority_is_more_than_half_of_the_members_running_and_not_partitioned() {
+    let me = n(ME);
+    let members = |all: &[&str], running: &[&str], partitions: &[&str]| Membership {
+        running: true,
+        members: all.iter().map(|s| n(s)).collect(),
+        running_members: running.iter().map(|s| n(s)).collect(),
+        partitions: partitions.iter().map(|s| n(s)).collect(),
+        booting: false,
+    };
+    let khepri = |m: Membership| Inspection::of(m).with_store(MetadataStore::Khepri);
+    let three = [ME, "rabbit@x", "rabbit@y"];
+    let four = [ME, "rabbit@x", "rabbit@y", "rabbit@z"];
+    assert_eq!(
+        khepri(members(&three, &[ME, "rabbit@x"], &[])).majority_lost(),
+        None
+    );
+    assert_eq!(
+        khepri(members(&four, &[ME, "rabbit@x"], &[])).majority_lost(),
+        Some((2, 4))
+    );
+    assert_eq!(
+        khepri(members(&three, &[ME, "rabbit@x"], &["rabbit@x"])).majority_lost(),
+        Some((1, 3))
+    );
+    let mnesia = Inspection::of(members(&three, &[ME], &[])).with_store(MetadataStore::Mnesia);
+    assert_eq!(mnesia.majority_lost(), None);
+    // Two of three on Khepri: a member with running peers keeps its cluster.
+    let choice = SeedChoice::default();
+    let two_of_three = khepri(members(&three, &[ME, "rabbit@x"], &[]));
+    assert_eq!(
+        plan(&Facts::new(&me, &choice, &two_of_three)).unwrap(),
+        Decision::Done(Outcome::AlreadyMember { seed: n(ME) })
+    );
+}

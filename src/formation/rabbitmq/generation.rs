@@ -34,10 +34,9 @@ pub(crate) struct Generation {
     pub(crate) join: Mfa,
     /// Forgetting a member: `Forget(Node, false)`.
     pub(crate) forget: Mfa,
-    /// Called with the forgotten node before [`forget`](Self::forget), each where
-    /// defined (`rabbitmqctl forget_cluster_node` removes its replicas first).
-    pub(crate) forget_before: &'static [Mfa],
-    /// Called with the forgotten node after [`forget`](Self::forget), where defined.
+    /// Called with the forgotten node once [`forget`](Self::forget) has succeeded, each
+    /// where defined: what `rabbitmqctl forget_cluster_node` removes after the member
+    /// (its quorum queue and stream replicas).
     pub(crate) forget_after: &'static [Mfa],
     /// Resetting the node: `Reset()`, with the application stopped.
     pub(crate) reset: Mfa,
@@ -57,8 +56,8 @@ const MNESIA_FORGET: Mfa = ("rabbit_mnesia", "forget_cluster_node");
 const MNESIA_RESET: Mfa = ("rabbit_mnesia", "reset");
 const PARTITIONS: Mfa = ("rabbit_node_monitor", "partitions");
 const SHRINK_QUORUM_QUEUES: Mfa = ("rabbit_quorum_queue", "shrink_all");
-/// What 3.13 and later's `forget_cluster_node` removes before the member: its quorum
-/// queue and stream replicas, and its place in the stream coordinator.
+/// What 3.13 and later's `forget_cluster_node` removes once the member is forgotten: its
+/// quorum queue and stream replicas, and its place in the stream coordinator.
 const REMOVE_REPLICAS: &[Mfa] = &[
     SHRINK_QUORUM_QUEUES,
     ("rabbit_stream_queue", "delete_all_replicas"),
@@ -75,7 +74,6 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: MNESIA_JOIN,
         forget: MNESIA_FORGET,
-        forget_before: &[],
         forget_after: &[SHRINK_QUORUM_QUEUES],
         reset: MNESIA_RESET,
         first_boot_join: true,
@@ -90,7 +88,6 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: MNESIA_JOIN,
         forget: MNESIA_FORGET,
-        forget_before: &[],
         forget_after: &[SHRINK_QUORUM_QUEUES],
         reset: MNESIA_RESET,
         first_boot_join: true,
@@ -105,8 +102,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: Some(PARTITIONS),
         join: ("rabbit_db_cluster", "join"),
         forget: ("rabbit_db_cluster", "forget_member"),
-        forget_before: REMOVE_REPLICAS,
-        forget_after: &[],
+        forget_after: REMOVE_REPLICAS,
         reset: ("rabbit_db", "reset"),
         first_boot_join: false,
         mnesia_fallback: true,
@@ -120,8 +116,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         partitions: None,
         join: ("rabbit_db_cluster", "join"),
         forget: ("rabbit_db_cluster", "forget_member"),
-        forget_before: REMOVE_REPLICAS,
-        forget_after: &[],
+        forget_after: REMOVE_REPLICAS,
         reset: ("rabbit_db", "reset"),
         first_boot_join: false,
         mnesia_fallback: false,
@@ -189,11 +184,7 @@ pub(crate) fn doc_table() -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            let mut steps = Vec::new();
-            if !g.forget_before.is_empty() {
-                steps.push(each(g.forget_before));
-            }
-            steps.push(with_fallback(g, g.forget, "Node, false"));
+            let mut steps = vec![with_fallback(g, g.forget, "Node, false")];
             if !g.forget_after.is_empty() {
                 steps.push(each(g.forget_after));
             }

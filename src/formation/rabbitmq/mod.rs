@@ -20,7 +20,8 @@ mod reply;
 
 use generation::{Generation, Mfa, StoreFact};
 use reply::{
-    check_ok, node_list_or_error, proplist_get, sorted, status_members, thrown_error, undefined,
+    check_ok, node_list_or_error, proplist_get, replica_failures, sorted, status_members,
+    thrown_error, undefined,
 };
 
 /// The default limit of the calls that stop, join, reset or start the application.
@@ -94,7 +95,7 @@ impl std::fmt::Display for RabbitVersion {
 /// | running members | `rabbit_mnesia:cluster_nodes(running)` | `rabbit_nodes:list_running()` | `running_nodes` of the status | `running_nodes` of the status |
 /// | partitions | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | `rabbit_node_monitor:partitions()` (`[]` where undefined) | none (not read) |
 /// | join | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_mnesia:join_cluster(Seed, disc)` | `rabbit_db_cluster:join(Seed, disc)` (else `rabbit_mnesia:join_cluster(Seed, disc)`) | `rabbit_db_cluster:join(Seed, disc)` |
-/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)`, then `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`) | `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)`, then `rabbit_db_cluster:forget_member(Node, false)` |
+/// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`), then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` | `rabbit_db_cluster:forget_member(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` |
 /// | reset | `rabbit_mnesia:reset()` | `rabbit_mnesia:reset()` | `rabbit_db:reset()` (else `rabbit_mnesia:reset()`) | `rabbit_db:reset()` |
 /// | first-boot join | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | none: joined by restart | none: joined by restart |
 /// | metadata store | Mnesia | Mnesia | Khepri if `rabbit_khepri:is_enabled()` is `true` | Khepri |
@@ -655,8 +656,48 @@ impl RabbitMq {
         Ok(())
     }
 
+    /// Waits until the managed node's VM has finished its own boot (`init:get_status()`
+    /// is `{started, _}`): the broker runs `rabbit:start_it/1` from the VM's boot, and
+    /// that function exits, halting the VM, when the application is stopped before it has
+    /// returned, even though `rabbit:is_running()` already answers `true` (seen on 4.x).
+    async fn wait_vm_started(&self) -> Result<(), FormationError> {
+        const STEP: &str = "waiting for the node's VM to finish booting";
+        let started = Instant::now();
+        loop {
+            let status = self
+                .call(
+                    STEP,
+                    &self.node,
+                    ("init", "get_status"),
+                    vec![],
+                    self.timeout,
+                )
+                .await?;
+            match status.as_tuple() {
+                Some([internal, _]) if internal.is_atom("started") => return Ok(()),
+                Some([internal, _]) if internal.is_atom("starting") => {}
+                _ => {
+                    return Err(FormationError::unexpected(
+                        STEP,
+                        &self.node,
+                        format!("init:get_status() answered {status}"),
+                    ));
+                }
+            }
+            if started.elapsed() > self.app_timeout {
+                return Err(FormationError::unexpected(
+                    STEP,
+                    &self.node,
+                    format!("the VM's boot did not finish within {:?}", self.app_timeout),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn stop_app(&self) -> Result<(), FormationError> {
         const STEP: &str = "stopping the rabbit application";
+        self.wait_vm_started().await?;
         let r = self
             .call(
                 STEP,
@@ -710,36 +751,34 @@ impl RabbitMq {
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
 
-    /// Calls each of `calls` with `member`, as `rabbitmqctl forget_cluster_node` does
-    /// around the forget itself (quorum queue and stream replicas); a function the node
-    /// does not define is skipped, `{error, Reason}` is an error.
-    async fn forget_replicas(
-        &self,
-        member: &NodeName,
-        calls: &[Mfa],
-    ) -> Result<(), FormationError> {
+    /// Calls each of `calls` with the forgotten `member`, as `rabbitmqctl
+    /// forget_cluster_node` does once the member is forgotten (its quorum queue and stream
+    /// replicas); a function the node does not define is skipped. The member is gone
+    /// whatever they answer: a failure (an error, a timeout, a queue that could not be
+    /// shrunk) is logged, for an operator to finish by hand.
+    async fn forget_replicas(&self, member: &NodeName, calls: &[Mfa]) {
         const STEP: &str = "removing a forgotten member's replicas";
         for &(m, f) in calls {
             let args = vec![Term::atom(member.as_str())];
             let answer = self
                 .call_if_defined(STEP, &self.node, (m, f), args, self.app_timeout)
                 .await
-                .or_else(|e| thrown_error(e).map(Some))?;
+                .or_else(|e| thrown_error(e).map(Some));
             match answer {
-                Some(t) if matches!(t.as_tuple(), Some([tag, _]) if tag.is_atom("error")) => {
-                    return Err(FormationError::unexpected(
-                        STEP,
-                        &self.node,
-                        format!("{m}:{f}({member}) returned {t}"),
-                    ));
+                Ok(None) => {}
+                Ok(Some(t)) => match replica_failures(&t) {
+                    failures if failures.is_empty() => {
+                        tracing::info!(node = %self.node, %member, "{m}:{f}({member}) returned {t}")
+                    }
+                    failures => {
+                        tracing::warn!(node = %self.node, %member, ?failures, "{m}:{f}({member}) failed in part: remove these replicas by hand")
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(node = %self.node, %member, error = %e, "{m}:{f}({member}) failed: remove the member's replicas by hand")
                 }
-                Some(t) => {
-                    tracing::info!(node = %self.node, %member, "{m}:{f}({member}) returned {t}")
-                }
-                None => {}
             }
         }
-        Ok(())
     }
 
     /// The `rabbit` application's `key` on the managed node, as text.
@@ -977,16 +1016,13 @@ impl ClusterTarget for RabbitMq {
         let version = self.version(&self.node).await?;
         let args = vec![Term::atom(member.as_str()), Term::atom("false")];
         let generation = version.generation();
-        self.forget_replicas(member, generation.forget_before)
-            .await?;
         let (r, (m, f)) = self
             .change(STEP, generation, generation.forget, args)
             .await?;
         let called = format!("{m}:{f}");
         check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
-        self.forget_replicas(member, generation.forget_after)
-            .await?;
         tracing::warn!(node = %self.node, %member, "forgot a cluster member");
+        self.forget_replicas(member, generation.forget_after).await;
         Ok(())
     }
 }

@@ -112,6 +112,22 @@ pub(super) fn status_members(status: &Term) -> Option<Vec<NodeName>> {
     Some(sorted(members))
 }
 
+/// What failed in the answer of a replica clean-up call: the answer itself when it is
+/// `{error, _}` or `{timeout, _}`, or each `{Queue, {error, ...}}` of a per-queue list
+/// (`rabbit_quorum_queue:shrink_all/1`, `rabbit_stream_queue:delete_all_replicas/1`).
+pub(super) fn replica_failures(t: &Term) -> Vec<String> {
+    let failed = |t: &Term| matches!(t.as_tuple(), Some([tag, ..]) if tag.is_atom("error") || tag.is_atom("timeout"));
+    if failed(t) {
+        return vec![t.to_string()];
+    }
+    list_items(t)
+        .unwrap_or_default()
+        .iter()
+        .filter(|item| matches!(item.as_tuple(), Some([_, result]) if failed(result)))
+        .map(Term::to_string)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +186,20 @@ mod tests {
         );
         let v = thrown_error(thrown).unwrap();
         assert_eq!(v.to_string(), "{error,{inconsistent_cluster,\"x\"}}");
+    }
+
+    #[test]
+    fn replica_failures_are_found_at_the_top_and_per_queue() {
+        assert!(replica_failures(&t("ok")).is_empty());
+        assert!(replica_failures(&t("[{q1,{ok,2}},{q2,{ok,2}}]")).is_empty());
+        assert_eq!(
+            replica_failures(&t("{error,nodedown}")),
+            ["{error,nodedown}"]
+        );
+        assert_eq!(replica_failures(&t("{timeout,x}")), ["{timeout,x}"]);
+        assert_eq!(
+            replica_failures(&t("[{q1,{ok,2}},{q2,{error,2,timeout}}]")),
+            ["{q2,{error,2,timeout}}"]
+        );
     }
 }
