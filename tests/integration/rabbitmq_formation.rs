@@ -1436,6 +1436,24 @@ async fn never_joined_again(khepri: bool) {
     drop(registrations);
 }
 
+/// Every queue of `node` with its replicas (`rabbitmqctl list_queues name members`).
+async fn queue_members(node: &RabbitNode) -> String {
+    let (ok, out) = node
+        .rabbitmqctl(
+            &[
+                "list_queues",
+                "name",
+                "members",
+                "--quiet",
+                "--no-table-headers",
+            ],
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(ok, "{out}");
+    out
+}
+
 /// Forgetting a dead broker removes it from the cluster and from the replicas of a quorum
 /// queue (and, on 3.13 and later, of a stream) that it held, as `rabbitmqctl
 /// forget_cluster_node` does.
@@ -1472,39 +1490,31 @@ async fn forget_removes_a_dead_member_and_its_replicas() {
             .await;
         assert_eq!(declared.trim(), "ok", "{queue}");
     }
-    let (ok, before) = nodes[0]
-        .rabbitmqctl(
-            &[
-                "list_queues",
-                "name",
-                "members",
-                "--quiet",
-                "--no-table-headers",
-            ],
-            Duration::from_secs(60),
-        )
-        .await;
-    assert!(ok, "{before}");
-    assert!(before.contains(gone.as_str()), "{before}");
+    let before = queue_members(&nodes[0]).await;
+    // Every queue has a replica on the broker that will die.
+    for line in before.lines() {
+        assert!(line.contains(gone.as_str()), "{line} (of {before})");
+    }
 
     nodes[2].kill().await;
+    // Forgotten once the survivors see it down (a running member is not forgotten).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while target
+        .membership()
+        .await
+        .is_ok_and(|m| m.running_members.contains(&gone))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the survivors still see {gone} running"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     target.forget(&gone).await.expect("forget");
 
     let (disk, _, _) = cli_status(&nodes[0]).await;
     assert!(!disk.contains(&gone.to_string()), "{disk:?}");
-    let (ok, after) = nodes[0]
-        .rabbitmqctl(
-            &[
-                "list_queues",
-                "name",
-                "members",
-                "--quiet",
-                "--no-table-headers",
-            ],
-            Duration::from_secs(60),
-        )
-        .await;
-    assert!(ok, "{after}");
+    let after = queue_members(&nodes[0]).await;
     for line in after.lines() {
         assert!(!line.contains(gone.as_str()), "{line} (of {after})");
     }
