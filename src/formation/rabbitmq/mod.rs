@@ -373,15 +373,13 @@ impl RabbitMq {
     /// Whether the managed node is booting and its boot has yet to choose its cluster:
     /// its database is still empty (RabbitMQ runs peer discovery only then) and its
     /// discovery backend is the classic config, which reads the `rabbit` application's
-    /// `cluster_nodes` when the boot reaches its database step.
+    /// `cluster_nodes` when the boot reaches its database step. Asked only of a node whose
+    /// membership was just read as booting ([`inspect`](ClusterTarget::inspect)).
     async fn boot_undecided(&self, version: &RabbitVersion) -> Result<bool, FormationError> {
         const STEP: &str = "checking whether the boot has chosen its cluster";
         // 3.13 and later choose the node to join themselves among the discovered ones
         // (largest cluster, oldest, name): not told a seed this way.
-        if !version.generation().first_boot_join
-            || self.is_running(&self.node).await?
-            || !self.is_booting(&self.node).await?
-        {
+        if !version.generation().first_boot_join {
             return Ok(false);
         }
         let backend = self
