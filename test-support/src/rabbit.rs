@@ -36,6 +36,9 @@ pub struct RabbitOptions {
     /// Prefix of the node's alive name (a unique suffix is added); the host is
     /// `localhost`.
     pub name_prefix: String,
+    /// The whole alive name instead (for a node whose name others must know before it
+    /// starts); it must be unique.
+    pub alive: Option<String>,
     /// The Erlang cookie.
     pub cookie: String,
     /// Lines of `rabbitmq.conf` (the harness adds the listener port and console logging).
@@ -58,6 +61,7 @@ impl Default for RabbitOptions {
     fn default() -> Self {
         RabbitOptions {
             name_prefix: "rabbit".into(),
+            alive: None,
             cookie: "autocluster_rabbit_cookie".into(),
             config: Vec::new(),
             plugins: Vec::new(),
@@ -84,6 +88,12 @@ impl RabbitOptions {
     /// Enables a plugin.
     pub fn plugin(mut self, plugin: impl Into<String>) -> Self {
         self.plugins.push(plugin.into());
+        self
+    }
+
+    /// Names the node `alive@localhost` (unique: see [`unique_name`]).
+    pub fn alive(mut self, alive: impl Into<String>) -> Self {
+        self.alive = Some(alive.into());
         self
     }
 
@@ -152,7 +162,10 @@ impl RabbitNode {
             .prefix("autocluster-rabbit-")
             .tempdir_in("/tmp")
             .expect("temporary directory");
-        let alive = unique_name(&options.name_prefix);
+        let alive = options
+            .alive
+            .clone()
+            .unwrap_or_else(|| unique_name(&options.name_prefix));
         let node = format!("{alive}@localhost");
         let amqp_port = free_port();
         let dist_port = free_port();
@@ -229,7 +242,12 @@ impl RabbitNode {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::File::create(self.log_path()).expect("log file");
+        // Appended to: a restarted node keeps the log of its earlier boots.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let log2 = log.try_clone().expect("log file");
         let mut command =
             peers().command("rabbitmq-server", "rabbitmq-server", Some(self.dir.path()));
@@ -410,6 +428,109 @@ impl RabbitNode {
         self.kill().await;
     }
 
+    /// Starts the node again with its data after [`kill`](Self::kill) or
+    /// [`stop`](Self::stop), without waiting for it to boot; its log is appended to.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.node);
+        // The EPMD forgets the old VM once its connection closes; a new VM registering
+        // before that would be refused, and a waiter would take the old entry for it.
+        let alive = self.node.split('@').next().unwrap_or_default().to_owned();
+        let epmd = autocluster::epmd::EpmdClient::new(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            self.epmd_port,
+        )))
+        .with_timeout(Duration::from_secs(1));
+        for _ in 0..100 {
+            match epmd.names().await {
+                Ok(names) if names.iter().all(|(name, _)| *name != alive) => break,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        self.spawn().await;
+    }
+
+    /// Waits until a [`restart`](Self::restart)ed node has booted; panics, with its log,
+    /// if it does not within `timeout`.
+    pub async fn wait_booted(&mut self, timeout: Duration) {
+        self.await_startup(timeout).await;
+    }
+
+    /// How many times the `rabbit` application started (`Starting RabbitMQ` lines):
+    /// once per boot, and again for each start after a stop.
+    pub fn starts(&self) -> usize {
+        self.log().matches("Starting RabbitMQ").count()
+    }
+
+    /// How many times the node's database was reset, or joined to a cluster (a join
+    /// resets the joining node first): `DB: resetting node` and `DB: joining cluster`
+    /// lines (3.13+, logged at debug level, which the harness turns on), `Resetting
+    /// Rabbit` and `Clustering with` (3.10 - 4.x on Mnesia, at info level; the join of
+    /// 3.10 - 3.12 resets without a reset line).
+    pub fn resets(&self) -> usize {
+        let log = self.log();
+        [
+            "DB: resetting node",
+            "DB: joining cluster",
+            "Resetting Rabbit",
+            "Clustering with",
+        ]
+        .iter()
+        .map(|line| log.matches(line).count())
+        .sum()
+    }
+
+    /// Publishes `count` persistent messages (`delivery_mode` 2) to the durable queue
+    /// `queue` of type `kind` (`classic` or `quorum`), declaring it first, through a
+    /// direct AMQP 0-9-1 connection on this node (the broker's own `amqp_client`), with
+    /// publisher confirms: returns once the broker confirmed every message; panics if it
+    /// did not.
+    pub async fn publish_confirmed(&self, queue: &str, kind: &str, count: u32) {
+        let out = self
+            .eval(&format!(
+                "{AMQP_CHANNEL} \
+                 {{'queue.declare_ok', _, _, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+                   <<\"{queue}\">>, false, true, false, false, false, \
+                   [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}]}}), \
+                 {{'confirm.select_ok'}} = amqp_channel:call(Ch, {{'confirm.select', false}}), \
+                 Props = {{'P_basic', undefined, undefined, undefined, 2, undefined, undefined, \
+                   undefined, undefined, undefined, undefined, undefined, undefined, undefined, \
+                   undefined}}, \
+                 [ok = amqp_channel:call(Ch, {{'basic.publish', 0, <<>>, <<\"{queue}\">>, \
+                   false, false}}, {{amqp_msg, Props, integer_to_binary(I)}}) \
+                  || I <- lists:seq(1, {count})], \
+                 Confirmed = amqp_channel:wait_for_confirms(Ch), \
+                 amqp_connection:close(C), Confirmed."
+            ))
+            .await;
+        // The answer is the first line (the client may log a warning after it).
+        assert_eq!(
+            out.lines().next().map(str::trim),
+            Some("true"),
+            "{}: {count} messages to {queue} not all confirmed: {out}",
+            self.node
+        );
+    }
+
+    /// The number of ready messages in `queue` (a passive declare through a direct AMQP
+    /// connection on this node); `None` when the node could not tell (not running, the
+    /// queue not available yet).
+    pub async fn message_count(&self, queue: &str) -> Option<u64> {
+        let expression = format!(
+            "{AMQP_CHANNEL} \
+             {{'queue.declare_ok', _, N, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+               <<\"{queue}\">>, true, true, false, false, false, []}}), \
+             amqp_connection:close(C), N."
+        );
+        let (ok, out) = self
+            .rabbitmqctl(&["eval", &expression], Duration::from_secs(60))
+            .await;
+        if ok {
+            out.lines().next()?.trim().parse().ok()
+        } else {
+            None
+        }
+    }
+
     /// Kills the node's whole process group (a crash).
     pub async fn kill(&mut self) {
         if let Some((mut child, pgid)) = self.child.take() {
@@ -419,6 +540,17 @@ impl RabbitNode {
         }
     }
 }
+
+/// An Erlang expression prefix that opens a direct AMQP connection `C` and channel `Ch` on
+/// the node it runs on, loading the broker's `amqp_client` (shipped among its plugins,
+/// on the code path only when a plugin needs it) when it is not loaded yet.
+const AMQP_CHANNEL: &str = "case code:ensure_loaded(amqp_connection) of \
+       {module, _} -> ok; \
+       _ -> [Ebin | _] = filelib:wildcard(filename:join(filename:dirname(code:lib_dir(rabbit)), \
+              \"amqp_client-*/ebin\")), true = code:add_patha(Ebin) end, \
+     {ok, _} = application:ensure_all_started(amqp_client), \
+     {ok, C} = amqp_connection:start({amqp_params_direct, none, none, <<\"/\">>, node(), none, []}), \
+     {ok, Ch} = amqp_connection:open_channel(C),";
 
 impl Drop for RabbitNode {
     fn drop(&mut self) {
