@@ -19,7 +19,9 @@ mod out_of_tree_backend;
 mod peers;
 mod rabbitmq_etcd;
 mod rabbitmq_example;
+mod rabbitmq_first_boot;
 mod rabbitmq_formation;
+mod rabbitmq_safety;
 mod secrets;
 mod term_text;
 #[cfg(feature = "tls")]
