@@ -36,6 +36,11 @@
 //!   and a failure to create them fails the run); the namespaces are cut off from each
 //!   other during or after formation, then healed: one cluster again, nothing forgotten.
 //!
+//! `--rabbitmq` runs broker trials instead (see `broker`): three real RabbitMQ brokers of
+//! the peer environment (`AUTOCLUSTER_PEERS`), an agent beside each, a real etcd, faults
+//! during formation and during the cluster's life, and messages counted after every
+//! trial.
+//!
 //! Victims (the agents that die) run in a runtime of their own that is dropped, or, for
 //! erl nodes on etcd, in a child process (this binary with `--child-agent`) killed with
 //! SIGKILL.
@@ -46,6 +51,7 @@
 //! With `--record FILE` each trial is appended to FILE as a JSON line; `--resume` skips
 //! the trials FILE already holds and includes them in the summary.
 
+mod broker;
 mod chaos;
 mod erl;
 mod lab;
@@ -75,8 +81,13 @@ const USAGE: &str = "usage: trials --nodes N --trials M --scenario S --backend m
               [--etcd-endpoint URL] [--scenario all --trials-per-scenario K]
               [--record FILE [--resume]] [--replay TRIAL_SEED] [--chaos P]
               [--node-ttl-ms T] [--lock-ttl-ms T] [--victim process|thread] [-v]
+       trials --rabbitmq --scenario S [--trials M | --trials-per-scenario K]
+              [--messages N] [--seed RNG_SEED] [--replay TRIAL_SEED] [--deadline-s D]
+              [--record FILE [--resume]]
   scenarios: none lock-holder-killed etcd-restart etcd-down-cleanup killed-after-register
-             seed-killed dropped-handshakes partition all";
+             seed-killed dropped-handshakes partition all
+  --rabbitmq scenarios (3 brokers of AUTOCLUSTER_PEERS, a real etcd):
+             none agent-killed broker-killed etcd-restart all";
 
 struct Args {
     nodes: usize,
@@ -96,6 +107,8 @@ struct Args {
     record: Option<PathBuf>,
     resume: bool,
     victim_process: bool,
+    rabbitmq: bool,
+    messages: u32,
     verbose: u8,
 }
 
@@ -136,6 +149,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
         record: None,
         resume: false,
         victim_process: true,
+        rabbitmq: false,
+        messages: 200,
         verbose: 0,
     };
     let mut it = argv.into_iter();
@@ -175,6 +190,8 @@ fn parse_args(argv: Vec<String>) -> Result<Args, String> {
                     other => return Err(format!("--victim process or thread, not {other:?}")),
                 }
             }
+            "--rabbitmq" => a.rabbitmq = true,
+            "--messages" => a.messages = number(&flag, &value()?)?,
             "-v" => a.verbose += 1,
             "-vv" => a.verbose += 2,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -270,9 +287,9 @@ async fn child_main(c: ChildArgs) -> ExitCode {
 }
 
 /// A trial's seed from the run's seed, the scenario and the trial's number.
-fn trial_seed(base: u64, scenario: Scenario, index: usize) -> u64 {
+fn trial_seed(base: u64, scenario: &str, index: usize) -> u64 {
     let mut x = base ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for b in scenario.name().bytes() {
+    for b in scenario.bytes() {
         x = (x ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     // splitmix64 finaliser
@@ -327,6 +344,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<bool, String> {
+    if args.rabbitmq {
+        return run_brokers(args).await;
+    }
     let kind = args.kind.unwrap_or(if args.nodes <= 5 {
         Kind::Erl
     } else {
@@ -443,7 +463,7 @@ async fn run(args: Args) -> Result<bool, String> {
         for index in todo {
             let seed = args
                 .replay
-                .unwrap_or_else(|| trial_seed(base_seed, scenario, index));
+                .unwrap_or_else(|| trial_seed(base_seed, scenario.name(), index));
             let result = TrialResult {
                 scenario: scenario.name().into(),
                 index,
@@ -491,6 +511,104 @@ async fn run(args: Args) -> Result<bool, String> {
         }
     }
     let _ = done_now;
+    let totals = report::summary(&results);
+    Ok(totals.splits == 0
+        && totals.forgotten == 0
+        && totals.leaked_locks == 0
+        && totals.hangs == 0
+        && totals.failed_checks == 0)
+}
+
+/// `--rabbitmq`: broker trials (see `broker`), three brokers of the peer environment.
+async fn run_brokers(args: Args) -> Result<bool, String> {
+    let scenarios: Vec<&'static str> = if args.scenario == "all" {
+        broker::SCENARIOS.to_vec()
+    } else {
+        let s = broker::SCENARIOS
+            .iter()
+            .find(|s| **s == args.scenario)
+            .ok_or_else(|| {
+                format!(
+                    "--rabbitmq: unknown scenario {:?} (one of {}, or all)",
+                    args.scenario,
+                    broker::SCENARIOS.join(" ")
+                )
+            })?;
+        vec![*s]
+    };
+    if args.nodes != broker::BROKERS {
+        return Err(format!("--rabbitmq runs {} brokers", broker::BROKERS));
+    }
+    let per_scenario = if args.replay.is_some() {
+        1
+    } else {
+        args.per_scenario.unwrap_or(args.trials)
+    };
+    let base_seed = args.seed.unwrap_or_else(rand::random);
+    let peers = autocluster_test_support::peers();
+    let mut etcd = procs::Etcd::start().await?;
+    let settings = broker::BrokerSettings {
+        etcd_endpoint: etcd.endpoint(),
+        node_ttl: args.node_ttl.max(Duration::from_secs(10)),
+        lock_ttl: args.lock_ttl.max(Duration::from_secs(10)),
+        deadline: args.deadline.unwrap_or(Duration::from_secs(120)),
+        messages: args.messages,
+    };
+    println!(
+        "trials: {} RabbitMQ {} brokers ({}), etcd backend at {}, {per_scenario} trial(s) per scenario: {}",
+        broker::BROKERS,
+        peers.rabbitmq_version(),
+        peers.name(),
+        settings.etcd_endpoint,
+        scenarios.join(", ")
+    );
+    println!(
+        "seed {base_seed}, deadline {:?}, node TTL {:?}, lock TTL {:?}, {} messages per queue, machine: {}",
+        settings.deadline,
+        settings.node_ttl,
+        settings.lock_ttl,
+        settings.messages,
+        machine()
+    );
+    let kind = format!("{}-{}", broker::KIND, peers.rabbitmq_version());
+    let mut results: Vec<TrialResult> = Vec::new();
+    let mut recorder = None;
+    if let Some(path) = &args.record {
+        if args.resume {
+            results = report::read_records(path)
+                .into_iter()
+                .filter(|r| r.kind == kind)
+                .collect();
+            println!(
+                "resuming: {} trial(s) already recorded in {}",
+                results.len(),
+                path.display()
+            );
+        }
+        recorder = Some(report::Recorder::open(path)?);
+    }
+    let plan = broker::Run {
+        scenarios: scenarios.clone(),
+        per_scenario,
+        base_seed,
+        replay: args.replay,
+        kind,
+    };
+    let trials = broker::run(&settings, &mut etcd, &plan, &mut results, |r| {
+        if let Some(rec) = recorder.as_mut() {
+            rec.write(r);
+        }
+    });
+    // Stopped by a signal, the trial in progress is dropped: its brokers (in process
+    // groups of their own, which the terminal's signal misses) are killed with it, and
+    // the record keeps every finished trial for `--resume`.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    tokio::select! {
+        () = trials => {}
+        _ = tokio::signal::ctrl_c() => return Err("interrupted (SIGINT)".into()),
+        _ = term.recv() => return Err("terminated (SIGTERM)".into()),
+    }
     let totals = report::summary(&results);
     Ok(totals.splits == 0
         && totals.forgotten == 0
