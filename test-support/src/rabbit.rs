@@ -531,6 +531,19 @@ impl RabbitNode {
         }
     }
 
+    /// Whether the node's VM has exited on its own (a halt at boot, say): its process
+    /// tree is then reaped, and [`restart`](Self::restart) starts it again.
+    pub fn exited(&mut self) -> bool {
+        let gone = match &mut self.child {
+            Some((child, _)) => matches!(child.try_wait(), Ok(Some(_))),
+            None => false,
+        };
+        if gone && let Some((_, pgid)) = self.child.take() {
+            kill_process_tree(pgid);
+        }
+        gone
+    }
+
     /// Kills the node's whole process group (a crash).
     pub async fn kill(&mut self) {
         if let Some((mut child, pgid)) = self.child.take() {

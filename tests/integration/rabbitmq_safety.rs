@@ -496,3 +496,110 @@ async fn forget_removes_a_dead_member_and_its_replicas() {
     assert_eq!(after.lines().count(), declare.len(), "{after}");
     drop(formed);
 }
+
+/// A broker killed (SIGKILL) the moment the seed's cluster lists it as a member, in the
+/// middle of its agent's join, and restarted with its data: on Khepri (4.3) the restarted
+/// broker may come up alone while the seed still lists it, or halt at boot (its store
+/// elected itself in the term of the real leader: `leader_saw_append_entries_rpc_in_same_term`),
+/// and is then restarted again, as a container runtime would. The next agent finishes the
+/// join; the members' messages are all there, and they were neither reset nor restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_once_the_seed_accepted_its_join_is_joined_by_the_next_agent() {
+    let _turn = RABBIT_TURN.lock().await;
+    let epmd = Epmd::start().await;
+    let mut nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let probe = agent_node(epmd.port(), "localhost").await;
+    let names: Vec<_> = nodes.iter().map(name).collect();
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let mut formed = Vec::new();
+    for n in &names[..2] {
+        let agent = Agent::new(
+            backend.clone(),
+            Arc::new(RabbitMq::new(probe.clone(), n.clone())),
+            quick(),
+        );
+        formed.push(agent.run().await.expect("formation"));
+    }
+    let seed = names[0].clone().min(names[1].clone());
+    let member = if seed == names[0] { 1 } else { 0 };
+    publish(&nodes[member]).await;
+    let before = history(&nodes);
+    let seed_target = RabbitMq::new(probe.clone(), seed.clone());
+    let y = names[2].clone();
+    let agent = Agent::new(
+        backend.clone(),
+        Arc::new(RabbitMq::new(probe.clone(), y.clone())),
+        quick(),
+    );
+    let run = tokio::spawn(async move { agent.run().await });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !seed_target
+        .membership()
+        .await
+        .is_ok_and(|m| m.members.contains(&y))
+    {
+        assert!(Instant::now() < deadline, "the seed never listed {y}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nodes[2].kill().await;
+    run.abort();
+    // Restarted with its data, and again whenever it halts at boot.
+    let mut halts = 0;
+    nodes[2].restart().await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !is_running(&probe, &y).await {
+        if nodes[2].exited() {
+            halts += 1;
+            assert!(
+                halts <= 3,
+                "{y} halted at boot {halts} times\n{}",
+                nodes[2].log_tail()
+            );
+            nodes[2].restart().await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{y} did not boot again\n{}",
+            nodes[2].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = RabbitMq::new(probe.clone(), y.clone()).membership().await;
+    eprintln!("{y} restarted ({halts} halt(s) at boot): its view {seen:?}");
+
+    let next = Agent::new(
+        backend.clone(),
+        Arc::new(RabbitMq::new(probe.clone(), y.clone())),
+        quick(),
+    )
+    .run()
+    .await
+    .expect("the next agent finishes the join");
+    assert!(
+        matches!(
+            &next.outcome,
+            Outcome::Joined { seed: j } | Outcome::AlreadyMember { seed: j } if *j == seed
+        ),
+        "{}",
+        next.outcome
+    );
+    eprintln!("then: {}", next.outcome);
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    for n in &nodes {
+        let (disk, running, _) = cli_status(n).await;
+        assert_eq!(
+            (disk, running),
+            (all.clone(), all.clone()),
+            "on {}",
+            n.node()
+        );
+    }
+    assert_every_message(&nodes[member]).await;
+    assert_eq!(
+        history(&nodes)[..2],
+        before[..2],
+        "(resets, starts) of the first two members"
+    );
+    drop((formed, next));
+}
