@@ -440,11 +440,21 @@ impl RabbitNode {
             self.epmd_port,
         )))
         .with_timeout(Duration::from_secs(1));
+        let mut gone = false;
         for _ in 0..100 {
             match epmd.names().await {
-                Ok(names) if names.iter().all(|(name, _)| *name != alive) => break,
+                Ok(names) if names.iter().all(|(name, _)| *name != alive) => {
+                    gone = true;
+                    break;
+                }
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
+        }
+        if !gone {
+            eprintln!(
+                "{}: EPMD still lists the old VM after 10 s; starting anyway",
+                self.node
+            );
         }
         self.spawn().await;
     }
@@ -485,30 +495,47 @@ impl RabbitNode {
     /// publisher confirms: returns once the broker confirmed every message; panics if it
     /// did not.
     pub async fn publish_confirmed(&self, queue: &str, kind: &str, count: u32) {
-        let out = self
-            .eval(&format!(
-                "{AMQP_CHANNEL} \
-                 {{'queue.declare_ok', _, _, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
-                   <<\"{queue}\">>, false, true, false, false, false, \
-                   [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}]}}), \
-                 {{'confirm.select_ok'}} = amqp_channel:call(Ch, {{'confirm.select', false}}), \
-                 Props = {{'P_basic', undefined, undefined, undefined, 2, undefined, undefined, \
-                   undefined, undefined, undefined, undefined, undefined, undefined, undefined, \
-                   undefined}}, \
-                 [ok = amqp_channel:call(Ch, {{'basic.publish', 0, <<>>, <<\"{queue}\">>, \
-                   false, false}}, {{amqp_msg, Props, integer_to_binary(I)}}) \
-                  || I <- lists:seq(1, {count})], \
-                 Confirmed = amqp_channel:wait_for_confirms(Ch), \
-                 amqp_connection:close(C), Confirmed."
-            ))
+        if let Err(e) = self.try_publish_confirmed(queue, kind, count).await {
+            panic!("{e}\n--- node log ---\n{}", self.log_tail());
+        }
+    }
+
+    /// [`publish_confirmed`](Self::publish_confirmed), returning what went wrong
+    /// instead of panicking.
+    pub async fn try_publish_confirmed(
+        &self,
+        queue: &str,
+        kind: &str,
+        count: u32,
+    ) -> Result<(), String> {
+        let expression = format!(
+            "{AMQP_CHANNEL} \
+             try \
+               {{'queue.declare_ok', _, _, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+                 <<\"{queue}\">>, false, true, false, false, false, \
+                 [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}]}}), \
+               {{'confirm.select_ok'}} = amqp_channel:call(Ch, {{'confirm.select', false}}), \
+               Props = {{'P_basic', undefined, undefined, undefined, 2, undefined, undefined, \
+                 undefined, undefined, undefined, undefined, undefined, undefined, undefined, \
+                 undefined}}, \
+               [ok = amqp_channel:call(Ch, {{'basic.publish', 0, <<>>, <<\"{queue}\">>, \
+                 false, false}}, {{amqp_msg, Props, integer_to_binary(I)}}) \
+                || I <- lists:seq(1, {count})], \
+               amqp_channel:wait_for_confirms(Ch) \
+             after amqp_connection:close(C) end."
+        );
+        let (ok, out) = self
+            .rabbitmqctl(&["eval", &expression], Duration::from_secs(60))
             .await;
         // The answer is the first line (the client may log a warning after it).
-        assert_eq!(
-            out.lines().next().map(str::trim),
-            Some("true"),
-            "{}: {count} messages to {queue} not all confirmed: {out}",
-            self.node
-        );
+        if ok && out.lines().next().map(str::trim) == Some("true") {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {count} messages to {queue} not all confirmed: {out}",
+                self.node
+            ))
+        }
     }
 
     /// The number of ready messages in `queue` (a passive declare through a direct AMQP
@@ -517,9 +544,11 @@ impl RabbitNode {
     pub async fn message_count(&self, queue: &str) -> Option<u64> {
         let expression = format!(
             "{AMQP_CHANNEL} \
-             {{'queue.declare_ok', _, N, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
-               <<\"{queue}\">>, true, true, false, false, false, []}}), \
-             amqp_connection:close(C), N."
+             try \
+               {{'queue.declare_ok', _, N, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+                 <<\"{queue}\">>, true, true, false, false, false, []}}), \
+               N \
+             after amqp_connection:close(C) end."
         );
         let (ok, out) = self
             .rabbitmqctl(&["eval", &expression], Duration::from_secs(60))
