@@ -104,28 +104,11 @@ async fn the_rabbitmq_cluster_example_forms_three_brokers_and_rabbitmqctl_agrees
     let etcd = EtcdServer::start().await;
     let epmd = Epmd::start().await;
     let brokers = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
-    let mut command = tokio::process::Command::new(example("rabbitmq_cluster"));
-    for b in &brokers {
-        command.args(["--node", b.node()]);
-    }
-    let output = tokio::time::timeout(
-        Duration::from_secs(120),
-        command
-            .args(["--cookie", brokers[0].cookie()])
-            .args(["--etcd-endpoint", &etcd.endpoint()])
-            .env("ERL_EPMD_PORT", epmd.port().to_string())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("rabbitmq_cluster did not exit within 120 s")
-    .expect("rabbitmq_cluster runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let all: Vec<&RabbitNode> = brokers.iter().collect();
+    let (status, stdout) = run_example(&all, &etcd, &epmd, &[]).await;
     assert!(
-        output.status.success(),
-        "rabbitmq_cluster failed ({}):\n{stdout}\n{stderr}",
-        output.status
+        status.success(),
+        "rabbitmq_cluster failed ({status}):\n{stdout}"
     );
     assert!(stdout.contains("one cluster of 3 nodes"), "{stdout}");
     assert!(

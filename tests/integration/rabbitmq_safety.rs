@@ -64,6 +64,33 @@ fn history(nodes: &[RabbitNode]) -> Vec<(usize, usize)> {
     nodes.iter().map(|n| (n.resets(), n.starts())).collect()
 }
 
+/// Every broker lists all of them as disc and running nodes; the messages on
+/// `nodes[member]` are all there; the first two brokers (the members before the joins)
+/// were neither reset nor restarted since `before`.
+async fn assert_joined_and_nothing_lost(
+    nodes: &[RabbitNode],
+    member: usize,
+    before: &[(usize, usize)],
+) {
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    for n in nodes {
+        let (disk, running, _) = cli_status(n).await;
+        assert_eq!(
+            (disk, running),
+            (all.clone(), all.clone()),
+            "on {}",
+            n.node()
+        );
+    }
+    assert_every_message(&nodes[member]).await;
+    assert_eq!(
+        history(nodes)[..2],
+        before[..2],
+        "(resets, starts) of the first two members"
+    );
+}
+
 /// Enables Khepri on brokers that have it as an experimental flag (3.13 - 4.2).
 async fn enable_khepri(nodes: &[RabbitNode]) {
     for n in nodes {
@@ -394,24 +421,8 @@ async fn killed_mid_join(khepri: bool) {
         eprintln!("then: {}", next.outcome);
         formed.push(next);
     }
-    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
-    all.sort();
-    for n in &nodes {
-        let (disk, running, _) = cli_status(n).await;
-        assert_eq!(
-            (disk, running),
-            (all.clone(), all.clone()),
-            "on {}",
-            n.node()
-        );
-    }
-    assert_every_message(&nodes[member]).await;
-    // The members were neither reset nor restarted (the victims held nothing).
-    assert_eq!(
-        history(&nodes)[..2],
-        before[..2],
-        "(resets, starts) of the first two members"
-    );
+    // The members were neither reset nor restarted (the joiners held nothing).
+    assert_joined_and_nothing_lost(&nodes, member, &before).await;
     drop(formed);
 }
 
@@ -588,22 +599,7 @@ async fn a_broker_killed_once_the_seed_accepted_its_join_is_joined_by_the_next_a
         next.outcome
     );
     eprintln!("then: {}", next.outcome);
-    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
-    all.sort();
-    for n in &nodes {
-        let (disk, running, _) = cli_status(n).await;
-        assert_eq!(
-            (disk, running),
-            (all.clone(), all.clone()),
-            "on {}",
-            n.node()
-        );
-    }
-    assert_every_message(&nodes[member]).await;
-    assert_eq!(
-        history(&nodes)[..2],
-        before[..2],
-        "(resets, starts) of the first two members"
-    );
+    // The members were neither reset nor restarted (the joiners held nothing).
+    assert_joined_and_nothing_lost(&nodes, member, &before).await;
     drop((formed, next));
 }

@@ -20,8 +20,8 @@ mod reply;
 
 use generation::{Generation, Mfa, StoreFact};
 use reply::{
-    check_ok, node_list_or_error, proplist_get, replica_failures, sorted, status_members,
-    thrown_error, undefined,
+    check_ok, inconsistent_cluster, node_list_or_error, proplist_get, replica_failures, sorted,
+    status_members, thrown_error, undefined,
 };
 
 /// How long a join or leave waits for the node's VM to finish its own boot before it
@@ -723,8 +723,22 @@ impl RabbitMq {
         const STEP: &str = "joining";
         let args = vec![Term::atom(seed.as_str()), Term::atom("disc")];
         let generation = version.generation();
-        let (r, (m, f)) = self.change(STEP, generation, generation.join, args).await?;
+        let (mut r, (m, f)) = self
+            .change(STEP, generation, generation.join, args.clone())
+            .await?;
         let called = format!("{m}:{f}");
+        if inconsistent_cluster(&r) {
+            // The seed's cluster still lists this node from a join cut short (the node
+            // killed once the seed had recorded it): the node is being joined, so it
+            // holds nothing the plan did not allow to discard. Forget that record on
+            // the seed, as RabbitMQ's clustering guide says, and join once more.
+            tracing::warn!(node = %self.node, %seed, "the seed's cluster lists this node from an interrupted join: forgetting it there and joining again");
+            self.forget_on(seed, &self.node).await?;
+            r = self
+                .change(STEP, generation, generation.join, args)
+                .await?
+                .0;
+        }
         if r.is_atom("ok") {
             tracing::info!(node = %self.node, %seed, "{called}({seed}, disc) returned ok");
             return Ok(());
@@ -741,6 +755,35 @@ impl RabbitMq {
             &self.node,
             format!("{called}({seed}, disc) returned {r}"),
         ))
+    }
+
+    /// Forgets `member` from the cluster of `on` (`Forget(Member, false)` called on
+    /// `on`); returns `on`'s generation.
+    async fn forget_on(
+        &self,
+        on: &NodeName,
+        member: &NodeName,
+    ) -> Result<&'static Generation, FormationError> {
+        const STEP: &str = "forgetting a member";
+        let generation = self.version(on).await?.generation();
+        let args = vec![Term::atom(member.as_str()), Term::atom("false")];
+        let (r, (m, f)) = match self
+            .call_generation(
+                STEP,
+                on,
+                generation,
+                generation.forget,
+                args,
+                self.app_timeout,
+            )
+            .await
+        {
+            Err(e) => thrown_error(e).map(|t| (t, generation.forget))?,
+            Ok(ok) => ok,
+        };
+        check_ok(STEP, on, &format!("{m}:{f}({member}, false)"), &r)?;
+        tracing::warn!(node = %on, %member, "forgot a cluster member");
+        Ok(generation)
     }
 
     async fn reset_call(&self, version: &RabbitVersion) -> Result<(), FormationError> {
@@ -1013,16 +1056,7 @@ impl ClusterTarget for RabbitMq {
     }
 
     async fn forget(&self, member: &NodeName) -> Result<(), FormationError> {
-        const STEP: &str = "forgetting a member";
-        let version = self.version(&self.node).await?;
-        let args = vec![Term::atom(member.as_str()), Term::atom("false")];
-        let generation = version.generation();
-        let (r, (m, f)) = self
-            .change(STEP, generation, generation.forget, args)
-            .await?;
-        let called = format!("{m}:{f}");
-        check_ok(STEP, &self.node, &format!("{called}({member}, false)"), &r)?;
-        tracing::warn!(node = %self.node, %member, "forgot a cluster member");
+        let generation = self.forget_on(&self.node, member).await?;
         self.forget_replicas(member, generation.forget_after).await;
         Ok(())
     }

@@ -128,6 +128,17 @@ pub(super) fn replica_failures(t: &Term) -> Vec<String> {
         .collect()
 }
 
+/// Whether a join answered `{error, {inconsistent_cluster, _}}`: the seed's cluster lists
+/// the joining node as a member that the node itself does not know (a join cut short
+/// once the seed had recorded it).
+pub(super) fn inconsistent_cluster(t: &Term) -> bool {
+    matches!(
+        t.as_tuple(),
+        Some([error, reason]) if error.is_atom("error")
+            && matches!(reason.as_tuple(), Some([tag, _]) if tag.is_atom("inconsistent_cluster"))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +146,18 @@ mod tests {
 
     fn t(s: &str) -> Term {
         parse_term(s).unwrap()
+    }
+
+    #[test]
+    fn an_inconsistent_cluster_is_told_from_other_join_errors() {
+        assert!(inconsistent_cluster(&t(
+            "{error,{inconsistent_cluster,\"Node a@h thinks it's clustered with node b@h, but b@h disagrees\"}}"
+        )));
+        assert!(!inconsistent_cluster(&t(
+            "{error,mnesia_unexpectedly_running}"
+        )));
+        assert!(!inconsistent_cluster(&t("{error,{inconsistent_cluster}}")));
+        assert!(!inconsistent_cluster(&t("ok")));
     }
 
     #[test]
