@@ -513,18 +513,20 @@ impl RabbitMq {
         Ok((self.call(step, node, own, args, timeout).await?, own))
     }
 
-    /// [`call_generation`](Self::call_generation) on the managed node for a call that
-    /// changes it (join, forget, reset), with the application timeout; `{error, R}`
-    /// thrown by RabbitMQ is read as a returned error.
+    /// [`call_generation`](Self::call_generation) on `node` (the managed node, or the
+    /// seed for a forget there) for a call that changes its cluster (join, forget,
+    /// reset), with the application timeout; `{error, R}` thrown by RabbitMQ is read as
+    /// a returned error.
     async fn change(
         &self,
         step: &'static str,
+        node: &NodeName,
         generation: &Generation,
         own: Mfa,
         args: Vec<Term>,
     ) -> Result<(Term, Mfa), FormationError> {
         match self
-            .call_generation(step, &self.node, generation, own, args, self.app_timeout)
+            .call_generation(step, node, generation, own, args, self.app_timeout)
             .await
         {
             Err(e) => thrown_error(e).map(|t| (t, own)),
@@ -724,7 +726,7 @@ impl RabbitMq {
         let args = vec![Term::atom(seed.as_str()), Term::atom("disc")];
         let generation = version.generation();
         let (mut r, (m, f)) = self
-            .change(STEP, generation, generation.join, args.clone())
+            .change(STEP, &self.node, generation, generation.join, args.clone())
             .await?;
         let called = format!("{m}:{f}");
         if inconsistent_cluster(&r) {
@@ -735,7 +737,7 @@ impl RabbitMq {
             tracing::warn!(node = %self.node, %seed, "the seed's cluster lists this node from an interrupted join: forgetting it there and joining again");
             self.forget_on(seed, &self.node).await?;
             r = self
-                .change(STEP, generation, generation.join, args)
+                .change(STEP, &self.node, generation, generation.join, args)
                 .await?
                 .0;
         }
@@ -767,20 +769,9 @@ impl RabbitMq {
         const STEP: &str = "forgetting a member";
         let generation = self.version(on).await?.generation();
         let args = vec![Term::atom(member.as_str()), Term::atom("false")];
-        let (r, (m, f)) = match self
-            .call_generation(
-                STEP,
-                on,
-                generation,
-                generation.forget,
-                args,
-                self.app_timeout,
-            )
-            .await
-        {
-            Err(e) => thrown_error(e).map(|t| (t, generation.forget))?,
-            Ok(ok) => ok,
-        };
+        let (r, (m, f)) = self
+            .change(STEP, on, generation, generation.forget, args)
+            .await?;
         check_ok(STEP, on, &format!("{m}:{f}({member}, false)"), &r)?;
         tracing::warn!(node = %on, %member, "forgot a cluster member");
         Ok(generation)
@@ -790,7 +781,7 @@ impl RabbitMq {
         const STEP: &str = "resetting";
         let generation = version.generation();
         let (r, (m, f)) = self
-            .change(STEP, generation, generation.reset, vec![])
+            .change(STEP, &self.node, generation, generation.reset, vec![])
             .await?;
         check_ok(STEP, &self.node, &format!("{m}:{f}()"), &r)
     }
