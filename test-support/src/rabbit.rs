@@ -287,12 +287,6 @@ impl RabbitNode {
         // First wait until the node's VM has registered with its EPMD (rabbitmqctl gives
         // up at once on a node that is not running yet), then for the boot to finish.
         let deadline = std::time::Instant::now() + timeout;
-        let alive = self.node.split('@').next().unwrap_or_default().to_owned();
-        let epmd = autocluster::epmd::EpmdClient::new(std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            self.epmd_port,
-        )))
-        .with_timeout(Duration::from_secs(1));
         loop {
             if let Some((child, _)) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
@@ -303,9 +297,7 @@ impl RabbitNode {
                     self.log_tail()
                 );
             }
-            if let Ok(names) = epmd.names().await
-                && names.iter().any(|(name, _)| *name == alive)
-            {
+            if self.registered().await == Some(true) {
                 break;
             }
             if std::time::Instant::now() > deadline {
@@ -434,21 +426,13 @@ impl RabbitNode {
         assert!(self.child.is_none(), "{} is still running", self.node);
         // The EPMD forgets the old VM once its connection closes; a new VM registering
         // before that would be refused, and a waiter would take the old entry for it.
-        let alive = self.node.split('@').next().unwrap_or_default().to_owned();
-        let epmd = autocluster::epmd::EpmdClient::new(std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            self.epmd_port,
-        )))
-        .with_timeout(Duration::from_secs(1));
         let mut gone = false;
         for _ in 0..100 {
-            match epmd.names().await {
-                Ok(names) if names.iter().all(|(name, _)| *name != alive) => {
-                    gone = true;
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            if self.registered().await == Some(false) {
+                gone = true;
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !gone {
             eprintln!(
@@ -457,6 +441,19 @@ impl RabbitNode {
             );
         }
         self.spawn().await;
+    }
+
+    /// Whether the node's VM is registered with its EPMD (`None`: the EPMD did not
+    /// answer within 1 s).
+    pub async fn registered(&self) -> Option<bool> {
+        let alive = self.node.split('@').next().unwrap_or_default();
+        let epmd = autocluster::epmd::EpmdClient::new(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            self.epmd_port,
+        )))
+        .with_timeout(Duration::from_secs(1));
+        let names = epmd.names().await.ok()?;
+        Some(names.iter().any(|(name, _)| name == alive))
     }
 
     /// Waits until a [`restart`](Self::restart)ed node has booted; panics, with its log,
@@ -508,33 +505,27 @@ impl RabbitNode {
         kind: &str,
         count: u32,
     ) -> Result<(), String> {
-        let expression = format!(
-            "{AMQP_CHANNEL} \
-             try \
-               {{'queue.declare_ok', _, _, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
-                 <<\"{queue}\">>, false, true, false, false, false, \
-                 [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}]}}), \
-               {{'confirm.select_ok'}} = amqp_channel:call(Ch, {{'confirm.select', false}}), \
-               Props = {{'P_basic', undefined, undefined, undefined, 2, undefined, undefined, \
-                 undefined, undefined, undefined, undefined, undefined, undefined, undefined, \
-                 undefined}}, \
-               [ok = amqp_channel:call(Ch, {{'basic.publish', 0, <<>>, <<\"{queue}\">>, \
-                 false, false}}, {{amqp_msg, Props, integer_to_binary(I)}}) \
-                || I <- lists:seq(1, {count})], \
-               amqp_channel:wait_for_confirms(Ch) \
-             after amqp_connection:close(C) end."
-        );
-        let (ok, out) = self
-            .rabbitmqctl(&["eval", &expression], Duration::from_secs(60))
-            .await;
-        // The answer is the first line (the client may log a warning after it).
-        if ok && out.lines().next().map(str::trim) == Some("true") {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}: {count} messages to {queue} not all confirmed: {out}",
-                self.node
+        let answer = self
+            .amqp_eval(&format!(
+                "{{'queue.declare_ok', _, _, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+                   <<\"{queue}\">>, false, true, false, false, false, \
+                   [{{<<\"x-queue-type\">>, longstr, <<\"{kind}\">>}}]}}), \
+                 {{'confirm.select_ok'}} = amqp_channel:call(Ch, {{'confirm.select', false}}), \
+                 Props = {{'P_basic', undefined, undefined, undefined, 2, undefined, undefined, \
+                   undefined, undefined, undefined, undefined, undefined, undefined, undefined, \
+                   undefined}}, \
+                 [ok = amqp_channel:call(Ch, {{'basic.publish', 0, <<>>, <<\"{queue}\">>, \
+                   false, false}}, {{amqp_msg, Props, integer_to_binary(I)}}) \
+                  || I <- lists:seq(1, {count})], \
+                 amqp_channel:wait_for_confirms(Ch)"
             ))
+            .await;
+        match answer {
+            Ok(answer) if answer == "true" => Ok(()),
+            Ok(answer) | Err(answer) => Err(format!(
+                "{}: {count} messages to {queue} not all confirmed: {answer}",
+                self.node
+            )),
         }
     }
 
@@ -542,21 +533,29 @@ impl RabbitNode {
     /// connection on this node); `None` when the node could not tell (not running, the
     /// queue not available yet).
     pub async fn message_count(&self, queue: &str) -> Option<u64> {
-        let expression = format!(
-            "{AMQP_CHANNEL} \
-             try \
-               {{'queue.declare_ok', _, N, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
-                 <<\"{queue}\">>, true, true, false, false, false, []}}), \
-               N \
-             after amqp_connection:close(C) end."
-        );
+        self.amqp_eval(&format!(
+            "{{'queue.declare_ok', _, N, _}} = amqp_channel:call(Ch, {{'queue.declare', 0, \
+               <<\"{queue}\">>, true, true, false, false, false, []}}), \
+             N"
+        ))
+        .await
+        .ok()?
+        .parse()
+        .ok()
+    }
+
+    /// Evaluates `body` on the node with a direct AMQP connection `C` and channel `Ch`
+    /// open (closed afterwards, whatever `body` does): the first line of the answer, or
+    /// everything `rabbitmqctl eval` printed when it failed.
+    async fn amqp_eval(&self, body: &str) -> Result<String, String> {
+        let expression = format!("{AMQP_CHANNEL} try {body} after amqp_connection:close(C) end.");
         let (ok, out) = self
             .rabbitmqctl(&["eval", &expression], Duration::from_secs(60))
             .await;
-        if ok {
-            out.lines().next()?.trim().parse().ok()
-        } else {
-            None
+        // The answer is the first line (the client may log a warning after it).
+        match out.lines().next() {
+            Some(first) if ok => Ok(first.trim().to_owned()),
+            _ => Err(out),
         }
     }
 

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use autocluster::backend::{Backend, MemoryBackend};
 use autocluster::formation::{
-    Agent, ClusterTarget, FormationConfig, FormationError, Outcome, Probe, RabbitMq,
+    Agent, ClusterTarget, FormationConfig, FormationError, Formed, Outcome, Probe, RabbitMq,
 };
+use autocluster::{Node, NodeName};
 
 use crate::common::{Epmd, RabbitNode, RabbitOptions};
 use crate::rabbitmq_formation::{
@@ -91,6 +92,37 @@ async fn assert_joined_and_nothing_lost(
     );
 }
 
+/// Forms `nodes` one agent after another (the first forms, the others join): what each
+/// agent returned (held to keep the registrations).
+async fn form_in_turn(backend: &Arc<dyn Backend>, probe: &Node, nodes: &[NodeName]) -> Vec<Formed> {
+    let mut formed = Vec::new();
+    for n in nodes {
+        let agent = Agent::new(
+            backend.clone(),
+            Arc::new(RabbitMq::new(probe.clone(), n.clone())),
+            quick(),
+        );
+        formed.push(agent.run().await.expect("formation"));
+    }
+    formed
+}
+
+/// The first two of `nodes` formed, and messages published on the one that is not the
+/// seed: what the agents returned, the seed, the index of that member, and the brokers'
+/// history then.
+async fn two_members_holding_messages(
+    nodes: &[RabbitNode],
+    backend: &Arc<dyn Backend>,
+    probe: &Node,
+) -> (Vec<Formed>, NodeName, usize, Vec<(usize, usize)>) {
+    let names: Vec<NodeName> = nodes[..2].iter().map(name).collect();
+    let formed = form_in_turn(backend, probe, &names).await;
+    let seed = names[0].clone().min(names[1].clone());
+    let member = if seed == names[0] { 1 } else { 0 };
+    publish(&nodes[member]).await;
+    (formed, seed, member, history(nodes))
+}
+
 /// Enables Khepri on brokers that have it as an experimental flag (3.13 - 4.2).
 async fn enable_khepri(nodes: &[RabbitNode]) {
     for n in nodes {
@@ -141,15 +173,7 @@ async fn never_joined_again(khepri: bool) {
     }
     let (s, x, y) = (name(&nodes[0]), name(&nodes[1]), name(&nodes[2]));
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let mut registrations = Vec::new();
-    for n in [&s, &x, &y] {
-        let agent = Agent::new(
-            backend.clone(),
-            Arc::new(RabbitMq::new(probe.clone(), n.clone())),
-            quick(),
-        );
-        registrations.push(agent.run().await.expect("formation"));
-    }
+    let registrations = form_in_turn(&backend, &probe, &[s.clone(), x.clone(), y.clone()]).await;
     let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
     all.sort();
     assert_eq!(cli_status(&nodes[2]).await.0, all);
@@ -338,19 +362,8 @@ async fn killed_mid_join(khepri: bool) {
     }
     let names: Vec<_> = nodes.iter().map(name).collect();
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let mut formed = Vec::new();
-    for n in &names[..2] {
-        let agent = Agent::new(
-            backend.clone(),
-            Arc::new(RabbitMq::new(probe.clone(), n.clone())),
-            quick(),
-        );
-        formed.push(agent.run().await.expect("formation"));
-    }
-    let seed = names[0].clone().min(names[1].clone());
-    let member = if seed == names[0] { 1 } else { 0 };
-    publish(&nodes[member]).await;
-    let before = history(&nodes);
+    let (mut formed, seed, member, before) =
+        two_members_holding_messages(&nodes, &backend, &probe).await;
     let config = FormationConfig {
         lock_ttl: Duration::from_secs(5),
         ..quick()
@@ -454,15 +467,8 @@ async fn forget_removes_a_dead_member_and_its_replicas() {
     let mut nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
     let probe = agent_node(epmd.port(), "localhost").await;
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let mut formed = Vec::new();
-    for n in &nodes {
-        let agent = Agent::new(
-            backend.clone(),
-            Arc::new(RabbitMq::new(probe.clone(), name(n))),
-            quick(),
-        );
-        formed.push(agent.run().await.expect("formation"));
-    }
+    let names: Vec<NodeName> = nodes.iter().map(name).collect();
+    let formed = form_in_turn(&backend, &probe, &names).await;
     let (s, gone) = (name(&nodes[0]), name(&nodes[2]));
     let target = RabbitMq::new(probe.clone(), s.clone());
     let version = target.version(&s).await.unwrap();
@@ -526,19 +532,8 @@ async fn a_broker_killed_once_the_seed_accepted_its_join_is_joined_by_the_next_a
     let probe = agent_node(epmd.port(), "localhost").await;
     let names: Vec<_> = nodes.iter().map(name).collect();
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let mut formed = Vec::new();
-    for n in &names[..2] {
-        let agent = Agent::new(
-            backend.clone(),
-            Arc::new(RabbitMq::new(probe.clone(), n.clone())),
-            quick(),
-        );
-        formed.push(agent.run().await.expect("formation"));
-    }
-    let seed = names[0].clone().min(names[1].clone());
-    let member = if seed == names[0] { 1 } else { 0 };
-    publish(&nodes[member]).await;
-    let before = history(&nodes);
+    let (formed, seed, member, before) =
+        two_members_holding_messages(&nodes, &backend, &probe).await;
     let seed_target = RabbitMq::new(probe.clone(), seed.clone());
     let y = names[2].clone();
     let agent = Agent::new(
