@@ -246,6 +246,22 @@ impl<'a> BrokerTrial<'a> {
         }
     }
 
+    /// Stops etcd `after` from now, for 0.3-3 s, and starts it again; noted (`label`
+    /// first).
+    async fn etcd_outage(&mut self, after: Duration, label: &str) -> Result<(), String> {
+        tokio::time::sleep(after).await;
+        self.etcd.stop().await;
+        let down = Duration::from_millis(self.rng.random_range(300..=3000));
+        tokio::time::sleep(down).await;
+        self.etcd.restart().await?;
+        self.r.notes.push(format!(
+            "{label}etcd down {} ms from {} ms",
+            down.as_millis(),
+            after.as_millis()
+        ));
+        Ok(())
+    }
+
     /// Phase 1: launch and form, with the scenario's fault.
     async fn form(&mut self, scenario: &str) -> Result<(), String> {
         let started = Instant::now();
@@ -334,18 +350,7 @@ impl<'a> BrokerTrial<'a> {
                     _ => self.r.notes.push(format!("agent of {who} took no step")),
                 }
             }
-            "etcd-restart" => {
-                tokio::time::sleep(delay).await;
-                self.etcd.stop().await;
-                let down = Duration::from_millis(self.rng.random_range(300..=3000));
-                tokio::time::sleep(down).await;
-                self.etcd.restart().await?;
-                self.r.notes.push(format!(
-                    "etcd down {} ms from {} ms",
-                    down.as_millis(),
-                    delay.as_millis()
-                ));
-            }
+            "etcd-restart" => self.etcd_outage(delay, "").await?,
             _ => {}
         }
         self.collect(runs).await;
@@ -451,16 +456,7 @@ impl<'a> BrokerTrial<'a> {
         }
         if fault == "etcd-restart" {
             let at = Duration::from_millis(self.rng.random_range(0..=1000));
-            tokio::time::sleep(at).await;
-            self.etcd.stop().await;
-            let down = Duration::from_millis(self.rng.random_range(300..=3000));
-            tokio::time::sleep(down).await;
-            self.etcd.restart().await?;
-            self.r.notes.push(format!(
-                "life: etcd down {} ms from {} ms",
-                down.as_millis(),
-                at.as_millis()
-            ));
+            self.etcd_outage(at, "life: ").await?;
         }
         for (i, outcome) in self.collect(runs).await {
             if !matches!(outcome, Outcome::AlreadyMember { .. }) {
@@ -707,18 +703,15 @@ pub async fn run(
                 ..TrialResult::default()
             };
             let r = trial(s, etcd, scenario, r).await;
-            let elapsed = started.elapsed().as_secs();
             println!(
-                "[{}/{total} {}m{:02}s] {}{}",
-                results.len() + 1,
-                elapsed / 60,
-                elapsed % 60,
-                r.line(),
-                if r.passed() {
-                    String::new()
-                } else {
-                    format!(" (replay: --rabbitmq --scenario {scenario} --replay {seed})")
-                }
+                "{}",
+                super::report::progress(
+                    &r,
+                    results.len() + 1,
+                    total,
+                    started.elapsed(),
+                    "--rabbitmq "
+                )
             );
             record(&r);
             results.push(r);

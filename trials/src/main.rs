@@ -417,24 +417,10 @@ async fn run(args: Args) -> Result<bool, String> {
         settings.lock_ttl,
         machine()
     );
-    let mut results: Vec<TrialResult> = Vec::new();
-    let mut recorder = None;
-    if let Some(path) = &args.record {
-        if args.resume {
-            results = report::read_records(path)
-                .into_iter()
-                .filter(|r| {
-                    r.kind == kind.as_str() && r.backend == backend_name && r.nodes == args.nodes
-                })
-                .collect();
-            println!(
-                "resuming: {} trial(s) already recorded in {}",
-                results.len(),
-                path.display()
-            );
-        }
-        recorder = Some(report::Recorder::open(path)?);
-    }
+    let (mut results, mut recorder) =
+        report::open_record(args.record.as_deref(), args.resume, |r| {
+            r.kind == kind.as_str() && r.backend == backend_name && r.nodes == args.nodes
+        })?;
     let total: usize = scenarios
         .iter()
         .filter(|s| s.unsupported(kind, args.nodes).is_none())
@@ -484,18 +470,9 @@ async fn run(args: Args) -> Result<bool, String> {
             let r = t.r.clone();
             drop(t);
             done_now += 1;
-            let elapsed = run_started.elapsed().as_secs();
             println!(
-                "[{}/{total} {}m{:02}s] {}{}",
-                results.len() + 1,
-                elapsed / 60,
-                elapsed % 60,
-                r.line(),
-                if r.passed() {
-                    String::new()
-                } else {
-                    format!(" (replay: --scenario {} --replay {})", r.scenario, r.seed)
-                }
+                "{}",
+                report::progress(&r, results.len() + 1, total, run_started.elapsed(), "")
             );
             if let Some(rec) = recorder.as_mut() {
                 rec.write(&r);
@@ -571,22 +548,8 @@ async fn run_brokers(args: Args) -> Result<bool, String> {
         machine()
     );
     let kind = format!("{}-{}", broker::KIND, peers.rabbitmq_version());
-    let mut results: Vec<TrialResult> = Vec::new();
-    let mut recorder = None;
-    if let Some(path) = &args.record {
-        if args.resume {
-            results = report::read_records(path)
-                .into_iter()
-                .filter(|r| r.kind == kind)
-                .collect();
-            println!(
-                "resuming: {} trial(s) already recorded in {}",
-                results.len(),
-                path.display()
-            );
-        }
-        recorder = Some(report::Recorder::open(path)?);
-    }
+    let (mut results, mut recorder) =
+        report::open_record(args.record.as_deref(), args.resume, |r| r.kind == kind)?;
     let plan = broker::Run {
         scenarios: scenarios.clone(),
         per_scenario,

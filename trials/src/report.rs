@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -171,6 +172,54 @@ impl TrialResult {
             notes: strings("notes"),
         })
     }
+}
+
+/// The progress line of a finished trial: `[done/total XmYYs] <line>`, and for a failed
+/// trial the command flags that replay it (`extra` goes before them, e.g. `--rabbitmq `).
+pub fn progress(
+    r: &TrialResult,
+    done: usize,
+    total: usize,
+    elapsed: Duration,
+    extra: &str,
+) -> String {
+    let secs = elapsed.as_secs();
+    let replay = if r.passed() {
+        String::new()
+    } else {
+        format!(
+            " (replay: {extra}--scenario {} --replay {})",
+            r.scenario, r.seed
+        )
+    };
+    format!(
+        "[{done}/{total} {}m{:02}s] {}{replay}",
+        secs / 60,
+        secs % 60,
+        r.line()
+    )
+}
+
+/// Opens the record file, if any: with `resume`, also the trials it already holds that
+/// `keep` accepts (printing how many).
+pub fn open_record(
+    path: Option<&Path>,
+    resume: bool,
+    keep: impl Fn(&TrialResult) -> bool,
+) -> Result<(Vec<TrialResult>, Option<Recorder>), String> {
+    let Some(path) = path else {
+        return Ok((Vec::new(), None));
+    };
+    let mut results = Vec::new();
+    if resume {
+        results = read_records(path).into_iter().filter(|r| keep(r)).collect();
+        println!(
+            "resuming: {} trial(s) already recorded in {}",
+            results.len(),
+            path.display()
+        );
+    }
+    Ok((results, Some(Recorder::open(path)?)))
 }
 
 /// Appends records to a file, one JSON object a line, flushed after each.
