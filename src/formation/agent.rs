@@ -17,7 +17,8 @@ use crate::backend::{
 use super::cleanup::{self, CleanupAction, CleanupState};
 use super::plan::{self, Decision, Facts};
 use super::seed::{SeedChoice, SeedOrder, SeedPolicy, Selector};
-use super::target::{ClusterTarget, Probe, Stage, Step};
+use super::split::{self, Survey, Verdict};
+use super::target::{ClusterTarget, Membership, Probe, Stage, Step};
 use super::{
     FailurePolicy, FormationConfig, FormationError, FormationEvent, Formed, Metrics,
     MetricsSnapshot, Outcome,
@@ -338,7 +339,10 @@ impl Agent {
                 &listed,
             )
             .await?;
-        let (outcome, pending) = match self.decide(&choice, &listed, None).await? {
+        let (outcome, pending) = match self
+            .decide(&choice, &listed, None, self.inner.config.allow_reset)
+            .await?
+        {
             Planned::Wait(seed) => {
                 // Only a deterministic seed is waited for; there is none with a lock.
                 return Err(FormationError::SeedUnavailable {
@@ -363,6 +367,7 @@ impl Agent {
         choice: &SeedChoice,
         listed: &[RegisteredNode],
         deterministic: Option<&NodeName>,
+        allow_reset: bool,
     ) -> Result<Planned, FormationError> {
         let target = &self.inner.target;
         let registered: Vec<NodeName> = listed.iter().map(|r| r.node.clone()).collect();
@@ -374,7 +379,7 @@ impl Agent {
             let facts = Facts::new(self.node(), choice, &inspection)
                 .registered(&registered)
                 .deterministic(deterministic)
-                .allow_reset(self.inner.config.allow_reset)
+                .allow_reset(allow_reset)
                 .resumed(resumed)
                 .was_booting(was_booting);
             let decision = plan::plan(&facts);
@@ -538,7 +543,10 @@ impl Agent {
         loop {
             let listed = self.list().await?;
             let choice = self.choose_seed(&policy, &listed).await?;
-            match self.decide(&choice, &listed, Some(&det)).await? {
+            match self
+                .decide(&choice, &listed, Some(&det), self.inner.config.allow_reset)
+                .await?
+            {
                 Planned::Settled(outcome, pending) => {
                     if let Some(pending) = pending {
                         self.finish(pending).await?;
@@ -643,60 +651,31 @@ impl Agent {
             return;
         }
         if let Ok(listed) = &listing {
-            let mut my_group: Vec<NodeName> = membership.running_members.clone();
-            if !my_group.contains(&me) {
-                my_group.push(me.clone());
-            }
-            my_group.sort();
-            let mut groups: Vec<Vec<NodeName>> = vec![my_group.clone()];
-            for r in listed.iter().filter(|r| r.node != me) {
-                if my_group.contains(&r.node) {
-                    continue;
-                }
-                // A registered node outside our running members: a member we lost (the
-                // node still lists it, as RabbitMQ does, or it still runs with some of
-                // our members: an Erlang mesh forgets a lost node), or another cluster.
-                let probe = self.probe(&r.node).await.ok().filter(|p| p.live);
-                let ours = membership.members.contains(&r.node)
-                    || probe.as_ref().is_some_and(|p| {
-                        p.membership
-                            .running_members
-                            .iter()
-                            .any(|m| *m != r.node && my_group.contains(m))
-                    });
-                if ours {
-                    match target.reconnect(&r.node).await {
-                        Ok(true) => {
-                            tracing::info!(member = %r.node, "reconnected a registered member");
-                            Metrics::bump(&self.inner.metrics.reconnects);
-                            self.emit(FormationEvent::Reconnected(r.node.clone()));
-                        }
-                        Ok(false) => {
-                            tracing::debug!(member = %r.node, "registered member still unreachable")
-                        }
-                        Err(e) => tracing::warn!(member = %r.node, error = %e, "reconnect failed"),
+            let survey = self.survey(&membership, listed).await;
+            for member in &survey.ours {
+                match target.reconnect(member).await {
+                    Ok(true) => {
+                        tracing::info!(%member, "reconnected a registered member");
+                        Metrics::bump(&self.inner.metrics.reconnects);
+                        self.emit(FormationEvent::Reconnected(member.clone()));
                     }
-                    continue;
-                }
-                // Splits: registered live nodes whose clusters do not overlap ours.
-                if let Some(p) = probe
-                    && !groups.iter().any(|g| g.contains(&r.node))
-                {
-                    let mut g = p.membership.running_members.clone();
-                    if !g.contains(&r.node) {
-                        g.push(r.node.clone());
+                    Ok(false) => {
+                        tracing::debug!(%member, "registered member still unreachable")
                     }
-                    g.sort();
-                    groups.push(g);
+                    Err(e) => tracing::warn!(%member, error = %e, "reconnect failed"),
                 }
             }
-            if groups.len() > 1 {
+            let verdict = split::verdict(&me, &membership, &survey.groups);
+            if verdict != Verdict::United {
                 tracing::error!(
-                    ?groups,
+                    groups = ?survey.groups,
                     "split detected: registered nodes form separate clusters"
                 );
                 Metrics::bump(&self.inner.metrics.splits);
-                self.emit(FormationEvent::SplitDetected(groups));
+                self.emit(FormationEvent::SplitDetected(survey.groups));
+            }
+            if let Verdict::Rejoin { seed } = verdict {
+                self.rejoin(seed).await;
             }
         }
         if !run_cleanup {
@@ -736,6 +715,84 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Probes the registered nodes outside the managed node's running members and sorts
+    /// them ([`split::survey`]).
+    async fn survey(&self, membership: &Membership, listed: &[RegisteredNode]) -> Survey {
+        let me = self.node();
+        let mut probes = Vec::new();
+        for r in listed {
+            if r.node == *me
+                || membership.running_members.contains(&r.node)
+                || probes.iter().any(|(n, _)| *n == r.node)
+            {
+                continue;
+            }
+            let probe = self.probe(&r.node).await.ok().filter(|p| p.live);
+            probes.push((r.node.clone(), probe));
+        }
+        split::survey(me, membership, &probes)
+    }
+
+    /// Mends a split where the managed node is a cluster of one beside a larger cluster
+    /// ([`Verdict::Rejoin`]), when the configuration allows it and the backend has a
+    /// startup lock: under the lock, reads the facts again and joins that cluster if the
+    /// node still is alone and holds nothing. Any failure is logged; the next round tries
+    /// again.
+    async fn rejoin(&self, seed: NodeName) {
+        if !self.inner.config.heal_splits || !self.inner.backend.supports_lock() {
+            tracing::warn!(%seed, "this node is a cluster of one beside a larger cluster: not joining it (heal_splits is off, or the backend has no startup lock)");
+            return;
+        }
+        tracing::warn!(%seed, "this node is a cluster of one beside a larger cluster: joining it, if it holds nothing");
+        match self
+            .rejoin_steps()
+            .instrument(tracing::info_span!("rejoin", %seed))
+            .await
+        {
+            Ok(Some(seed)) => {
+                tracing::warn!(%seed, "split mended: joined the cluster that formed beside this node");
+                self.emit(FormationEvent::SplitMended(seed));
+            }
+            Ok(None) => tracing::info!("the split was gone when read again under the lock"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not mend the split: this node stays apart")
+            }
+        }
+    }
+
+    /// [`rejoin`](Self::rejoin) under the lock; the seed joined, or `None` when the facts
+    /// read again show no split this node should mend.
+    async fn rejoin_steps(&self) -> Result<Option<NodeName>, FormationError> {
+        let guard = self.take_lock().await?;
+        let decided = async {
+            let listed = self.list().await?;
+            let membership = self.inner.target.membership().await?;
+            let survey = self.survey(&membership, &listed).await;
+            let Verdict::Rejoin { seed } = split::verdict(self.node(), &membership, &survey.groups)
+            else {
+                return Ok(None);
+            };
+            let choice = SeedChoice {
+                seed: Some(seed.clone()),
+                ..SeedChoice::default()
+            };
+            // Never a reset: a node holding data is an operator's to move.
+            match self.decide(&choice, &listed, None, false).await? {
+                Planned::Settled(_, pending) => Ok(Some((seed, pending))),
+                Planned::Wait(_) => Ok(None),
+            }
+        }
+        .await;
+        self.release(guard).await;
+        let Some((seed, pending)) = decided? else {
+            return Ok(None);
+        };
+        if let Some(pending) = pending {
+            self.finish(pending).await?;
+        }
+        Ok(Some(seed))
     }
 
     /// Leaves the cluster gracefully (scale-down): deregisters first, so that no node

@@ -45,8 +45,9 @@
 //!    (return the error) or [`FailurePolicy::Ignore`] (log it, run standalone).
 //!
 //! After formation, [`Agent::watch`] keeps going: it reconnects registered members that
-//! are disconnected, detects and reports splits, and runs the [cleanup] of dead
-//! members; [`Agent::leave`] deregisters first and then leaves the cluster.
+//! are disconnected, detects and reports splits, mends the one kind of split a lock
+//! cannot prevent (an empty cluster of one beside a larger cluster: [`split`]), and
+//! runs the [cleanup] of dead members; [`Agent::leave`] deregisters first and then leaves the cluster.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -73,6 +74,7 @@ mod native;
 pub mod plan;
 mod rabbitmq;
 pub mod seed;
+pub mod split;
 mod target;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +144,11 @@ pub struct FormationConfig {
     pub cleanup: CleanupConfig,
     /// Time between checks while watching (default 10 s).
     pub watch_interval: Duration,
+    /// While watching, mend a split where the managed node is a cluster of one beside a
+    /// larger cluster: join that cluster, under the startup lock, when the node holds
+    /// nothing ([`split`]; default true). A node holding data, and a cluster of several,
+    /// are reported and never moved.
+    pub heal_splits: bool,
 }
 
 impl Default for FormationConfig {
@@ -160,6 +167,7 @@ impl Default for FormationConfig {
             register: true,
             cleanup: CleanupConfig::default(),
             watch_interval: Duration::from_secs(10),
+            heal_splits: true,
         }
     }
 }
@@ -428,6 +436,9 @@ pub enum FormationEvent {
     /// While watching: registered nodes form separate groups that do not list each
     /// other.
     SplitDetected(Vec<Vec<NodeName>>),
+    /// While watching: the managed node, a cluster of one beside a larger cluster,
+    /// joined it, through this node ([`FormationConfig::heal_splits`]).
+    SplitMended(NodeName),
     /// While watching: cleanup forgot a member.
     Forgot(NodeName),
     /// While watching: cleanup would forget a member (warn-only).

@@ -178,3 +178,181 @@ async fn allowed_resets_are_carried_out_as_one_join_with_reset() {
         }]
     );
 }
+
+/// A managed node `rabbit@a` running alone beside `rabbit@b` and `rabbit@c`, who formed
+/// a cluster without it, until a join adds it to theirs.
+#[derive(Debug)]
+struct Apart {
+    node: NodeName,
+    data: DataState,
+    calls: Mutex<Calls>,
+}
+
+impl Apart {
+    fn new(data: DataState) -> Arc<Apart> {
+        Arc::new(Apart {
+            node: n("rabbit@a"),
+            data,
+            calls: Mutex::new(Calls::default()),
+        })
+    }
+
+    fn view(&self) -> Membership {
+        if self.calls.lock().unwrap().joined {
+            Membership::running(vec![n("rabbit@a"), n("rabbit@b"), n("rabbit@c")])
+        } else {
+            Membership::running(vec![n("rabbit@a")])
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for Apart {
+    fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    fn kind(&self) -> &'static str {
+        "apart"
+    }
+
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        let mut view = Membership::running(vec![n("rabbit@b"), n("rabbit@c")]);
+        if self.calls.lock().unwrap().joined {
+            view = self.view();
+        }
+        Ok(Probe::live(node.clone(), view))
+    }
+
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        self.calls.lock().unwrap().memberships += 1;
+        Ok(self.view())
+    }
+
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        self.calls.lock().unwrap().inspections += 1;
+        Ok(Inspection::of(self.view()))
+    }
+
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        self.calls.lock().unwrap().inventories += 1;
+        Ok(self.data.clone())
+    }
+
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        let mut calls = self.calls.lock().unwrap();
+        calls.steps.push(step.clone());
+        if matches!(step, Step::Join { .. }) {
+            calls.joined = true;
+        }
+        Ok(Stage::Complete)
+    }
+
+    async fn reconnect(&self, _member: &NodeName) -> Result<bool, FormationError> {
+        Ok(true)
+    }
+
+    async fn forget(&self, _member: &NodeName) -> Result<(), FormationError> {
+        Ok(())
+    }
+}
+
+/// Runs one watch round of `rabbit@a`, registered with `rabbit@b` and `rabbit@c`;
+/// returns the events it published.
+async fn watch_apart(target: Arc<Apart>, config: FormationConfig) -> Vec<FormationEvent> {
+    let backend = Arc::new(MemoryBackend::new());
+    let mut handles = Vec::new();
+    for node in ["rabbit@a", "rabbit@b", "rabbit@c"] {
+        handles.push(
+            backend
+                .register(Registration::new(n(node), Duration::from_secs(60)))
+                .await
+                .unwrap(),
+        );
+    }
+    let agent = Agent::new(backend, target, config);
+    let mut events = agent.events();
+    agent.watch_once(&mut CleanupState::new(), false).await;
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    seen
+}
+
+#[tokio::test]
+async fn an_empty_cluster_of_one_beside_a_larger_cluster_joins_it_while_watching() {
+    let target = Apart::new(DataState::Empty);
+    let events = watch_apart(target.clone(), FormationConfig::default()).await;
+    let calls = target.calls.lock().unwrap();
+    assert_eq!(
+        calls.steps,
+        vec![Step::Join {
+            seed: n("rabbit@b"),
+            reset: false
+        }]
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::SplitDetected(g) if g.len() == 2)),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::SplitMended(s) if *s == n("rabbit@b"))),
+        "{events:?}"
+    );
+    // Under the startup lock.
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::LockAcquired { .. })),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_of_one_holding_data_is_reported_never_reset_even_with_allow_reset() {
+    let target = Apart::new(DataState::HasData(vec!["1 queue in /: orders".into()]));
+    let config = FormationConfig {
+        allow_reset: true,
+        ..FormationConfig::default()
+    };
+    let events = watch_apart(target.clone(), config).await;
+    let calls = target.calls.lock().unwrap();
+    assert!(calls.steps.is_empty(), "{:?}", calls.steps);
+    assert_eq!(calls.inventories, 1, "the data was read under the lock");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::SplitDetected(_))),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::SplitMended(_))),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_heal_splits_off_a_split_is_only_reported() {
+    let target = Apart::new(DataState::Empty);
+    let config = FormationConfig {
+        heal_splits: false,
+        ..FormationConfig::default()
+    };
+    let events = watch_apart(target.clone(), config).await;
+    let calls = target.calls.lock().unwrap();
+    assert!(calls.steps.is_empty(), "{:?}", calls.steps);
+    assert_eq!(calls.inventories, 0);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FormationEvent::SplitDetected(_))),
+        "{events:?}"
+    );
+}
