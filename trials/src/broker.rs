@@ -20,6 +20,10 @@
 //! broker); `broker-killed` (a broker's VM gets SIGKILL at a random moment of its agent's
 //! join or form and is restarted with its data; its agent keeps running); `etcd-restart`
 //! (etcd killed during formation and restarted 0.3-3 s later).
+//!
+//! Every agent that formed keeps watching ([`Agent::watch`], a round a second), as the
+//! `autocluster agent` sidecar does: a split the watch mends is noted, and the cluster
+//! must be one within 30 s of formation.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,8 +31,8 @@ use std::time::{Duration, Instant};
 use autocluster::backend::Backend;
 use autocluster::backend::etcd::{EtcdBackend, EtcdConfig};
 use autocluster::formation::{
-    Agent, ClusterTarget, DataState, FormationConfig, FormationError, Formed, Inspection,
-    Membership, Outcome, Probe, RabbitMq, Stage, Step,
+    Agent, ClusterTarget, DataState, FormationConfig, FormationError, FormationEvent, Formed,
+    Inspection, Membership, Outcome, Probe, RabbitMq, Stage, Step, WatchHandle,
 };
 use autocluster::{Cookie, Node, NodeName};
 use autocluster_test_support::{Epmd, RabbitNode, RabbitOptions, unique_name};
@@ -83,6 +87,7 @@ fn config(s: &BrokerSettings) -> FormationConfig {
         lock_ttl: s.lock_ttl,
         lock_wait: Duration::from_secs(90),
         seed_wait: Duration::from_secs(60),
+        watch_interval: Duration::from_secs(1),
         ..FormationConfig::default()
     }
 }
@@ -149,20 +154,51 @@ impl ClusterTarget for Signalling {
     }
 }
 
+/// An agent that formed, still watching.
+struct Running {
+    formed: Formed,
+    /// Stops the watch when dropped.
+    _watch: WatchHandle,
+    events: tokio::sync::broadcast::Receiver<FormationEvent>,
+}
+
+impl Running {
+    /// The seeds of the splits this agent mended since last asked.
+    fn mended(&mut self) -> Vec<NodeName> {
+        let mut seeds = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            if let FormationEvent::SplitMended(seed) = event {
+                seeds.push(seed);
+            }
+        }
+        seeds
+    }
+}
+
 /// Runs an agent beside a broker that may still be booting: waits until the broker
-/// answers, then runs it, all within `deadline`.
-async fn run_agent(agent: Agent, deadline: Duration) -> Result<Result<Formed, FormationError>, ()> {
+/// answers, then runs it, all within `deadline`; an agent that formed keeps watching.
+async fn run_agent(
+    agent: Agent,
+    deadline: Duration,
+) -> Result<Result<Running, FormationError>, ()> {
     tokio::time::timeout(deadline, async move {
         while agent.target().membership().await.is_err() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        agent.run().await
+        let events = agent.events();
+        let formed = agent.run().await?;
+        let watch = agent.watch(&formed);
+        Ok(Running {
+            formed,
+            _watch: watch,
+            events,
+        })
     })
     .await
     .map_err(|_| ())
 }
 
-type AgentRun = tokio::task::JoinHandle<Result<Result<Formed, FormationError>, ()>>;
+type AgentRun = tokio::task::JoinHandle<Result<Result<Running, FormationError>, ()>>;
 
 /// One broker trial.
 struct BrokerTrial<'a> {
@@ -175,7 +211,7 @@ struct BrokerTrial<'a> {
     probe: Node,
     brokers: Vec<RabbitNode>,
     names: Vec<NodeName>,
-    formed: Vec<Option<Formed>>,
+    formed: Vec<Option<Running>>,
     /// Brokers restarted by [`supervise`](Self::supervise) in this trial.
     halts: usize,
     /// Per broker, restarts by [`supervise`](Self::supervise).
@@ -206,9 +242,9 @@ impl<'a> BrokerTrial<'a> {
         let mut outcomes = Vec::new();
         for (i, run) in runs {
             match run.await {
-                Ok(Ok(Ok(formed))) => {
-                    outcomes.push((i, formed.outcome.clone()));
-                    self.formed[i] = Some(formed);
+                Ok(Ok(Ok(running))) => {
+                    outcomes.push((i, running.formed.outcome.clone()));
+                    self.formed[i] = Some(running);
                 }
                 Ok(Ok(Err(e))) => {
                     *self.r.errors.entry(error_kind(&e)).or_default() += 1;
@@ -472,6 +508,17 @@ impl<'a> BrokerTrial<'a> {
     async fn run(&mut self, scenario: &str) -> Result<(), String> {
         self.form(scenario).await?;
         self.r.formed = self.one_cluster(Duration::from_secs(30)).await;
+        for i in 0..BROKERS {
+            let mended = self.formed[i].as_mut().map(Running::mended);
+            for seed in mended.unwrap_or_default() {
+                self.r.incomplete_at_return = true;
+                self.r.notes.push(format!(
+                    "split mended: {} joined {} while watching",
+                    short(&self.names[i]),
+                    short(&seed)
+                ));
+            }
+        }
         if !self.r.formed {
             return Ok(());
         }
@@ -555,8 +602,8 @@ impl<'a> BrokerTrial<'a> {
                 .push(format!("harness: cannot restart etcd: {e}"));
         }
         for f in &mut self.formed {
-            if let Some(formed) = f.take()
-                && let Some(reg) = formed.registration
+            if let Some(running) = f.take()
+                && let Some(reg) = running.formed.registration
             {
                 let _ = tokio::time::timeout(Duration::from_secs(3), reg.deregister()).await;
             }

@@ -31,7 +31,8 @@ pub struct TrialResult {
     /// More than one cluster among live members whose agents reported success.
     pub split: bool,
     /// The live members were not one cluster yet when the agents returned, and the
-    /// first watch round made them one (or not: then `split`).
+    /// agents' watch made them one (or not: then `split`): erl trials, the first round
+    /// (run at once after formation); broker trials, a split the watch mended.
     pub incomplete_at_return: bool,
     /// Live members that cleanup forgot.
     pub forgotten: usize,
@@ -83,7 +84,7 @@ impl TrialResult {
         if self.split {
             s.push_str(" SPLIT");
         } else if self.incomplete_at_return {
-            s.push_str(" (one after the first watch round)");
+            s.push_str(" (one through the watch)");
         }
         if self.forgotten > 0 {
             s.push_str(&format!(" FORGOTTEN={}", self.forgotten));
@@ -384,8 +385,8 @@ pub fn summary(results: &[TrialResult]) -> Totals {
     }
     println!("{}", total.render("total"));
     println!(
-        "* watch: trials whose live members became one cluster only in the agents' first watch round \
-         (Agent::watch runs one at once after formation)"
+        "* watch: trials whose live members became one cluster only through the agents' watch \
+         (erl: its first round, run at once after formation; brokers: a split it mended)"
     );
     if errors.is_empty() {
         println!("agent errors by kind: none");
