@@ -2,8 +2,9 @@
 //! brokers (the host's 3.10; `scripts/peers-matrix` runs the same tests on 4.0 and 4.3,
 //! and the Khepri variants with `--ignored`): a member of the seed's cluster is never
 //! joined again, an agent killed in the middle of a join is finished by the next one, a
-//! survivor of a lost Khepri majority is neither formed from nor reset, and a forgotten
-//! broker leaves no replica behind.
+//! survivor of a lost Khepri majority is neither formed from nor reset, a forgotten
+//! broker leaves no replica behind, and a broker that formed alone and died before anybody
+//! joined it is brought into the cluster formed without it only while it holds nothing.
 //!
 //! What counts as proof: persistent, publisher-confirmed messages in a durable classic
 //! queue and a quorum queue on a member that is not the seed, all counted afterwards; no
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use autocluster::backend::{Backend, MemoryBackend};
 use autocluster::formation::{
-    Agent, ClusterTarget, FormationConfig, FormationError, Formed, Outcome, Probe, RabbitMq,
+    Agent, CleanupState, ClusterTarget, FormationConfig, FormationError, FormationEvent, Formed,
+    Outcome, Probe, RabbitMq,
 };
 use autocluster::{Node, NodeName};
 
@@ -597,4 +599,129 @@ async fn a_broker_killed_once_the_seed_accepted_its_join_is_joined_by_the_next_a
     // The members were neither reset nor restarted (the joiners held nothing).
     assert_joined_and_nothing_lost(&nodes, member, &before).await;
     drop((formed, next));
+}
+
+/// Restarts `nodes[i]` with its data and waits until its application runs (restarting it
+/// again when it halts at boot, as a container runtime would; 3 times at most).
+async fn restart_until_running(nodes: &mut [RabbitNode], i: usize, probe: &Node) {
+    let node = name(&nodes[i]);
+    nodes[i].restart().await;
+    let mut halts = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !is_running(probe, &node).await {
+        if nodes[i].exited() {
+            halts += 1;
+            assert!(halts <= 3, "{node} halted at boot {halts} times");
+            nodes[i].restart().await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not boot again\n{}",
+            nodes[i].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One watch round of `agent`: whether it reported a split, and the seed it joined to
+/// mend one, if it did.
+async fn watch_once(agent: &Agent) -> (bool, Option<NodeName>) {
+    let mut events = agent.events();
+    agent.watch_round(&mut CleanupState::new(), false).await;
+    let (mut split, mut mended) = (false, None);
+    while let Ok(event) = events.try_recv() {
+        match event {
+            FormationEvent::SplitDetected(_) => split = true,
+            FormationEvent::SplitMended(seed) => mended = Some(seed),
+            _ => {}
+        }
+    }
+    (split, mended)
+}
+
+/// The split a lock cannot prevent: the broker that sorts first forms alone and
+/// registers, and is killed before anybody joins it; the other two prove it down and form
+/// a cluster without it; it is restarted with its data, a cluster of one, still
+/// registered. While it holds messages, its agent's watch reports the split and moves
+/// nothing, `allow_reset` or not. Once its queues are deleted, the next round joins it to
+/// the other cluster: three members, the other cluster's messages all there, and its two
+/// members neither reset nor restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_formed_and_died_before_anybody_joined_is_brought_in_only_when_empty() {
+    let _turn = RABBIT_TURN.lock().await;
+    let epmd = Epmd::start().await;
+    let mut nodes = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let probe = agent_node(epmd.port(), "localhost").await;
+    let names: Vec<NodeName> = nodes.iter().map(name).collect();
+    let first = (0..3).min_by_key(|&i| names[i].clone()).unwrap_or(0);
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let lone = Agent::new(
+        backend.clone(),
+        Arc::new(RabbitMq::new(probe.clone(), names[first].clone())),
+        FormationConfig {
+            allow_reset: true,
+            ..quick()
+        },
+    );
+    let lone_formed = lone.run().await.expect("the first broker forms");
+    assert_eq!(lone_formed.outcome, Outcome::FormedNew);
+    nodes[first].kill().await;
+
+    let pair: Vec<NodeName> = others.iter().map(|&i| names[i].clone()).collect();
+    let formed = form_in_turn(&backend, &probe, &pair).await;
+    assert_eq!(
+        formed[0].outcome,
+        Outcome::FormedNew,
+        "the first broker, proven down, is no seed"
+    );
+    let pair_seed = pair[0].clone().min(pair[1].clone());
+    let member = others
+        .iter()
+        .copied()
+        .find(|&i| names[i] != pair_seed)
+        .unwrap_or(others[1]);
+    publish(&nodes[member]).await;
+
+    restart_until_running(&mut nodes, first, &probe).await;
+    publish(&nodes[first]).await;
+    let before = history(&nodes);
+    let (split, mended) = watch_once(&lone).await;
+    assert!(split, "the split is reported");
+    assert_eq!(mended, None, "a broker holding messages is not moved");
+    assert_every_message(&nodes[first]).await;
+    assert_eq!(history(&nodes), before, "nobody reset or restarted");
+
+    for (queue, _) in QUEUES {
+        let (ok, out) = nodes[first]
+            .rabbitmqctl(&["delete_queue", queue], Duration::from_secs(60))
+            .await;
+        assert!(ok, "deleting {queue}: {out}");
+    }
+    let (split, mended) = watch_once(&lone).await;
+    assert!(split);
+    assert_eq!(
+        mended,
+        Some(pair_seed),
+        "the empty broker joins the larger cluster"
+    );
+    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
+    all.sort();
+    for n in &nodes {
+        let (disk, running, _) = cli_status(n).await;
+        assert_eq!(
+            (disk, running),
+            (all.clone(), all.clone()),
+            "on {}",
+            n.node()
+        );
+    }
+    assert_every_message(&nodes[member]).await;
+    let after = history(&nodes);
+    for &i in &others {
+        assert_eq!(after[i], before[i], "(resets, starts) of {}", names[i]);
+    }
+    let (split, mended) = watch_once(&lone).await;
+    assert_eq!((split, mended), (false, None), "one cluster afterwards");
+    drop((lone_formed, formed));
 }
