@@ -553,6 +553,10 @@ mod client {
             NAME
         }
 
+        fn lists_contact_points(&self) -> bool {
+            true
+        }
+
         fn supports_registration(&self) -> bool {
             false
         }

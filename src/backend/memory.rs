@@ -152,6 +152,8 @@ pub struct MemoryBackend {
     inner: Arc<Inner>,
     keepalive: KeepAliveOptions,
     timings: Timings,
+    /// The registry of candidates ([`Backend::candidates`]), shared by clones.
+    candidates: Arc<std::sync::OnceLock<MemoryBackend>>,
 }
 
 impl fmt::Debug for MemoryBackend {
@@ -189,6 +191,7 @@ impl MemoryBackend {
             }),
             keepalive: KeepAliveOptions::default(),
             timings: Timings::default(),
+            candidates: Arc::new(std::sync::OnceLock::new()),
         }
     }
 
@@ -506,6 +509,16 @@ impl Backend for MemoryBackend {
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
+    }
+
+    /// A second registry, shared by this backend's clones.
+    fn candidates(&self) -> Option<Arc<dyn Backend>> {
+        let registry = self.candidates.get_or_init(|| {
+            MemoryBackend::new()
+                .with_keepalive(self.keepalive.clone())
+                .with_timings(self.timings)
+        });
+        Some(Arc::new(registry.clone()))
     }
 
     fn timings(&self) -> Timings {

@@ -126,11 +126,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::NodeName;
 
-mod config;
+pub(crate) mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
@@ -319,6 +320,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The timings the operator configured for this backend. Default: none.
     fn timings(&self) -> Timings {
         Timings::default()
+    }
+
+    /// Whether [`list_nodes`](Self::list_nodes) lists nodes whatever their membership (a
+    /// static list, DNS records, Kubernetes endpoints): the listing is then the formation
+    /// engine's contact points
+    /// ([`FormGate`](crate::formation::FormGate)). Default: false (nodes register once
+    /// they are members).
+    fn lists_contact_points(&self) -> bool {
+        false
+    }
+
+    /// For a backend whose nodes register once they are members: a backend of the same
+    /// kind, on the same service, where nodes register as *candidates* before they are
+    /// members, under keys RabbitMQ's own peer discovery does not read. The formation
+    /// engine's contact points ([`FormGate`](crate::formation::FormGate)). Default: none.
+    fn candidates(&self) -> Option<Arc<dyn Backend>> {
+        None
     }
 }
 

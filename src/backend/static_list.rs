@@ -187,6 +187,10 @@ impl Backend for StaticBackend {
         NAME
     }
 
+    fn lists_contact_points(&self) -> bool {
+        true
+    }
+
     fn supports_registration(&self) -> bool {
         false
     }

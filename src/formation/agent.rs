@@ -68,6 +68,8 @@ struct AgentInner {
     config: FormationConfig,
     events: broadcast::Sender<FormationEvent>,
     metrics: Metrics,
+    /// The contact points seen, for the form gate's stable margin.
+    contacts: std::sync::Mutex<super::gate::History>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -95,6 +97,9 @@ impl Agent {
                 config,
                 events,
                 metrics: Metrics::default(),
+                contacts: std::sync::Mutex::new(super::gate::History::new(
+                    std::time::Instant::now(),
+                )),
             }),
         }
     }
@@ -158,9 +163,22 @@ impl Agent {
             let cfg = &self.inner.config;
             let mut delay = cfg.backoff_initial;
             let mut attempt = 0;
+            let mut candidate = None;
             let error = loop {
                 attempt += 1;
-                match self.attempt().instrument(tracing::info_span!("attempt", attempt)).await {
+                let result = async {
+                    if candidate.is_none() {
+                        candidate = self.register_candidate().await?;
+                    }
+                    self.attempt().await
+                };
+                let result = result.instrument(tracing::info_span!("attempt", attempt)).await;
+                let retry = matches!(&result, Err(e) if e.is_retryable() && attempt < cfg.max_attempts.max(1));
+                if !retry && let Some(c) = candidate.take() {
+                    // The run ends: it is a contact point no more.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), c.deregister()).await;
+                }
+                match result {
                     Ok((outcome, registration, fencing_token)) => {
                         tracing::info!(%outcome, attempts = attempt, elapsed_ms = started.elapsed().as_millis() as u64, "formation finished");
                         self.emit(FormationEvent::Finished(outcome.clone()));
@@ -407,6 +425,9 @@ impl Agent {
                 }
                 Decision::WaitForSeed(seed) => return Ok(Planned::Wait(seed)),
                 Decision::Execute(step) => {
+                    if matches!(step, Step::Form | Step::BootJoin { seed: None }) {
+                        self.gate_form().await?;
+                    }
                     if let Step::Join { seed, reset: true } = &step {
                         tracing::warn!(%seed, data = ?inspection.data, "resetting the node to join (allowed by configuration)");
                     }
@@ -832,6 +853,8 @@ impl Drop for WatchHandle {
         self.task.abort();
     }
 }
+
+mod contacts;
 
 #[cfg(test)]
 mod tests;

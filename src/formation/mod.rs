@@ -69,6 +69,7 @@
 mod agent;
 pub mod cleanup;
 mod erlang;
+pub mod gate;
 mod local;
 mod native;
 pub mod plan;
@@ -87,6 +88,7 @@ pub use agent::{Agent, WatchHandle};
 pub use cleanup::CleanupState;
 pub use cleanup::{CleanupAction, CleanupConfig};
 pub use erlang::ErlangMesh;
+pub use gate::FormGate;
 pub use local::LocalTarget;
 pub use native::{MEMBERSHIP_SERVICE, NativeTarget};
 pub use rabbitmq::{RabbitMq, RabbitVersion};
@@ -149,6 +151,9 @@ pub struct FormationConfig {
     /// nothing ([`split`]; default true). A node holding data, and a cluster of several,
     /// are reported and never moved.
     pub heal_splits: bool,
+    /// When the node may form a new cluster ([`gate`]; default: whenever the plan says
+    /// so). `autocluster agent` uses [`FormGate::safe`].
+    pub form_gate: FormGate,
 }
 
 impl Default for FormationConfig {
@@ -168,6 +173,7 @@ impl Default for FormationConfig {
             cleanup: CleanupConfig::default(),
             watch_interval: Duration::from_secs(10),
             heal_splits: true,
+            form_gate: FormGate::default(),
         }
     }
 }
@@ -263,6 +269,16 @@ pub enum FormationError {
         /// The nodes, each with why its probe failed.
         nodes: Vec<(NodeName, String)>,
     },
+    /// The plan would form a new cluster, and the [`FormGate`] does not allow it yet:
+    /// too few contact points answered, they are not stable yet, one runs in a cluster,
+    /// or forming is switched off. Retried within [`FormationConfig::max_attempts`].
+    #[error("{node}: not forming a new cluster: {reason}")]
+    FormRefused {
+        /// The managed node.
+        node: NodeName,
+        /// Why.
+        reason: String,
+    },
     /// The managed node is a member of a Khepri cluster whose majority is not running:
     /// it can neither form a new cluster nor be a seed, and is never reset. Retried within
     /// [`FormationConfig::max_attempts`]; it clears once enough members are back.
@@ -299,6 +315,7 @@ impl FormationError {
             FormationError::Unexpected { .. }
             | FormationError::JoinNotVerified { .. }
             | FormationError::MaybeAlive { .. }
+            | FormationError::FormRefused { .. }
             | FormationError::MajorityLost { .. } => true,
             FormationError::DataAtRisk { .. }
             | FormationError::NoSeed { .. }

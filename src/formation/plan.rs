@@ -238,8 +238,10 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
     if m.members.contains(&seed) {
         // A member of the seed's cluster stays one, whatever it lists as running (the
         // seed restarting, a partition): joining again would, on Khepri, reset it and add
-        // it again, and is never needed. The watch reconnects it; health reports it.
-        return Ok(Decision::Done(if facts.resumed {
+        // it again, and is never needed. The watch reconnects it; health reports it. A
+        // node whose boot was only waited for (a restart with its data) was a member all
+        // along; one whose stopped application was started finishes an interrupted join.
+        return Ok(Decision::Done(if facts.resumed && !facts.was_booting {
             Outcome::Joined { seed }
         } else {
             Outcome::AlreadyMember { seed }

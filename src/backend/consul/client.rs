@@ -509,4 +509,14 @@ impl Backend for ConsulBackend {
     fn timings(&self) -> Timings {
         self.inner.config.timings()
     }
+
+    /// The same Consul, with the service `<service>-candidates`: RabbitMQ's own Consul
+    /// discovery lists only its service.
+    fn candidates(&self) -> Option<Arc<dyn Backend>> {
+        let mut config = self.inner.config.clone();
+        config.service = format!("{}-candidates", config.service);
+        ConsulBackend::new(config)
+            .ok()
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+    }
 }

@@ -779,6 +779,17 @@ impl Backend for EtcdBackend {
     fn timings(&self) -> Timings {
         self.inner.config.timings()
     }
+
+    /// The same etcd, with the key prefix `<prefix>/candidates`: candidates register under
+    /// `/rabbitmq/discovery/<prefix>/candidates/clusters/<cluster>/nodes/`, which
+    /// RabbitMQ's own etcd discovery (reading `.../<prefix>/clusters/...`) never lists.
+    fn candidates(&self) -> Option<Arc<dyn Backend>> {
+        let mut config = self.inner.config.clone();
+        config.prefix = format!("{}/candidates", config.prefix);
+        EtcdBackend::new(config)
+            .ok()
+            .map(|b| Arc::new(b) as Arc<dyn Backend>)
+    }
 }
 
 #[cfg(test)]

@@ -883,6 +883,10 @@ impl Backend for KubernetesBackend {
         NAME
     }
 
+    fn lists_contact_points(&self) -> bool {
+        true
+    }
+
     fn supports_registration(&self) -> bool {
         false
     }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::backend::MemoryBackend;
-use crate::formation::{DataState, Inspection, Membership};
+use crate::formation::{DataState, FormGate, Inspection, Membership};
 
 fn n(s: &str) -> NodeName {
     s.parse().unwrap()
@@ -355,4 +355,82 @@ async fn with_heal_splits_off_a_split_is_only_reported() {
             .any(|e| matches!(e, FormationEvent::SplitDetected(_))),
         "{events:?}"
     );
+}
+
+/// An agent of `rabbit@b` (running alone, nothing registered) with `gate`, one attempt.
+async fn form_gated(gate: FormGate, other_candidate: bool) -> Result<Formed, FormationError> {
+    let backend = Arc::new(MemoryBackend::new());
+    let candidates = backend
+        .candidates()
+        .expect("the memory backend has candidates");
+    let _other = if other_candidate {
+        Some(
+            candidates
+                .register(Registration::new(n("rabbit@c"), Duration::from_secs(60)))
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    let config = FormationConfig {
+        form_gate: gate,
+        max_attempts: 1,
+        ..FormationConfig::default()
+    };
+    let agent = Agent::new(backend.clone(), Counting::new(DataState::Empty), config);
+    let result = agent.run().await;
+    // The candidate registration ends with the run.
+    let left: Vec<NodeName> = candidates
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.node)
+        .collect();
+    assert!(!left.contains(&n("rabbit@b")), "{left:?}");
+    result
+}
+
+#[tokio::test]
+async fn the_safe_gate_forms_only_with_a_second_contact_point() {
+    let refused = form_gated(
+        FormGate {
+            stable_margin: Duration::ZERO,
+            ..FormGate::safe()
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, FormationError::FormRefused { reason, .. } if reason.contains("1 of 2")),
+        "{refused}"
+    );
+    let formed = form_gated(
+        FormGate {
+            stable_margin: Duration::ZERO,
+            ..FormGate::safe()
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(formed.outcome, Outcome::FormedNew);
+}
+
+#[tokio::test]
+async fn a_switched_off_or_unstable_gate_never_forms() {
+    let off = FormGate {
+        new_cluster_enabled: false,
+        ..FormGate::default()
+    };
+    let e = form_gated(off, true).await.unwrap_err();
+    assert!(e.to_string().contains("switched off"), "{e}");
+    let unstable = FormGate {
+        stable_margin: Duration::from_secs(3600),
+        ..FormGate::safe()
+    };
+    let e = form_gated(unstable, true).await.unwrap_err();
+    assert!(e.to_string().contains("stable"), "{e}");
 }

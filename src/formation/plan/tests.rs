@@ -633,3 +633,21 @@ fn a_majority_is_more_than_half_of_the_members_running_and_not_partitioned() {
         Decision::Done(Outcome::AlreadyMember { seed: n(ME) })
     );
 }
+
+/// A member restarted with its data, whose boot the agent only waited for, is a member
+/// already; one whose stopped application the agent started finishes a join.
+#[test]
+fn a_member_whose_boot_was_waited_for_was_a_member_all_along() {
+    let me = n(ME);
+    let choice = choice(Choice::Seed);
+    let member = Inspection::of(membership(Node::MemberRunning));
+    let facts = Facts::new(&me, &choice, &member).resumed(true);
+    assert_eq!(
+        plan(&facts.was_booting(true)).unwrap(),
+        Decision::Done(Outcome::AlreadyMember { seed: n(SEED) })
+    );
+    assert_eq!(
+        plan(&facts).unwrap(),
+        Decision::Done(Outcome::Joined { seed: n(SEED) })
+    );
+}
