@@ -28,6 +28,7 @@ macro_rules! internal_mod {
 pub(crate) use internal_mod;
 
 pub mod backend;
+pub mod conf;
 pub mod cookie;
 internal_mod!(dist);
 pub mod epmd;

@@ -161,7 +161,24 @@ pub(crate) const RESERVED: &[Setting] = &[
         &[],
         &["cluster_formation.target_cluster_size_hint"],
     ),
+    Setting::new(
+        "registration_enabled",
+        &[],
+        &["cluster_formation.registration.enabled"],
+    ),
 ];
+
+/// Whether some part of the crate reads the RabbitMQ `cluster_formation.*` key `key`: a
+/// setting of any backend (built in this build or not), a general key, or a key of the
+/// formation engine.
+pub(crate) fn reads_rabbitmq_key(key: &str) -> bool {
+    let known = |settings: &[Setting]| {
+        settings
+            .iter()
+            .any(|s| s.key != key && s.matches_map_key(key).is_some())
+    };
+    known(GENERAL) || known(RESERVED) || all_backends().any(|(_, settings)| known(settings))
+}
 
 /// Every backend's settings, by backend name: how a key of another backend is recognised.
 fn all_backends() -> impl Iterator<Item = (&'static str, &'static [Setting])> {
