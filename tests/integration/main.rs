@@ -4,6 +4,7 @@
 //! temporary directories, and killed when the test ends, pass or fail. A missing binary
 //! fails the test with the package to install; nothing is skipped.
 
+mod agent_cli;
 mod common;
 mod conformance;
 mod consul_backend;
