@@ -269,6 +269,18 @@ pub enum FormationError {
         /// The nodes, each with why its probe failed.
         nodes: Vec<(NodeName, String)>,
     },
+    /// The managed node lists the seed as a member, and the seed does not list it: the
+    /// cluster forgot it (cleanup of a node down longer than its window, or
+    /// `rabbitmqctl forget_cluster_node`) while it was away. Nothing is reset; not retried.
+    #[error(
+        "{node} was removed from {seed}'s cluster while it was away (cleanup, or forget_cluster_node), and still holds that cluster's data: nothing was reset. To rejoin, reset it, which discards its data (rabbitmqctl stop_app; rabbitmqctl reset; rabbitmqctl start_app, or delete its data directory), then start its agent again; to keep the data, export its definitions and messages first"
+    )]
+    Forgotten {
+        /// The managed node.
+        node: NodeName,
+        /// The seed that no longer lists it.
+        seed: NodeName,
+    },
     /// The plan would form a new cluster, and the [`FormGate`] does not allow it yet:
     /// too few contact points answered, they are not stable yet, one runs in a cluster,
     /// or forming is switched off. Retried within [`FormationConfig::max_attempts`].
@@ -318,6 +330,7 @@ impl FormationError {
             | FormationError::FormRefused { .. }
             | FormationError::MajorityLost { .. } => true,
             FormationError::DataAtRisk { .. }
+            | FormationError::Forgotten { .. }
             | FormationError::NoSeed { .. }
             | FormationError::SeedUnavailable { .. }
             | FormationError::Config(_) => false,

@@ -235,6 +235,18 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
         // until it runs. A node that had already joined is then a running member.
         return Ok(Decision::Prepare(Step::Start));
     }
+    if m.members.contains(&seed)
+        && !facts.choice.seed_members.is_empty()
+        && !facts.choice.seed_members.contains(me)
+    {
+        // The node lists the seed, the seed does not list it: the cluster forgot it
+        // (cleanup, forget_cluster_node) while it was away. Its data belongs to a
+        // cluster that no longer has it; only an operator may discard it.
+        return Err(FormationError::Forgotten {
+            node: me.clone(),
+            seed,
+        });
+    }
     if m.members.contains(&seed) {
         // A member of the seed's cluster stays one, whatever it lists as running (the
         // seed restarting, a partition): joining again would, on Khepri, reset it and add

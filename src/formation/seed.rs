@@ -69,6 +69,10 @@ pub struct SeedChoice {
     /// Without a lock: the deterministic seed, when it is not live and no other live
     /// cluster was found to join (the node waits for it, unless it is the seed itself).
     pub waiting_for: Option<NodeName>,
+    /// The seed's own members, as its probe reported them (empty when there is no seed,
+    /// or it was not probed): a node that lists the seed as a member while the seed does
+    /// not list it was forgotten by the cluster.
+    pub seed_members: Vec<NodeName>,
 }
 
 /// The seed selector: which nodes to probe, in which order, and which one is the seed.
@@ -231,11 +235,17 @@ impl Selector {
             }
             None => (choose(&self.probes, self.policy.order), None),
         };
+        let seed_members = seed
+            .as_ref()
+            .and_then(|s| self.probes.iter().find(|p| p.live && &p.node == s))
+            .map(|p| p.membership.members.clone())
+            .unwrap_or_default();
         SeedChoice {
             seed,
             booting,
             unknown,
             waiting_for,
+            seed_members,
         }
     }
 }

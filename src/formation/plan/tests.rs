@@ -651,3 +651,32 @@ fn a_member_whose_boot_was_waited_for_was_a_member_all_along() {
         Decision::Done(Outcome::Joined { seed: n(SEED) })
     );
 }
+
+/// A node that lists the seed while the seed no longer lists it was forgotten while it
+/// was away: refused, whatever `allow_reset` says; a seed that lists it keeps it a
+/// member.
+#[test]
+fn a_member_the_seed_forgot_is_refused_and_never_reset() {
+    let me = n(ME);
+    let member = Inspection::of(membership(Node::MemberRunning));
+    let forgot = SeedChoice {
+        seed: Some(n(SEED)),
+        seed_members: vec![n(SEED), n("rabbit@z")],
+        ..SeedChoice::default()
+    };
+    for allow_reset in [false, true] {
+        let facts = Facts::new(&me, &forgot, &member).allow_reset(allow_reset);
+        let e = plan(&facts).unwrap_err();
+        assert!(matches!(e, FormationError::Forgotten { .. }), "{e}");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("rabbitmqctl reset"), "{e}");
+    }
+    let keeps = SeedChoice {
+        seed_members: vec![n(SEED), me.clone()],
+        ..forgot
+    };
+    assert_eq!(
+        plan(&Facts::new(&me, &keeps, &member)).unwrap(),
+        Decision::Done(Outcome::AlreadyMember { seed: n(SEED) })
+    );
+}
