@@ -144,6 +144,17 @@ async fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
 
 /// A rabbitmq.conf with the etcd keys, and keys the agent ignores.
 fn write_config(dir: &Path, etcd: &EtcdServer, cluster: &str) -> PathBuf {
+    write_config_with(dir, etcd, cluster, 10, "")
+}
+
+/// [`write_config`] with another node TTL and `extra` lines.
+fn write_config_with(
+    dir: &Path,
+    etcd: &EtcdServer,
+    cluster: &str,
+    node_ttl: u32,
+    extra: &str,
+) -> PathBuf {
     let endpoint = etcd.endpoint();
     let host_port = endpoint.trim_start_matches("http://");
     let path = dir.join("rabbitmq.conf");
@@ -156,10 +167,11 @@ fn write_config(dir: &Path, etcd: &EtcdServer, cluster: &str) -> PathBuf {
              cluster_formation.peer_discovery_backend = etcd\n\
              cluster_formation.etcd.endpoints.1 = {host_port}\n\
              cluster_formation.etcd.cluster_name = {cluster}\n\
-             cluster_formation.etcd.node_ttl = 10\n\
+             cluster_formation.etcd.node_ttl = {node_ttl}\n\
              cluster_formation.etcd.lock_wait_time = 120\n\
              cluster_formation.discovery_retry_limit = 60\n\
-             cluster_formation.discovery_retry_interval = 500\n"
+             cluster_formation.discovery_retry_interval = 500\n\
+             {extra}"
         ),
     )
     .expect("writing rabbitmq.conf");
@@ -397,4 +409,94 @@ async fn with_new_cluster_enabled_off_a_lone_fresh_node_never_forms() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("switched off"), "{log}");
     assert!(!log.contains("formed a new cluster"), "{log}");
+}
+
+/// Cleanup on (`node_cleanup.only_log_warning = false`, a round a second): a pod deleted
+/// for longer than the cleanup window (the node TTL, 5 s here, then 3 unreachable
+/// rounds) is forgotten by the others. Back with its data it is refused and nothing is
+/// reset: on Mnesia by RabbitMQ itself (its boot stops, "inconsistent cluster"), where
+/// the broker boots by its agent, with an error that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_when_back() {
+    let _turn = RABBIT_TURN.lock().await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let etcd = EtcdServer::start().await;
+    let epmd = Epmd::start().await;
+    let cluster = unique_name("agent");
+    let config = write_config_with(
+        dir.path(),
+        &etcd,
+        &cluster,
+        5,
+        "cluster_formation.node_cleanup.interval = 1\n\
+         cluster_formation.node_cleanup.only_log_warning = false\n",
+    );
+    let mut brokers = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    let mut agents: Vec<Option<AgentProcess>> = brokers
+        .iter()
+        .map(|b| Some(AgentProcess::start(b, &config, dir.path(), &[])))
+        .collect();
+    for a in agents.iter_mut().flatten() {
+        a.ready(Duration::from_secs(120)).await;
+    }
+    let victim = (0..3)
+        .max_by_key(|&i| brokers[i].node().to_owned())
+        .expect("three brokers");
+    let name = brokers[victim].node().to_owned();
+    let resets = brokers[victim].resets();
+    let (code, log) = agents[victim]
+        .take()
+        .expect("the victim's agent")
+        .stop()
+        .await;
+    assert_eq!(code, Some(0), "{log}");
+    brokers[victim].stop().await;
+    let survivor = (victim + 1) % 3;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (disk, _, _) = cli_status(&brokers[survivor]).await;
+        if !disk.contains(&name) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} was not forgotten: members {disk:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let others: String = agents.iter().flatten().map(AgentProcess::log).collect();
+    assert!(others.contains("cleanup: forgot"), "{others}");
+
+    brokers[victim].restart().await;
+    let mut back = AgentProcess::start(&brokers[victim], &config, dir.path(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let refused_by = loop {
+        if let Ok(Some(status)) = back.child.try_wait() {
+            let log = back.log();
+            assert_eq!(status.code(), Some(1), "{log}");
+            assert!(log.contains("was removed from"), "{log}");
+            assert!(log.contains("rabbitmqctl reset"), "{log}");
+            break "its agent";
+        }
+        if brokers[victim].exited() {
+            let log = brokers[victim].log();
+            assert!(
+                log.contains("inconsistent_cluster") || log.contains("disagrees"),
+                "the broker stopped for another reason:\n{}",
+                brokers[victim].log_tail()
+            );
+            let (code, agent_log) = back.stop().await;
+            assert_eq!(code, Some(0), "{agent_log}");
+            assert!(!agent_log.contains("joined"), "{agent_log}");
+            break "RabbitMQ itself";
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forgotten node was neither refused nor stopped:\n{}",
+            back.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("{name}, forgotten and back with its data, was refused by {refused_by}");
+    assert_eq!(brokers[victim].resets(), resets, "nothing reset");
 }
