@@ -5,6 +5,7 @@
 /// The README and every chapter, by path.
 const FILES: &[(&str, &str)] = &[
     ("README.md", include_str!("../README.md")),
+    ("docs/agent.md", include_str!("../docs/agent.md")),
     ("docs/backends.md", include_str!("../docs/backends.md")),
     (
         "docs/configuration.md",

@@ -61,6 +61,9 @@ mod doc_files {
     /// README.md
     #[doc = include_str!("../README.md")]
     pub struct Readme;
+    /// docs/agent.md
+    #[doc = include_str!("../docs/agent.md")]
+    pub struct Agent;
     /// docs/backends.md
     #[doc = include_str!("../docs/backends.md")]
     pub struct Backends;
