@@ -237,7 +237,18 @@ impl Selector {
         };
         let seed_members = seed
             .as_ref()
-            .and_then(|s| self.probes.iter().find(|p| p.live && &p.node == s))
+            // Only a seed whose application runs, in a cluster of several, is believed:
+            // a seed restarting (its application stopped, probed live all the same)
+            // lists only what it knows of itself.
+            .and_then(|s| {
+                self.probes.iter().find(|p| {
+                    p.live
+                        && &p.node == s
+                        && p.membership.running
+                        && p.membership.running_members.contains(s)
+                        && p.membership.members.len() > 1
+                })
+            })
             .map(|p| p.membership.members.clone())
             .unwrap_or_default();
         SeedChoice {
