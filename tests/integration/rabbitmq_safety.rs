@@ -67,14 +67,8 @@ fn history(nodes: &[RabbitNode]) -> Vec<(usize, usize)> {
     nodes.iter().map(|n| (n.resets(), n.starts())).collect()
 }
 
-/// Every broker lists all of them as disc and running nodes; the messages on
-/// `nodes[member]` are all there; the first two brokers (the members before the joins)
-/// were neither reset nor restarted since `before`.
-async fn assert_joined_and_nothing_lost(
-    nodes: &[RabbitNode],
-    member: usize,
-    before: &[(usize, usize)],
-) {
+/// Every broker lists all of them as disc and running nodes.
+async fn assert_all_members(nodes: &[RabbitNode]) {
     let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
     all.sort();
     for n in nodes {
@@ -86,6 +80,17 @@ async fn assert_joined_and_nothing_lost(
             n.node()
         );
     }
+}
+
+/// Every broker lists all of them as disc and running nodes; the messages on
+/// `nodes[member]` are all there; the first two brokers (the members before the joins)
+/// were neither reset nor restarted since `before`.
+async fn assert_joined_and_nothing_lost(
+    nodes: &[RabbitNode],
+    member: usize,
+    before: &[(usize, usize)],
+) {
+    assert_all_members(nodes).await;
     assert_every_message(&nodes[member]).await;
     assert_eq!(
         history(nodes)[..2],
@@ -705,17 +710,7 @@ async fn a_broker_that_formed_and_died_before_anybody_joined_is_brought_in_only_
         Some(pair_seed),
         "the empty broker joins the larger cluster"
     );
-    let mut all: Vec<String> = nodes.iter().map(|n| n.node().to_owned()).collect();
-    all.sort();
-    for n in &nodes {
-        let (disk, running, _) = cli_status(n).await;
-        assert_eq!(
-            (disk, running),
-            (all.clone(), all.clone()),
-            "on {}",
-            n.node()
-        );
-    }
+    assert_all_members(&nodes).await;
     assert_every_message(&nodes[member]).await;
     let after = history(&nodes);
     for &i in &others {
