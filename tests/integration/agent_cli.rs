@@ -114,6 +114,13 @@ impl AgentProcess {
     }
 }
 
+/// A pod deleted: its agent stopped with SIGTERM (exit 0), then its broker.
+async fn delete_pod(agent: &mut Option<AgentProcess>, broker: &mut RabbitNode) {
+    let (code, log) = agent.take().expect("the pod's agent").stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    broker.stop().await;
+}
+
 /// A bare HTTP/1.0 GET on loopback: status, content type and body.
 async fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -273,13 +280,7 @@ async fn the_agent_forms_keeps_ready_and_survives_a_pod_restart_growth_and_an_et
         .publish_confirmed("agent-orders", "quorum", 50)
         .await;
     let resets = brokers[victim].resets();
-    let (code, log) = agents[victim]
-        .take()
-        .expect("the victim's agent")
-        .stop()
-        .await;
-    assert_eq!(code, Some(0), "{log}");
-    brokers[victim].stop().await;
+    delete_pod(&mut agents[victim], &mut brokers[victim]).await;
     let others: Vec<usize> = (0..3).filter(|&i| i != victim).collect();
     let gone = registered(&etcd, &cluster).await;
     assert!(
@@ -444,13 +445,7 @@ async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_whe
         .expect("three brokers");
     let name = brokers[victim].node().to_owned();
     let resets = brokers[victim].resets();
-    let (code, log) = agents[victim]
-        .take()
-        .expect("the victim's agent")
-        .stop()
-        .await;
-    assert_eq!(code, Some(0), "{log}");
-    brokers[victim].stop().await;
+    delete_pod(&mut agents[victim], &mut brokers[victim]).await;
     let survivor = (victim + 1) % 3;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
