@@ -21,9 +21,10 @@
 //! ```
 //! use autocluster::formation::split::{Verdict, verdict};
 //! use autocluster::formation::Membership;
+//! use autocluster::NodeName;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (a, b, c) = ("rabbit@a".parse()?, "rabbit@b".parse()?, "rabbit@c".parse()?);
+//! let (a, b, c): (NodeName, NodeName, NodeName) = ("rabbit@a".parse()?, "rabbit@b".parse()?, "rabbit@c".parse()?);
 //! // `a` came back alone beside `b` and `c`, who formed without it.
 //! let alone = Membership::running(vec![a.clone()]);
 //! let groups = vec![vec![a.clone()], vec![b.clone(), c.clone()]];
