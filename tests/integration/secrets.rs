@@ -60,6 +60,21 @@ async fn no_cookie_in_logs_errors_or_debug_output_of_any_handshake() {
         .await
         .unwrap();
     node.disconnect(&peer);
+    // The close is asynchronous: a ping racing it would use the closing connection
+    // (`pang`, as between two Erlang nodes). Wait until both sides let it go.
+    let deadline = std::time::Instant::now() + SECS5;
+    while node.connection_info(&peer).is_some()
+        || erl
+            .eval("nodes(hidden)")
+            .await
+            .contains(node.name().as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         erl.eval(&format!("net_adm:ping('{}')", node.name())).await,
         "pong"
