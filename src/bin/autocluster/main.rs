@@ -100,7 +100,8 @@ struct AgentArgs {
     /// Serve /healthz, /readyz and /metrics on ADDR:PORT.
     #[arg(long)]
     http: Option<SocketAddr>,
-    /// Validate the configuration and exit.
+    /// Validate the configuration file, the node name and the cookie (read, never
+    /// printed), then exit without connecting to anything.
     #[arg(long)]
     check_config: bool,
     /// Form, then exit (an init container).
@@ -272,9 +273,12 @@ async fn agent(a: AgentArgs) -> Result<ExitCode, Failure> {
         })
         .map_err(|e| Failure::Usage(e.to_string()))?;
     let backend = conf.backend().map_err(|e| Failure::Usage(e.to_string()))?;
+    let readiness_interval =
+        seconds("--readiness-interval", a.readiness_interval).map_err(Failure::Usage)?;
+    let (node, cookie) = a.node.resolve().map_err(Failure::Usage)?;
     if a.check_config {
         println!(
-            "{}: ok ({} backend, {} cluster_formation keys)",
+            "{}: ok ({} backend, {} cluster_formation keys; node {node}, cookie read)",
             conf.file(),
             backend.name(),
             conf.entries().len()
@@ -282,9 +286,6 @@ async fn agent(a: AgentArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     drop(backend);
-    let readiness_interval =
-        seconds("--readiness-interval", a.readiness_interval).map_err(Failure::Usage)?;
-    let (node, cookie) = a.node.resolve().map_err(Failure::Usage)?;
     agent::run(agent::Options {
         node,
         cookie,
