@@ -11,6 +11,7 @@ const FILES: &[(&str, &str)] = &[
         "docs/configuration.md",
         include_str!("../docs/configuration.md"),
     ),
+    ("docs/deploy.md", include_str!("../docs/deploy.md")),
     ("docs/design.md", include_str!("../docs/design.md")),
     ("docs/examples.md", include_str!("../docs/examples.md")),
     ("docs/formation.md", include_str!("../docs/formation.md")),

@@ -70,6 +70,9 @@ mod doc_files {
     /// docs/configuration.md
     #[doc = include_str!("../docs/configuration.md")]
     pub struct Configuration;
+    /// docs/deploy.md
+    #[doc = include_str!("../docs/deploy.md")]
+    pub struct Deploy;
     /// docs/design.md
     #[doc = include_str!("../docs/design.md")]
     pub struct Design;

@@ -8,6 +8,7 @@ mod agent_cli;
 mod common;
 mod conformance;
 mod consul_backend;
+mod deploy;
 mod dns_backend;
 mod epmd;
 mod etcd_backend;
