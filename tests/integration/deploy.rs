@@ -193,21 +193,18 @@ fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-/// Builds, under `root`, what the container's volume mounts would hold (ConfigMap
-/// items, and a cookie for each Secret item), and returns each mount path with the
-/// directory standing for it.
-fn mount_volumes(variant: &Variant, pod: &Value, c: &Value, root: &Path) -> Vec<(String, PathBuf)> {
-    let mut mounts = Vec::new();
-    for (i, mount) in array_of(&c["volumeMounts"], "volumeMounts")
-        .iter()
-        .enumerate()
-    {
-        let name = str_of(&mount["name"], "volumeMount name");
-        let volume = array_of(&pod["volumes"], "volumes")
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("volumeMount {name}: no such volume"));
-        let dir = root.join(format!("mount{i}"));
+/// Builds, under `root`, a directory per volume of the pod as the kubelet would fill
+/// it: ConfigMap items, Secret items (a cookie each, with the volume's mode and the
+/// group read `fsGroup` adds), an empty directory per volume claim; then runs the init
+/// containers (`install -m MODE SOURCE TARGET`) on them.
+fn pod_volumes(variant: &Variant, set: &Value, root: &Path) -> BTreeMap<String, PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pod = &set["spec"]["template"]["spec"];
+    let fs_group = pod["securityContext"]["fsGroup"].is_number();
+    let mut dirs = BTreeMap::new();
+    for volume in array_of(&pod["volumes"], "volumes") {
+        let name = str_of(&volume["name"], "volume name");
+        let dir = root.join(format!("volume-{name}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
         if let Some(map_name) = volume["configMap"]["name"].as_str() {
             let data = &variant.get("ConfigMap", map_name)["data"];
@@ -219,16 +216,73 @@ fn mount_volumes(variant: &Variant, pod: &Value, c: &Value, root: &Path) -> Vec<
         } else if volume["secret"].is_object() {
             // The Secret is the operator's (its value is never in the repository): its
             // keys are named in `items`, each a cookie.
+            let mode = volume["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+            let mode = if fs_group { mode | 0o040 } else { mode };
             for item in array_of(&volume["secret"]["items"], "secret items") {
                 let path = dir.join(str_of(&item["path"], "item path"));
-                write_private(&path, "a-cookie-for-the-deploy-test");
+                std::fs::write(&path, "a-cookie-for-the-deploy-test").expect("write");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .expect("chmod");
             }
         } else {
             panic!("volume {name}: neither a ConfigMap nor a Secret");
         }
-        mounts.push((str_of(&mount["mountPath"], "mountPath").to_owned(), dir));
+        dirs.insert(name.to_owned(), dir);
     }
-    mounts
+    for claim in array_of(&set["spec"]["volumeClaimTemplates"], "volumeClaimTemplates") {
+        let name = str_of(&claim["metadata"]["name"], "claim name");
+        let dir = root.join(format!("claim-{name}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        assert!(dirs.insert(name.to_owned(), dir).is_none(), "{name} twice");
+    }
+    for init in pod["initContainers"].as_array().into_iter().flatten() {
+        let command: Vec<String> = array_of(&init["command"], "init command")
+            .iter()
+            .map(|a| str_of(a, "arg").to_owned())
+            .collect();
+        let [install, m, mode, from, to] = command.as_slice() else {
+            panic!("init container {}: {command:?}", init["name"]);
+        };
+        assert_eq!((install.as_str(), m.as_str()), ("install", "-m"));
+        let mounts = container_mounts(init, &dirs);
+        let from = map_path(from, &mounts);
+        let to = map_path(to, &mounts);
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("install {from} {to}: {e}"));
+        let mode = u32::from_str_radix(mode, 8).expect("an octal mode");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    dirs
+}
+
+/// Each mount path of container `c`, with the volume directory standing for it.
+fn container_mounts(c: &Value, dirs: &BTreeMap<String, PathBuf>) -> Vec<(String, PathBuf)> {
+    array_of(&c["volumeMounts"], "volumeMounts")
+        .iter()
+        .map(|mount| {
+            let name = str_of(&mount["name"], "volumeMount name");
+            let dir = dirs
+                .get(name)
+                .unwrap_or_else(|| panic!("volumeMount {name}: no such volume"));
+            let dir = match mount["subPath"].as_str() {
+                Some(sub) => dir.join(sub),
+                None => dir.clone(),
+            };
+            (str_of(&mount["mountPath"], "mountPath").to_owned(), dir)
+        })
+        .collect()
+}
+
+/// A path inside the container, as a path here (itself when under no mount).
+fn map_path(path: &str, mounts: &[(String, PathBuf)]) -> String {
+    for (mount, dir) in mounts {
+        if path == mount {
+            return dir.display().to_string();
+        }
+        if let Some(rest) = path.strip_prefix(&format!("{mount}/")) {
+            return dir.join(rest).display().to_string();
+        }
+    }
+    path.to_owned()
 }
 
 /// Runs the real binary with `args` and `--check-config`; returns its output.
@@ -250,20 +304,6 @@ fn check_config(args: &[String], env: &BTreeMap<String, String>, home: &Path) ->
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// Replaces a path argument under a mount by the directory standing for it.
-fn map_paths(args: &[String], mounts: &[(String, PathBuf)]) -> Vec<String> {
-    args.iter()
-        .map(|a| {
-            for (mount, dir) in mounts {
-                if let Some(rest) = a.strip_prefix(&format!("{mount}/")) {
-                    return dir.join(rest).display().to_string();
-                }
-            }
-            a.clone()
-        })
-        .collect()
 }
 
 /// The `cluster_formation` lines of a rabbitmq.conf, as key -> value.
@@ -405,8 +445,9 @@ fn check_rabbitmq_variant(variant: &Variant, backend: &str) -> String {
 
     // The command line, with the mounted files, through the real binary.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mounts = mount_volumes(variant, pod, agent, dir.path());
-    let args = map_paths(&args, &mounts);
+    let volumes = pod_volumes(variant, set, dir.path());
+    let mounts = container_mounts(agent, &volumes);
+    let args: Vec<String> = args.iter().map(|a| map_path(a, &mounts)).collect();
     let out = check_config(&args, &agent_env, dir.path());
     assert!(out.contains(&format!("({backend} backend")), "{out}");
     assert!(out.contains(&format!("node {node},")), "{out}");
@@ -685,6 +726,11 @@ fn the_container_file_and_the_systemd_unit_run_a_command_line_the_agent_accepts(
     assert!(
         unit.contains("\nUser=rabbitmq\n"),
         "the agent reads the broker's cookie"
+    );
+    assert!(
+        unit.contains("\nPartOf=rabbitmq-server.service\n")
+            && unit.contains("\nWantedBy=multi-user.target rabbitmq-server.service\n"),
+        "the agent starts and stops with the broker"
     );
     let out = run(&exec[1..], flag(&exec, "--config"));
     assert!(out.contains("(etcd backend"), "{out}");
