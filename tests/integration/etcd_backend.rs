@@ -255,3 +255,58 @@ async fn several_endpoints_one_down() {
     }
     handle.deregister().await.unwrap();
 }
+
+/// Candidates (the form gate's contact points) are registered under
+/// `<prefix>/candidates`, a key RabbitMQ's own etcd discovery never reads, and the
+/// member listing does not see them, nor the candidate listing members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_live_under_a_prefix_of_their_own() {
+    let etcd = EtcdServer::start().await;
+    let backend = EtcdBackend::new(
+        EtcdConfig::new([etcd.endpoint()])
+            .with_cluster_name("c1")
+            .with_timeout(Duration::from_secs(2)),
+    )
+    .unwrap();
+    let candidates = backend.candidates().expect("etcd keeps candidates");
+    let (member, candidate) = (unique_node(), unique_node());
+    let ttl = Duration::from_secs(5);
+    let m = backend
+        .register(Registration::new(member.clone(), ttl))
+        .await
+        .unwrap();
+    let c = candidates
+        .register(Registration::new(candidate.clone(), ttl))
+        .await
+        .unwrap();
+    let names = |nodes: Vec<autocluster::backend::RegisteredNode>| -> Vec<_> {
+        nodes.into_iter().map(|n| n.node).collect()
+    };
+    assert_eq!(
+        names(backend.list_nodes().await.unwrap()),
+        vec![member.clone()]
+    );
+    assert_eq!(
+        names(candidates.list_nodes().await.unwrap()),
+        vec![candidate.clone()]
+    );
+    let keys = etcd.keys("/rabbitmq/").await;
+    assert!(
+        keys.contains(&format!(
+            "/rabbitmq/discovery/rabbitmq/candidates/clusters/c1/nodes/{candidate}"
+        )),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!(
+            "/rabbitmq/discovery/rabbitmq/clusters/c1/nodes/{member}"
+        )),
+        "{keys:?}"
+    );
+    c.deregister().await.unwrap();
+    m.deregister().await.unwrap();
+    assert_eq!(
+        etcd.keys("/rabbitmq/discovery/").await,
+        Vec::<String>::new()
+    );
+}
