@@ -216,6 +216,21 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
     let me = facts.node;
     let inspection = facts.inspection;
     let m = &inspection.membership;
+    if m.members.contains(&seed)
+        && !facts.choice.seed_members.is_empty()
+        && !facts.choice.seed_members.contains(me)
+    {
+        // The node lists the seed, the seed does not list it: the cluster forgot it
+        // (cleanup, forget_cluster_node) while it was away. Its data belongs to a
+        // cluster that no longer has it; only an operator may discard it. Running,
+        // stopped or booting alike: a forgotten Khepri member's boot waits minutes for
+        // a leader among members that no longer have it, and starting a stopped one
+        // would do the same.
+        return Err(FormationError::Forgotten {
+            node: me.clone(),
+            seed,
+        });
+    }
     if !m.running {
         if m.booting && inspection.boot_joinable {
             // An empty node in its first boot: its boot joins the seed (RabbitMQ's own
@@ -234,18 +249,6 @@ fn join(facts: &Facts<'_>, seed: NodeName) -> Result<Decision, FormationError> {
         // boot past the point where it can be told whom to join: its data cannot be read
         // until it runs. A node that had already joined is then a running member.
         return Ok(Decision::Prepare(Step::Start));
-    }
-    if m.members.contains(&seed)
-        && !facts.choice.seed_members.is_empty()
-        && !facts.choice.seed_members.contains(me)
-    {
-        // The node lists the seed, the seed does not list it: the cluster forgot it
-        // (cleanup, forget_cluster_node) while it was away. Its data belongs to a
-        // cluster that no longer has it; only an operator may discard it.
-        return Err(FormationError::Forgotten {
-            node: me.clone(),
-            seed,
-        });
     }
     if m.members.contains(&seed) {
         // A member of the seed's cluster stays one, whatever it lists as running (the

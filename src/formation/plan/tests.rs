@@ -673,10 +673,28 @@ fn a_member_the_seed_forgot_is_refused_and_never_reset() {
     }
     let keeps = SeedChoice {
         seed_members: vec![n(SEED), me.clone()],
-        ..forgot
+        ..forgot.clone()
     };
     assert_eq!(
         plan(&Facts::new(&me, &keeps, &member)).unwrap(),
         Decision::Done(Outcome::AlreadyMember { seed: n(SEED) })
     );
+
+    // Booting with its data (a Khepri member waiting for a leader, its members read
+    // from what it still knows) or stopped: refused before its boot is waited for or
+    // its application started; a restart the seed still lists is waited for.
+    for booting in [true, false] {
+        let away = Inspection::of(Membership {
+            running: false,
+            members: vec![n(SEED), me.clone(), n("rabbit@z")],
+            booting,
+            ..Membership::default()
+        });
+        let e = plan(&Facts::new(&me, &forgot, &away)).unwrap_err();
+        assert!(matches!(e, FormationError::Forgotten { .. }), "{e}");
+        assert_eq!(
+            plan(&Facts::new(&me, &keeps, &away)).unwrap(),
+            Decision::Prepare(Step::Start)
+        );
+    }
 }

@@ -48,6 +48,11 @@ pub(crate) struct Generation {
     pub(crate) mnesia_fallback: bool,
     /// The metadata store.
     pub(crate) store: StoreFact,
+    /// What a node in the middle of its boot knows of its members, before its cluster
+    /// status can be read (`None`: only itself). A Khepri member forgotten while it was
+    /// away boots waiting for a leader among members that no longer have it, and this
+    /// is how its agent learns whom it still lists.
+    pub(crate) booting_members: Option<Mfa>,
 }
 
 const MNESIA_STATUS: Mfa = ("rabbit_mnesia", "status");
@@ -79,6 +84,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: true,
         mnesia_fallback: false,
         store: StoreFact::Fixed(MetadataStore::Mnesia),
+        booting_members: None,
     },
     Generation {
         versions: "3.12",
@@ -93,6 +99,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: true,
         mnesia_fallback: false,
         store: StoreFact::Fixed(MetadataStore::Mnesia),
+        booting_members: None,
     },
     Generation {
         versions: "3.13 - 4.2",
@@ -107,6 +114,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: false,
         mnesia_fallback: true,
         store: StoreFact::Ask(("rabbit_khepri", "is_enabled")),
+        booting_members: None,
     },
     Generation {
         versions: "4.3 and later",
@@ -121,6 +129,7 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: false,
         mnesia_fallback: false,
         store: StoreFact::Fixed(MetadataStore::Khepri),
+        booting_members: Some(("rabbit_khepri", "locally_known_nodes")),
     },
 ];
 
@@ -165,7 +174,7 @@ pub(crate) fn doc_table() -> String {
         }
     }
     type Cell = fn(&Generation) -> String;
-    let rows: [(&str, Cell); 8] = [
+    let rows: [(&str, Cell); 9] = [
         ("cluster status", |g| with_fallback(g, g.status, "")),
         ("running members", |g| match g.running_members {
             Some((mfa, args)) => call(mfa, &args.join(", ")),
@@ -197,6 +206,10 @@ pub(crate) fn doc_table() -> String {
             } else {
                 "none: joined by restart".into()
             }
+        }),
+        ("members of a booting node", |g| match g.booting_members {
+            Some(mfa) => call(mfa, ""),
+            None => "itself only".into(),
         }),
         ("metadata store", |g| match g.store {
             StoreFact::Fixed(MetadataStore::Mnesia) => "Mnesia".into(),

@@ -102,6 +102,7 @@ impl std::fmt::Display for RabbitVersion {
 /// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`), then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` | `rabbit_db_cluster:forget_member(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` |
 /// | reset | `rabbit_mnesia:reset()` | `rabbit_mnesia:reset()` | `rabbit_db:reset()` (else `rabbit_mnesia:reset()`) | `rabbit_db:reset()` |
 /// | first-boot join | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | none: joined by restart | none: joined by restart |
+/// | members of a booting node | itself only | itself only | itself only | `rabbit_khepri:locally_known_nodes()` |
 /// | metadata store | Mnesia | Mnesia | Khepri if `rabbit_khepri:is_enabled()` is `true` | Khepri |
 ///
 /// A first boot is told whom to join only when `rabbit_peer_discovery:backend/0` is the
@@ -540,10 +541,27 @@ impl RabbitMq {
         let running = self.is_running(node).await?;
         if !running && self.is_booting(node).await? {
             // Mid-boot, the cluster status is not there yet (on a first boot, reading it
-            // fails: no cluster files).
+            // fails: no cluster files). Where the generation can say, the members the
+            // node still knows of (a Khepri member waiting for its leader); anything
+            // else, an error included, leaves only the node itself.
+            let mut members = vec![node.clone()];
+            if let Some((m, f)) = version.generation().booting_members
+                && let Ok(Some(t)) = self
+                    .call_if_defined(
+                        "reading a booting node's members",
+                        node,
+                        (m, f),
+                        vec![],
+                        self.timeout,
+                    )
+                    .await
+                && let Some(known) = node_list(&t)
+            {
+                members.extend(known);
+            }
             return Ok(Membership {
                 running: false,
-                members: vec![node.clone()],
+                members: sorted(members),
                 running_members: Vec::new(),
                 partitions: Vec::new(),
                 booting: true,
