@@ -3,8 +3,9 @@
 //! together, one cluster and `/readyz` 200 everywhere with the default safety gates; a
 //! pod deleted (agent and broker stopped) deregisters and leaves the others ready; back
 //! with its data it rejoins without a reset; two more brokers make five; etcd restarted
-//! mid-life forgets nobody and leaves readiness alone; with `new_cluster_enabled` off a
-//! lone fresh node never forms a cluster.
+//! mid-life forgets nobody and leaves readiness alone; `leave` is refused while the
+//! node's agent runs and resets the node out of the cluster once it is stopped; with
+//! `new_cluster_enabled` off a lone fresh node never forms a cluster.
 
 #![cfg(all(feature = "cli", feature = "etcd"))]
 
@@ -366,6 +367,15 @@ async fn the_agent_forms_keeps_ready_and_survives_a_pod_restart_growth_and_an_et
         .unwrap_or(0);
     assert!(errors > 0, "the outage shows in the metrics:\n{metrics}");
 
+    // Scale-down while the node's agent runs is refused, nothing changed: the agent
+    // would join the reset node back.
+    let leaving = brokers.len() - 1;
+    let resets = brokers[leaving].resets();
+    let (code, out) = leave(&brokers[leaving], dir.path()).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("an agent is connected"), "{out}");
+    assert_eq!(brokers[leaving].resets(), resets, "nothing reset");
+
     // Every agent stops with SIGTERM: exit 0, deregistered, the brokers still one cluster.
     for a in agents.iter_mut() {
         let (code, log) = a.take().expect("an agent").stop().await;
@@ -373,6 +383,33 @@ async fn the_agent_forms_keeps_ready_and_survives_a_pod_restart_growth_and_an_et
     }
     assert_eq!(registered(&etcd, &cluster).await, Vec::<String>::new());
     assert_one_cluster(&brokers.iter().collect::<Vec<_>>()).await;
+
+    // With its agent stopped, `leave` resets the node out of the cluster.
+    let (code, out) = leave(&brokers[leaving], dir.path()).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(brokers[leaving].resets() > resets, "reset: {out}");
+    assert_one_cluster(&brokers[..leaving].iter().collect::<Vec<_>>()).await;
+    assert_one_cluster(&[&brokers[leaving]]).await;
+}
+
+/// `autocluster leave --confirm-reset` for `broker` (the cookie file its agent used):
+/// the exit code, and stdout and stderr.
+async fn leave(broker: &RabbitNode, dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_autocluster"))
+        .args(["leave", "--confirm-reset", "--node", broker.node()])
+        .arg("--cookie-file")
+        .arg(dir.join(format!("{}.cookie", broker.node())))
+        .args(["--epmd-port", &broker.epmd_port().to_string()])
+        .env("HOME", dir)
+        .output()
+        .await
+        .expect("autocluster leave runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 /// A fresh broker alone, its agent told `--new-cluster-enabled false`: it waits and

@@ -47,16 +47,31 @@ pub fn outcome_label(outcome: &Outcome) -> &'static str {
 
 /// The node the agent probes and calls from: hidden, not registered in EPMD, named
 /// after this process, on the managed node's host.
+/// The start of an agent's node name: `leave` tells an agent's connection from a
+/// tool's.
+pub const AGENT_PREFIX: &str = "autocluster_agent_";
+
+/// Who the hidden node is for.
+#[derive(Debug, Clone, Copy)]
+pub enum Role {
+    /// `autocluster agent`.
+    Agent,
+    /// A one-off command (`health`, `call`, `leave`).
+    Tool,
+}
+
 pub async fn probe_node(
     managed: &NodeName,
     cookie: &Cookie,
     epmd_port: Option<u16>,
+    role: Role,
 ) -> Result<Node, String> {
-    let name = NodeName::from_parts(
-        &format!("autocluster_{}", std::process::id()),
-        managed.host(),
-    )
-    .map_err(|e| e.to_string())?;
+    let prefix = match role {
+        Role::Agent => AGENT_PREFIX,
+        Role::Tool => "autocluster_",
+    };
+    let name = NodeName::from_parts(&format!("{prefix}{}", std::process::id()), managed.host())
+        .map_err(|e| e.to_string())?;
     let mut builder = Node::builder(name, cookie.clone()).register_in_epmd(false);
     if let Some(port) = epmd_port {
         builder = builder.epmd_port(port);
@@ -116,7 +131,7 @@ pub async fn run(o: Options) -> Result<(), String> {
         }
         None => None,
     };
-    let probe = probe_node(&o.node, &o.cookie, o.epmd_port).await?;
+    let probe = probe_node(&o.node, &o.cookie, o.epmd_port, Role::Agent).await?;
     let target = Arc::new(RabbitMq::new(probe.clone(), o.node.clone()));
     let agent = Agent::new(observed.clone(), target.clone(), o.formation.clone());
     let mut events = agent.events();

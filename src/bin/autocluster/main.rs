@@ -16,7 +16,7 @@ use std::time::Duration;
 use autocluster::backend::Backend;
 use autocluster::formation::{ClusterTarget, FormGate, FormationConfig, RabbitMq, Step};
 use autocluster::health::{self, CheckOptions};
-use autocluster::term::parse_term;
+use autocluster::term::{Term, parse_term};
 use autocluster::{Cookie, NodeName};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -310,7 +310,7 @@ async fn health(h: HealthArgs) -> Result<ExitCode, Failure> {
         None => None,
     };
     let (node, cookie) = h.node.resolve().map_err(Failure::Usage)?;
-    let probe = agent::probe_node(&node, &cookie, h.node.epmd_port).await?;
+    let probe = agent::probe_node(&node, &cookie, h.node.epmd_port, agent::Role::Tool).await?;
     let target = RabbitMq::new(probe.clone(), node);
     let mut options = CheckOptions::default();
     if let Some(n) = h.expect_nodes {
@@ -358,7 +358,7 @@ async fn call(c: CallArgs) -> Result<ExitCode, Failure> {
     };
     let timeout = seconds("--timeout", c.timeout).map_err(Failure::Usage)?;
     let (node, cookie) = c.node.resolve().map_err(Failure::Usage)?;
-    let probe = agent::probe_node(&node, &cookie, c.node.epmd_port).await?;
+    let probe = agent::probe_node(&node, &cookie, c.node.epmd_port, agent::Role::Tool).await?;
     let result = probe
         .call(&node, &c.module, &c.function, args, timeout)
         .await;
@@ -376,11 +376,51 @@ async fn leave(l: LeaveArgs) -> Result<ExitCode, Failure> {
              stop its agent first, then run again with --confirm-reset"
         )));
     }
-    let probe = agent::probe_node(&node, &cookie, l.node.epmd_port).await?;
+    let probe = agent::probe_node(&node, &cookie, l.node.epmd_port, agent::Role::Tool).await?;
+    // An agent still running beside the node would join it back, empty, to its
+    // cluster: it must be stopped first.
+    let agents = match probe
+        .call(
+            &node,
+            "erlang",
+            "nodes",
+            vec![Term::atom("hidden")],
+            Duration::from_secs(15),
+        )
+        .await
+    {
+        Ok(t) => running_agents(t),
+        Err(e) => {
+            probe.shutdown().await;
+            return Err(Failure::Failed(format!(
+                "{node}: listing its connections: {e}"
+            )));
+        }
+    };
+    if !agents.is_empty() {
+        probe.shutdown().await;
+        return Err(Failure::Failed(format!(
+            "an agent is connected to {node} ({}): stop it first, or it would join the \
+             node back to its cluster once reset; nothing was changed",
+            agents.join(", ")
+        )));
+    }
     let target = Arc::new(RabbitMq::new(probe.clone(), node.clone()));
     let result = target.execute(&Step::Leave).await;
     probe.shutdown().await;
     result.map_err(|e| format!("leaving: {e}"))?;
     println!("{node} left its cluster: it was reset and runs alone, empty");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agents among a node's hidden connections (`erlang:nodes(hidden)`).
+fn running_agents(hidden: Term) -> Vec<String> {
+    hidden
+        .into_list_elements()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Term::as_atom)
+        .map(|a| a.as_str().to_owned())
+        .filter(|n| n.starts_with(agent::AGENT_PREFIX))
+        .collect()
 }

@@ -182,7 +182,10 @@ impl std::fmt::Display for RabbitVersion {
 /// node (`rabbitmqctl stop_app`, `reset`, `start_app`): the reset tells the other members
 /// to remove it and **wipes the node's own data**, and the node is started again as a
 /// standalone, empty broker (a stopped application would look like an interrupted join to
-/// the next agent). Stop the node afterwards if it is being scaled down.
+/// the next agent). On 3.10 - 3.12 the application's `cluster_nodes` is set to
+/// `{[], disc}` before the start, as a first boot joined by the agent still names its
+/// seed there; a node that starts as a member again all the same is an error. Stop the
+/// node afterwards if it is being scaled down.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -1042,9 +1045,30 @@ impl ClusterTarget for RabbitMq {
                 let version = self.version(&self.node).await?;
                 self.stop_app().await?;
                 let reset = self.reset_call(&version).await;
+                // Where a first boot was told whom to join (3.10 - 3.12), the running
+                // VM still says so, and the reset node's start would join that cluster
+                // again: it starts alone.
+                let cleared = if reset.is_ok() && version.generation().first_boot_join {
+                    self.set_boot_peers(&[]).await
+                } else {
+                    Ok(())
+                };
                 let started = self.start_app().await;
                 reset?;
+                cleared?;
                 started?;
+                let m = self.read_membership(&self.node).await?;
+                if m.members.iter().any(|n| n != &self.node) {
+                    return Err(FormationError::unexpected(
+                        "leaving",
+                        &self.node,
+                        format!(
+                            "reset, the node started as a member of {:?} again (its \
+                             configuration names peers to join at boot)",
+                            m.members
+                        ),
+                    ));
+                }
                 tracing::info!(node = %self.node, "left the cluster (reset; running standalone)");
                 Ok(Stage::Complete)
             }
