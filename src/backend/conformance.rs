@@ -301,6 +301,49 @@ pub async fn register_list_deregister(target: &dyn ConformanceTarget) {
     wait_listed(&*observer, &second, false, target.call_bound()).await;
 }
 
+/// A backend whose listing depends on membership keeps the form gate's candidates apart
+/// ([`Backend::candidates`]): a candidate is listed there and not among the members, a
+/// member not among the candidates, and both go when deregistered. Skipped for a
+/// backend that keeps none (its listing may be membership-free already,
+/// [`Backend::lists_contact_points`]).
+pub async fn candidates_apart(target: &dyn ConformanceTarget) {
+    let backend = target.backend().await;
+    if !backend.supports_registration() {
+        return skip("registration");
+    }
+    let Some(candidates) = backend.candidates() else {
+        // Without either, the form gate needs `required_contact_points` 1 (it says so).
+        return skip("candidates");
+    };
+    let (member, candidate) = (unique_node(), unique_node());
+    let m = backend
+        .register(Registration::new(member.clone(), target.ttl()))
+        .await
+        .expect("register a member");
+    let c = candidates
+        .register(Registration::new(candidate.clone(), target.ttl()))
+        .await
+        .expect("register a candidate");
+    let observer = target.backend().await;
+    assert!(listed(&*observer, &member).await);
+    assert!(
+        !listed(&*observer, &candidate).await,
+        "a candidate among the members"
+    );
+    let observed = observer
+        .candidates()
+        .expect("the same backend keeps candidates");
+    assert!(listed(&*observed, &candidate).await);
+    assert!(
+        !listed(&*observed, &member).await,
+        "a member among the candidates"
+    );
+    c.deregister().await.expect("deregister the candidate");
+    m.deregister().await.expect("deregister the member");
+    assert!(!listed(&*observed, &candidate).await);
+    assert!(!listed(&*observer, &member).await);
+}
+
 /// A registration outlives several TTLs while its handle lives, and reports refreshes.
 pub async fn registration_outlives_ttls(target: &dyn ConformanceTarget) {
     let backend = target.backend().await;
@@ -755,6 +798,7 @@ const CHECKS: &[(&str, CheckFn)] = &[
     ("register_list_deregister", |t| {
         Box::pin(register_list_deregister(t))
     }),
+    ("candidates_apart", |t| Box::pin(candidates_apart(t))),
     ("registration_outlives_ttls", |t| {
         Box::pin(registration_outlives_ttls(t))
     }),
