@@ -18,11 +18,14 @@ use super::cleanup::{self, CleanupAction, CleanupState};
 use super::plan::{self, Decision, Facts};
 use super::seed::{SeedChoice, SeedOrder, SeedPolicy, Selector};
 use super::split::{self, Survey, Verdict};
-use super::target::{ClusterTarget, Membership, Probe, Stage, Step};
+use super::target::{ClusterTarget, Inspection, Membership, Probe, Stage, Step};
 use super::{
     FailurePolicy, FormationConfig, FormationError, FormationEvent, Formed, Metrics,
     MetricsSnapshot, Outcome,
 };
+
+/// How often a booting managed node is inspected again while its boot is waited for.
+const BOOT_RECHECK: Duration = Duration::from_secs(3);
 
 /// A form or join whose last part ([`Step::Finish`]) is still to run.
 #[derive(Debug)]
@@ -393,27 +396,53 @@ impl Agent {
         let was_booting = inspection.membership.booting;
         let mut resumed = false;
         // Inventory, start, re-inspection, inventory again, step: five rounds at most.
+        let plan_for = |inspection: &Inspection, resumed: bool| {
+            plan::plan(
+                &Facts::new(self.node(), choice, inspection)
+                    .registered(&registered)
+                    .deterministic(deterministic)
+                    .allow_reset(allow_reset)
+                    .resumed(resumed)
+                    .was_booting(was_booting),
+            )
+        };
         for _ in 0..5 {
-            let facts = Facts::new(self.node(), choice, &inspection)
-                .registered(&registered)
-                .deterministic(deterministic)
-                .allow_reset(allow_reset)
-                .resumed(resumed)
-                .was_booting(was_booting);
-            let decision = plan::plan(&facts);
+            let decision = plan_for(&inspection, resumed);
             self.publish_seed(&decision, listed.len());
             match decision? {
                 Decision::Inventory => inspection.data = Some(target.inventory().await?),
                 Decision::Prepare(step) => {
+                    let start = target
+                        .execute(&step)
+                        .instrument(tracing::info_span!("resume"));
                     if inspection.membership.booting {
                         tracing::info!(%step, "the managed node is booting: waiting for its boot before deciding");
+                        // What the booting node knows of its members grows as its boot
+                        // goes (a Khepri member's, once its store is up): one the seed
+                        // no longer lists waits for a leader that never comes.
+                        let mut start = std::pin::pin!(start);
+                        let mut recheck = tokio::time::interval(BOOT_RECHECK);
+                        recheck.tick().await;
+                        loop {
+                            tokio::select! {
+                                done = &mut start => {
+                                    done?;
+                                    break;
+                                }
+                                _ = recheck.tick() => {
+                                    if let Ok(now) = target.inspect().await
+                                        && let Err(e @ FormationError::Forgotten { .. }) =
+                                            plan_for(&now, resumed)
+                                    {
+                                        return Err(e);
+                                    }
+                                }
+                            }
+                        }
                     } else {
                         tracing::warn!(%step, members = ?inspection.membership.members, "the managed node's application is not running (an interrupted join?): starting it before deciding");
+                        start.await?;
                     }
-                    target
-                        .execute(&step)
-                        .instrument(tracing::info_span!("resume"))
-                        .await?;
                     inspection = target.inspect().await?;
                     resumed = true;
                 }

@@ -434,3 +434,105 @@ async fn a_switched_off_or_unstable_gate_never_forms() {
     let e = form_gated(unstable, true).await.unwrap_err();
     assert!(e.to_string().contains("stable"), "{e}");
 }
+
+/// A member forgotten by its cluster while away, restarted with its data: its boot
+/// waits for a leader that never comes, and only once its store is up does it say whom
+/// it still lists.
+#[derive(Debug)]
+struct ForgottenBooting {
+    node: NodeName,
+    inspections: Mutex<u32>,
+}
+
+#[async_trait::async_trait]
+impl ClusterTarget for ForgottenBooting {
+    fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    fn kind(&self) -> &'static str {
+        "forgotten"
+    }
+
+    async fn probe(&self, node: &NodeName) -> Result<Probe, FormationError> {
+        // The seed's cluster no longer has the managed node.
+        Ok(Probe::live(
+            node.clone(),
+            Membership::running(vec![n("rabbit@a"), n("rabbit@c")]),
+        ))
+    }
+
+    async fn membership(&self) -> Result<Membership, FormationError> {
+        unreachable!("the boot never finishes")
+    }
+
+    async fn inspect(&self) -> Result<Inspection, FormationError> {
+        let mut seen = self.inspections.lock().unwrap();
+        *seen += 1;
+        let members = if *seen < 3 {
+            vec![self.node.clone()]
+        } else {
+            vec![n("rabbit@a"), self.node.clone(), n("rabbit@c")]
+        };
+        Ok(Inspection::of(Membership {
+            running: false,
+            members,
+            booting: true,
+            ..Membership::default()
+        }))
+    }
+
+    async fn inventory(&self) -> Result<DataState, FormationError> {
+        unreachable!("a booting node's data cannot be read")
+    }
+
+    async fn execute(&self, step: &Step) -> Result<Stage, FormationError> {
+        assert_eq!(step, &Step::Start, "only its boot is waited for");
+        std::future::pending().await
+    }
+
+    async fn reconnect(&self, _member: &NodeName) -> Result<bool, FormationError> {
+        Ok(true)
+    }
+
+    async fn forget(&self, _member: &NodeName) -> Result<(), FormationError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forgotten_member_is_refused_while_its_boot_is_waited_for() {
+    let target = Arc::new(ForgottenBooting {
+        node: n("rabbit@b"),
+        inspections: Mutex::new(0),
+    });
+    let backend = Arc::new(MemoryBackend::new());
+    let mut handles = Vec::new();
+    for member in ["rabbit@a", "rabbit@c"] {
+        handles.push(
+            backend
+                .register(Registration::new(n(member), Duration::from_secs(600)))
+                .await
+                .unwrap(),
+        );
+    }
+    let agent = Agent::new(backend.clone(), target.clone(), FormationConfig::default());
+    // Time is paused: ten minutes pass at once unless the agent is waiting on nothing.
+    let error = tokio::time::timeout(Duration::from_secs(600), agent.run())
+        .await
+        .expect("refused while the boot was waited for, not after it")
+        .unwrap_err();
+    assert!(matches!(error, FormationError::Forgotten { .. }), "{error}");
+    assert!(*target.inspections.lock().unwrap() >= 3);
+    let listed: Vec<NodeName> = backend
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.node)
+        .collect();
+    assert!(
+        !listed.contains(&n("rabbit@b")),
+        "not registered: {listed:?}"
+    );
+}
