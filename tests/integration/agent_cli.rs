@@ -452,8 +452,9 @@ async fn with_new_cluster_enabled_off_a_lone_fresh_node_never_forms() {
 /// Cleanup on (`node_cleanup.only_log_warning = false`, a round a second): a pod deleted
 /// for longer than the cleanup window (the node TTL, 5 s here, then 3 unreachable
 /// rounds) is forgotten by the others. Back with its data it is refused and nothing is
-/// reset: on Mnesia by RabbitMQ itself (its boot stops, "inconsistent cluster"), where
-/// the broker boots by its agent, with an error that says what to do.
+/// reset: on Mnesia by RabbitMQ itself (its boot stops, "inconsistent cluster"); on
+/// Khepri (4.3), whose boot waits minutes for a leader, and wherever the broker boots,
+/// by its agent, with an error that says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_when_back() {
     let _turn = RABBIT_TURN.lock().await;
