@@ -114,7 +114,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: false,
         mnesia_fallback: true,
         store: StoreFact::Ask(("rabbit_khepri", "is_enabled")),
-        booting_members: None,
+        // On Mnesia the store is the node's own, and lists only itself.
+        booting_members: Some(("rabbit_khepri", "locally_known_nodes")),
     },
     Generation {
         versions: "4.3 and later",

@@ -102,7 +102,7 @@ impl std::fmt::Display for RabbitVersion {
 /// | forget | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_mnesia:forget_cluster_node(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)` | `rabbit_db_cluster:forget_member(Node, false)` (else `rabbit_mnesia:forget_cluster_node(Node, false)`), then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` | `rabbit_db_cluster:forget_member(Node, false)`, then `rabbit_quorum_queue:shrink_all(Node)`, `rabbit_stream_queue:delete_all_replicas(Node)`, `rabbit_stream_coordinator:forget_node(Node)` |
 /// | reset | `rabbit_mnesia:reset()` | `rabbit_mnesia:reset()` | `rabbit_db:reset()` (else `rabbit_mnesia:reset()`) | `rabbit_db:reset()` |
 /// | first-boot join | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | `application:set_env(rabbit, cluster_nodes, {[Seed], disc})` | none: joined by restart | none: joined by restart |
-/// | members of a booting node | itself only | itself only | itself only | `rabbit_khepri:locally_known_nodes()` |
+/// | members of a booting node | itself only | itself only | `rabbit_khepri:locally_known_nodes()` | `rabbit_khepri:locally_known_nodes()` |
 /// | metadata store | Mnesia | Mnesia | Khepri if `rabbit_khepri:is_enabled()` is `true` | Khepri |
 ///
 /// A first boot is told whom to join only when `rabbit_peer_discovery:backend/0` is the
