@@ -20,6 +20,7 @@ use crate::common::{
     Epmd, EtcdServer, RabbitNode, RabbitOptions, free_port, set_private, unique_name,
 };
 use crate::rabbitmq_formation::{RABBIT_TURN, cli_status};
+use crate::rabbitmq_safety::enable_khepri;
 
 /// One `autocluster agent` process beside a broker.
 struct AgentProcess {
@@ -453,10 +454,23 @@ async fn with_new_cluster_enabled_off_a_lone_fresh_node_never_forms() {
 /// for longer than the cleanup window (the node TTL, 5 s here, then 3 unreachable
 /// rounds) is forgotten by the others. Back with its data it is refused and nothing is
 /// reset: on Mnesia by RabbitMQ itself (its boot stops, "inconsistent cluster"); on
-/// Khepri (4.3), whose boot waits minutes for a leader, and wherever the broker boots,
-/// by its agent, with an error that says what to do.
+/// Khepri, whose boot waits for a leader (minutes on 4.3; on 4.0 the boot then fails
+/// with `timeout_waiting_for_leader`), and wherever the broker boots, by its agent, with
+/// an error that says what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_when_back() {
+    cleanup_window(false).await;
+}
+
+/// The same on RabbitMQ 3.13 - 4.2 with Khepri enabled on every broker before its agent
+/// starts (on 4.3 it is the test above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ 3.13 or later: scripts/peers-matrix runs it on 4.0"]
+async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_when_back_on_khepri() {
+    cleanup_window(true).await;
+}
+
+async fn cleanup_window(khepri: bool) {
     let _turn = RABBIT_TURN.lock().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let etcd = EtcdServer::start().await;
@@ -471,6 +485,9 @@ async fn a_node_down_longer_than_the_cleanup_window_is_forgotten_and_refused_whe
          cluster_formation.node_cleanup.only_log_warning = false\n",
     );
     let mut brokers = RabbitNode::start_many(3, RabbitOptions::new().epmd_port(epmd.port())).await;
+    if khepri {
+        enable_khepri(&brokers).await;
+    }
     let mut agents: Vec<Option<AgentProcess>> = brokers
         .iter()
         .map(|b| Some(AgentProcess::start(b, &config, dir.path(), &[])))

@@ -131,7 +131,7 @@ async fn two_members_holding_messages(
 }
 
 /// Enables Khepri on brokers that have it as an experimental flag (3.13 - 4.2).
-async fn enable_khepri(nodes: &[RabbitNode]) {
+pub(crate) async fn enable_khepri(nodes: &[RabbitNode]) {
     for n in nodes {
         let (ok, out) = n
             .rabbitmqctl(
