@@ -10,6 +10,12 @@ fn n(s: &str) -> NodeName {
     s.parse().unwrap()
 }
 
+/// The nodes `backend` lists.
+async fn listed(backend: &dyn Backend) -> Vec<NodeName> {
+    let nodes = backend.list_nodes().await.unwrap();
+    nodes.into_iter().map(|r| r.node).collect()
+}
+
 /// A target that counts what the agent asks of it. The managed node runs alone, with
 /// `data`, until a join adds it to the seed's cluster.
 #[derive(Debug)]
@@ -381,13 +387,7 @@ async fn form_gated(gate: FormGate, other_candidate: bool) -> Result<Formed, For
     let agent = Agent::new(backend.clone(), Counting::new(DataState::Empty), config);
     let result = agent.run().await;
     // The candidate registration ends with the run.
-    let left: Vec<NodeName> = candidates
-        .list_nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.node)
-        .collect();
+    let left = listed(candidates.as_ref()).await;
     assert!(!left.contains(&n("rabbit@b")), "{left:?}");
     result
 }
@@ -524,15 +524,6 @@ async fn a_forgotten_member_is_refused_while_its_boot_is_waited_for() {
         .unwrap_err();
     assert!(matches!(error, FormationError::Forgotten { .. }), "{error}");
     assert!(*target.inspections.lock().unwrap() >= 3);
-    let listed: Vec<NodeName> = backend
-        .list_nodes()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.node)
-        .collect();
-    assert!(
-        !listed.contains(&n("rabbit@b")),
-        "not registered: {listed:?}"
-    );
+    let left = listed(backend.as_ref()).await;
+    assert!(!left.contains(&n("rabbit@b")), "not registered: {left:?}");
 }
