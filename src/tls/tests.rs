@@ -1,3 +1,9 @@
+use rustls::{AlertDescription, CertificateError};
+
+use crate::node::TlsError;
+
+use super::handshake::classify_rustls;
+use super::verify::check_depth;
 use super::*;
 
 fn parse(text: &str) -> Result<TlsConfig, TlsConfigError> {
