@@ -114,7 +114,8 @@ pub(crate) const GENERATIONS: [Generation; 4] = [
         first_boot_join: false,
         mnesia_fallback: true,
         store: StoreFact::Ask(("rabbit_khepri", "is_enabled")),
-        // On Mnesia the store is the node's own, and lists only itself.
+        // On Mnesia the Khepri store is not the node's cluster: it answers the node
+        // alone or an error, and either leaves the node itself only.
         booting_members: Some(("rabbit_khepri", "locally_known_nodes")),
     },
     Generation {
