@@ -132,9 +132,10 @@ async fn a_waiter_wakes_when_the_key_changes_not_at_the_end_of_its_wait() {
     let released = Instant::now();
     holder.release().await.unwrap();
     let (acquired, guard) = waiter.await.unwrap().unwrap();
-    // The waiter's blocking query (wait up to 10 s) returns as soon as the key changes.
+    // The waiter's blocking query (wait up to 10 s) returns as soon as the key changes,
+    // not at the end of its wait.
     let took = acquired.duration_since(released);
-    assert!(took < Duration::from_millis(500), "waiter took {took:?}");
+    assert!(took < Duration::from_secs(2), "waiter took {took:?}");
     guard.release().await.unwrap();
 }
 
