@@ -1,5 +1,5 @@
 //! Connection limits shared by every listening socket of the crate (the embedded EPMD
-//! server now, the distribution acceptor later).
+//! server and the distribution acceptor).
 //!
 //! A connection is **pending** from the moment it is accepted until it has proven itself
 //! (EPMD: it sent a complete request; distribution: it finished its handshake), and
@@ -10,8 +10,11 @@
 //! * When a pending limit is hit (in total, or for one source), the new connection is
 //!   admitted and the **oldest pending** connection is evicted instead (the oldest of the
 //!   same source when the per-source limit is the one hit). A slowloris flood therefore
-//!   cannot lock well-behaved clients out: a newcomer always gets a slot, and a client
-//!   that sends its request promptly finishes before it becomes the oldest.
+//!   cannot lock out well-behaved clients at other addresses: the flood's own address
+//!   holds at most `max_pending_per_source` slots, and a newcomer always gets a slot. A
+//!   client that shares its address with a flood can still lose its slot between its
+//!   connect and the first read of its request, if that many newer connections from
+//!   the address are accepted in between.
 //! * Connections that have made progress (a handshake whose first message, the peer's
 //!   name, has arrived: `ConnectionLimiter::mark_progress`) are evicted only after
 //!   every pending connection that has sent nothing complete: a node in the middle of its
