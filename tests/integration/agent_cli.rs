@@ -523,7 +523,11 @@ async fn cleanup_window(khepri: bool) {
     let refused_by = loop {
         if let Ok(Some(status)) = back.child.try_wait() {
             let log = back.log();
-            assert_eq!(status.code(), Some(1), "{log}");
+            assert_eq!(
+                status.code(),
+                Some(3),
+                "exit 3, an operator must act: {log}"
+            );
             assert!(log.contains("was removed from"), "{log}");
             assert!(log.contains("rabbitmqctl reset"), "{log}");
             break "its agent";

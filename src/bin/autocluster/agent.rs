@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use autocluster::backend::Backend;
 use autocluster::conf::RabbitmqConf;
-use autocluster::formation::{Agent, FormationConfig, FormationEvent, Outcome, RabbitMq};
+use autocluster::formation::{
+    Agent, FormationConfig, FormationError, FormationEvent, Outcome, RabbitMq,
+};
 use autocluster::health::{self, CheckOptions};
 use autocluster::{Cookie, Node, NodeName};
 use tokio::sync::{broadcast, watch};
 
+use crate::Failure;
 use crate::http::{self, Readiness, State};
 use crate::metrics::{LastGood, Metrics, Observed};
 
@@ -32,6 +35,16 @@ pub struct Options {
     pub once: bool,
     pub formation: FormationConfig,
     pub readiness_interval: Duration,
+}
+
+/// Whether a formation error is a refusal that restarting the agent cannot change: the
+/// node holds data that joining would discard, or its cluster forgot it. The agent
+/// exits 3 for these, so that a supervisor can tell them from failures worth a restart.
+pub fn needs_operator(e: &FormationError) -> bool {
+    matches!(
+        e,
+        FormationError::DataAtRisk { .. } | FormationError::Forgotten { .. }
+    )
 }
 
 /// The label `/metrics` gives an outcome.
@@ -109,7 +122,7 @@ fn not_ready(why: &str) -> Readiness {
 }
 
 /// Runs the agent until a stop signal (or, with `--once`, until formation ends).
-pub async fn run(o: Options) -> Result<(), String> {
+pub async fn run(o: Options) -> Result<(), Failure> {
     let metrics = Arc::new(Metrics::new());
     let backend: Arc<dyn Backend> = Arc::from(o.conf.backend().map_err(|e| e.to_string())?);
     let observed: Arc<dyn Backend> = Arc::new(Observed {
@@ -150,7 +163,12 @@ pub async fn run(o: Options) -> Result<(), String> {
         Err(e) => {
             metrics.formation("failed", started.elapsed());
             probe.shutdown().await;
-            return Err(format!("formation failed: {e}"));
+            let message = format!("formation failed: {e}");
+            return Err(if needs_operator(&e) {
+                Failure::NeedsOperator(message)
+            } else {
+                Failure::Failed(message)
+            });
         }
     };
     metrics.formation(outcome_label(&formed.outcome), formed.elapsed);
@@ -226,5 +244,29 @@ mod tests {
             }),
             "joined"
         );
+    }
+
+    #[test]
+    fn only_refusals_about_the_nodes_data_need_an_operator() {
+        let node: NodeName = "rabbit@b".parse().unwrap();
+        let seed: NodeName = "rabbit@a".parse().unwrap();
+        let data = FormationError::DataAtRisk {
+            node: node.clone(),
+            seed: seed.clone(),
+            data: autocluster::formation::DataState::HasData(vec!["1 queue: / q".into()]),
+        };
+        let forgotten = FormationError::Forgotten {
+            node: node.clone(),
+            seed,
+        };
+        assert!(needs_operator(&data) && needs_operator(&forgotten));
+        let transient = FormationError::MaybeAlive {
+            nodes: vec![(node.clone(), "timeout".into())],
+        };
+        let refused = FormationError::FormRefused {
+            node,
+            reason: "forming is switched off".into(),
+        };
+        assert!(!needs_operator(&transient) && !needs_operator(&refused));
     }
 }

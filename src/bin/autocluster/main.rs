@@ -198,10 +198,12 @@ fn seconds(flag: &str, v: f64) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag}: {v} is not a positive number of seconds"))
 }
 
-/// A failure (exit 1) or a usage error (exit 2).
-enum Failure {
+/// A failure (exit 1), a usage error (exit 2), or a refusal that no restart can
+/// change (exit 3: the node's data needs an operator's decision).
+pub(crate) enum Failure {
     Failed(String),
     Usage(String),
+    NeedsOperator(String),
 }
 
 impl From<String> for Failure {
@@ -239,6 +241,10 @@ fn main() -> ExitCode {
         Err(Failure::Usage(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
+        }
+        Err(Failure::NeedsOperator(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
         }
     }
 }
