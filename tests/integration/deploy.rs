@@ -732,6 +732,12 @@ fn the_container_file_and_the_systemd_unit_run_a_command_line_the_agent_accepts(
             && unit.contains("\nWantedBy=multi-user.target rabbitmq-server.service\n"),
         "the agent starts and stops with the broker"
     );
+    assert!(
+        unit.contains("\nRestart=on-failure\n")
+            && unit.contains("\nRestartPreventExitStatus=2 3\n"),
+        "failures (exit 1) are restarted, usage errors (2, below) and refusals an operator \
+         must resolve (3, tests/integration/agent_cli.rs) are not"
+    );
     let out = run(&exec[1..], flag(&exec, "--config"));
     assert!(out.contains("(etcd backend"), "{out}");
 
