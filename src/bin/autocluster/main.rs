@@ -1,6 +1,7 @@
 //! `autocluster`: the agent an operator runs beside each RabbitMQ broker
 //! (`autocluster agent`), and the tools around it: `health`, `discover`, `call`,
-//! `leave`. Exit codes: 0 success, 1 failure, 2 usage. See `docs/agent.md`.
+//! `leave`. Exit codes: 0 success, 1 failure, 2 usage, 3 a refusal an operator must
+//! resolve (`agent`: data a join would discard, a forgotten node). See `docs/agent.md`.
 
 mod agent;
 mod http;
@@ -46,7 +47,8 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run beside a broker: form at start, then keep the registration alive, watch the
-    /// cluster and serve /healthz, /readyz and /metrics, until SIGTERM.
+    /// cluster and serve /healthz, /readyz and /metrics, until SIGTERM. Exits 3 when it
+    /// refuses the node (data a join would discard, a node its cluster forgot).
     Agent(AgentArgs),
     /// Check that the node is clustered with the seed both ways, with no partitions
     /// (exit 0 healthy, 1 not).
