@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autocluster::backend::{Backend, MemoryBackend};
-use autocluster::formation::{Agent, FormationEvent, Formed, Outcome, RabbitMq};
+use autocluster::formation::{Agent, FormationEvent, Formed, Outcome, RabbitMq, RabbitVersion};
 
 use crate::common::{Epmd, RabbitNode, RabbitOptions, peers, unique_name};
 use crate::rabbitmq_formation::{
@@ -216,13 +216,9 @@ async fn first_boot_told_its_seed() -> Boot {
     loop {
         if n.exited() {
             let log = n.log();
-            let minor: u32 = peers()
-                .rabbitmq_version()
-                .strip_prefix("3.")
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|m| m.parse().ok())
-                .unwrap_or(u32::MAX);
-            if minor < 13 && log.contains("table_attributes_mismatch") {
+            let before_3_13 = RabbitVersion::parse(peers().rabbitmq_version())
+                .is_some_and(|v| (v.major, v.minor) < (3, 13));
+            if before_3_13 && log.contains("table_attributes_mismatch") {
                 return Boot::RacedTheSeedsBoot;
             }
             panic!("n stopped at boot:\n{}", n.log_tail());
